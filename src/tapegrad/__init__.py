@@ -1,0 +1,28 @@
+"""tapegrad: reverse-mode automatic differentiation on a recorded, replayable tape.
+
+Public API: `Variable`, the op functions (`add`, `mul`, `sum`, ...), `record`, `no_record`,
+`grad`, `value_and_grad`, `Tape`, `replay`, and the error family rooted at `TapegradError`.
+"""
+
+from . import replay
+from .errors import GuardError, LimitError, TapeFormatError, TapegradError, TruncatedTapeError
+from .functional import grad, value_and_grad
+from .tape import Record, Tape
+from .tracer import (
+    Variable, abs, add, astype, broadcast_to, clip, concatenate, cos, div, equal, exp, getitem,
+    greater, greater_equal, less, less_equal, log, log_softmax, logsumexp, matmul, max, maximum,
+    mean, min, minimum, mul, neg, no_record, not_equal, pow, record, relu, reshape, scatter_add,
+    sigmoid, sign, sin, softmax, sqrt, stack, sub, sum, sum_to, tan, tanh, transpose, where,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GuardError", "LimitError", "Record", "Tape", "TapeFormatError", "TapegradError",
+    "TruncatedTapeError", "Variable", "abs", "add", "astype", "broadcast_to", "clip",
+    "concatenate", "cos", "div", "equal", "exp", "getitem", "grad", "greater", "greater_equal",
+    "less", "less_equal", "log", "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean",
+    "min", "minimum", "mul", "neg", "no_record", "not_equal", "pow", "record", "relu", "replay",
+    "reshape", "scatter_add", "sigmoid", "sign", "sin", "softmax", "sqrt", "stack", "sub", "sum",
+    "sum_to", "tan", "tanh", "transpose", "value_and_grad", "where",
+]

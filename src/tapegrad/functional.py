@@ -1,0 +1,90 @@
+"""Functional differentiation: `grad(f)` and `value_and_grad(f)`, as in JAX and HIPS autograd.
+
+Contract:
+- Called with numpy arrays or Python scalars, the returned function gives numpy arrays.
+- Called with Variables (for instance inside another `grad`, or inside `record()`), it records
+  the reverse pass itself and returns Variables, so `grad(grad(f))` gives second derivatives and
+  a recorded gradient computation can be saved and replayed.
+- `f` must return a single-element Variable (a scalar loss).  `argnums` is an int (one gradient)
+  or a tuple of ints (a tuple of gradients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import replay, tracer
+from .errors import TapegradError
+from .tracer import Variable
+
+
+def value_and_grad(f: Callable[..., Any], argnums: int | tuple[int, ...] = 0) -> Callable[..., tuple[Any, Any]]:
+    """Return a function computing `(f(*args), df/d args[argnums])`."""
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+
+    def wrapped(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        for n in nums:
+            if not -len(args) <= n < len(args):
+                raise TapegradError(f"argnums {argnums!r} does not fit {len(args)} positional argument(s)")
+        traced = tracer.recording() is not None or any(isinstance(a, Variable) for a in args)
+        vs = list(args)
+        with tracer._linked():
+            for n in nums:
+                if not isinstance(vs[n], Variable):
+                    arr = np.asarray(vs[n])
+                    if arr.dtype.kind != "f":
+                        arr = arr.astype(np.float64)
+                    vs[n] = Variable(arr)
+            out = f(*vs, **kwargs)
+            if not isinstance(out, Variable):
+                raise TapegradError(f"the function must return a Variable, got {type(out).__name__}")
+            if out.size != 1:
+                raise TapegradError(f"grad needs a scalar output, got shape {out.shape}")
+            wrt = [vs[n] for n in nums]
+            grads = _reverse(out, wrt, traced)
+        value: Any = out if traced else out.data
+        return value, grads[0] if isinstance(argnums, int) else tuple(grads)
+
+    wrapped.__name__ = f"value_and_grad({getattr(f, '__name__', 'f')})"
+    return wrapped
+
+
+def grad(f: Callable[..., Any], argnums: int | tuple[int, ...] = 0) -> Callable[..., Any]:
+    """Return a function computing the gradient of scalar `f` with respect to `args[argnums]`."""
+    vg = value_and_grad(f, argnums)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        return vg(*args, **kwargs)[1]
+
+    wrapped.__name__ = f"grad({getattr(f, '__name__', 'f')})"
+    return wrapped
+
+
+def _reverse(out: Variable, wrt: list[Variable], traced: bool) -> list[Any]:
+    stop = tuple(v._tapegrad_serial for v in wrt)
+    records, nodes = tracer._gather(out, stop)
+    sources = [s for s, v in zip(stop, wrt, strict=True) if v.data.dtype.kind == "f"]
+    seed = np.ones_like(out.data)
+    if traced:
+        values: dict[int, Any] = nodes
+        backend = tracer.OPS
+    else:
+        values = {s: (n.data if isinstance(n, Variable) else n) for s, n in nodes.items()}
+        backend = replay.NUMPY
+    data = {s: (n.data if isinstance(n, Variable) else n) for s, n in nodes.items()}
+    active = replay.active_set(records, sources, data)
+    found = replay.reverse(records, values, {out._tapegrad_serial: seed}, active, set(stop), backend)
+    taken: set[int] = {id(seed)}
+    result = []
+    for s, v in zip(stop, wrt, strict=True):
+        g = found.get(s)
+        if g is None:
+            g = np.zeros_like(v.data)
+        if traced:
+            result.append(g if isinstance(g, Variable) else Variable(np.asarray(g)))
+        else:
+            result.append(replay.owned(g, taken))
+    return result

@@ -1,0 +1,261 @@
+"""The in-memory tape: a flat, topologically ordered list of op records plus a variable table.
+
+Contract:
+- A `Record` is plain data: an op name from the registry, input ids, output ids and a read-only
+  attribute mapping of plain values.  No callables, closures or object references.
+- Record order is a topological order: every input id is defined (a leaf, or the output of an
+  earlier record) before the record that uses it, and every id is assigned once.
+- Internally ids are the process-wide serial numbers the tracer gives variables (so records can
+  be shared with eager graphs).  Everything public (`records`, listings, files) shows dense ids:
+  `v0, v1, ...` in definition order, identical for identical recordings.
+- Variables are looked up by unique name, dense integer id, or the Variable object itself;
+  failures raise `TapegradError` listing what the tape has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from .errors import TapegradError
+from .ops.spec import AttrValue
+
+EMPTY_ATTRS: Mapping[str, AttrValue] = MappingProxyType({})
+
+
+class Record(NamedTuple):
+    """One op application: `outputs = op(*inputs, **attrs)`."""
+
+    op: str
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    attrs: Mapping[str, AttrValue]
+
+
+class VarInfo(NamedTuple):
+    """What the tape knows of one variable (by dense id)."""
+
+    id: int
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    name: str | None
+    kind: str  # "input", "const" or "op" (produced by a record)
+    producer: int | None  # index of the record that defines it, for kind "op"
+
+
+_SHORT = {"float64": "f64", "float32": "f32", "float16": "f16", "int64": "i64", "int32": "i32",
+          "int16": "i16", "int8": "i8", "uint64": "u64", "uint32": "u32", "uint16": "u16",
+          "uint8": "u8", "bool": "bool"}
+
+
+def escape(text: str) -> str:
+    """Printable form of untrusted text (names come from files): control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def aval(shape: Sequence[int], dtype: np.dtype[Any]) -> str:
+    """`f64[3,2]` style type annotation."""
+    return f"{_SHORT.get(dtype.name, dtype.name)}[{','.join(map(str, shape))}]"
+
+
+VALUE_MODES = ("all", "inputs", "none")
+
+
+class TapeSink(Protocol):
+    """Where a streaming recording sends each event as it happens (see `tape_format`)."""
+
+    def leaf(self, vid: int, value: Any, name: str | None, const: bool) -> None: ...
+    def record(self, rec: Record, out: Any) -> None: ...
+    def name(self, vid: int, name: str | None) -> None: ...
+    def close(self) -> None: ...
+
+
+class Tape:
+    """A recorded program: records in order, values, names, and which leaves are constants.
+
+    `values` says what a saved file keeps: "all" values, only the leaves' ("inputs": replay
+    recomputes the rest) or "none" (structure only).  A recorded tape holds every value in
+    memory regardless; a loaded tape holds what its file stored, and `_avals` gives shape and
+    dtype of the variables without a value.
+    """
+
+    def __init__(self, values: str = "all", metadata: Mapping[str, Any] | None = None) -> None:
+        if values not in VALUE_MODES:
+            raise TapegradError(f"values must be one of {VALUE_MODES}, got {values!r}")
+        self.values_mode = values
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self._records: list[Record] = []
+        self._values: dict[int, Any] = {}  # id -> ndarray (C-contiguous)
+        self._avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}  # ids without a value
+        self._names: dict[int, str] = {}
+        self._consts: set[int] = set()
+        self._leaves: list[int] = []  # input and const ids, in definition order
+        self._dense_cache: tuple[int, int, dict[int, int]] | None = None
+        self._sink: TapeSink | None = None
+
+    # -- building (the tracer and the loader call these) --
+    def _add_leaf(self, vid: int, value: Any, name: str | None, const: bool) -> None:
+        self._values[vid] = value
+        self._leaves.append(vid)
+        if name is not None:
+            self._names[vid] = name
+        if const:
+            self._consts.add(vid)
+        if self._sink is not None:
+            self._sink.leaf(vid, value, name, const)
+
+    def _set_name(self, vid: int, name: str | None) -> None:
+        if name is None:
+            self._names.pop(vid, None)
+        else:
+            self._names[vid] = name
+        if self._sink is not None:
+            self._sink.name(vid, name)
+
+    def shape_dtype(self, vid: int) -> tuple[tuple[int, ...], np.dtype[Any]]:
+        """Shape and dtype of internal id `vid` (from its value, or the stored table)."""
+        value = self._values.get(vid)
+        if value is None:
+            return self._avals[vid]
+        return tuple(value.shape), value.dtype
+
+    # -- dense ids --
+    def _dense(self) -> dict[int, int]:
+        """Internal id -> dense public id (rank in definition order), cached."""
+        cache = self._dense_cache
+        if cache is not None and cache[0] == len(self._records) and cache[1] == len(self._leaves):
+            return cache[2]
+        mapping = {vid: n for n, vid in enumerate(self._internal())}
+        self._dense_cache = (len(self._records), len(self._leaves), mapping)
+        return mapping
+
+    def _internal(self) -> list[int]:
+        """Every internal id, in definition order."""
+        if not self._avals:
+            return sorted(self._values)
+        return sorted(self._values.keys() | self._avals.keys())
+
+    # -- public view --
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @property
+    def records(self) -> Sequence[Record]:
+        """The op records with dense ids, numbered from 0 in tape order."""
+        d = self._dense()
+        return tuple(Record(r.op, tuple(d[i] for i in r.inputs), tuple(d[o] for o in r.outputs), r.attrs)
+                     for r in self._records)
+
+    @property
+    def names(self) -> Mapping[str, int]:
+        """Name -> dense id for every uniquely named variable."""
+        d = self._dense()
+        out: dict[str, int] = {}
+        for vid, name in self._names.items():
+            out[name] = -1 if name in out else d[vid]
+        return MappingProxyType({k: v for k, v in out.items() if v >= 0})
+
+    def var(self, ref: Any) -> VarInfo:
+        """Describe one variable (by name, dense id or Variable)."""
+        vid = self.resolve(ref)
+        d = self._dense()
+        shape, dtype = self.shape_dtype(vid)
+        producer = None
+        kind = "const" if vid in self._consts else "input"
+        if vid not in self._leaves_set():
+            kind = "op"
+            producer = next(n for n, r in enumerate(self._records) if vid in r.outputs)
+        return VarInfo(d[vid], shape, dtype, self._names.get(vid), kind, producer)
+
+    def _leaves_set(self) -> set[int]:
+        return set(self._leaves)
+
+    def value(self, ref: Any) -> Any:
+        """The recorded value of a variable, read-only view."""
+        vid = self.resolve(ref)
+        if vid not in self._values:
+            raise TapegradError(f"v{self._dense()[vid]} has no stored value on this tape (values={self.values_mode!r})")
+        v = self._values[vid].view()
+        v.flags.writeable = False
+        return v
+
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        """Dense ids of the non-constant leaves (what `forward(inputs=...)` may replace)."""
+        d = self._dense()
+        return tuple(d[v] for v in self._leaves if v not in self._consts)
+
+    # -- lookup --
+    def resolve(self, ref: Any) -> int:
+        """Internal id of a variable given by name, dense id or Variable; TapegradError if absent."""
+        if isinstance(ref, str):
+            hits = [vid for vid, name in self._names.items() if name == ref]
+            if len(hits) == 1:
+                return hits[0]
+            d = self._dense()
+            if hits:
+                ids = ", ".join(f"v{d[h]}" for h in sorted(hits))
+                raise TapegradError(f"name {ref!r} is ambiguous on this tape: variables {ids}")
+            known = ", ".join(repr(n) for n in sorted(set(self._names.values()))) or "none"
+            raise TapegradError(f"no variable named {ref!r} on this tape; names: {known}")
+        serial = getattr(ref, "_tapegrad_serial", None)
+        if serial is not None:
+            if serial in self._values or serial in self._avals:
+                return int(serial)
+            raise TapegradError(f"variable {ref!r} is not on this tape")
+        if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
+            order = self._internal()
+            if 0 <= ref < len(order):
+                return order[int(ref)]
+            raise TapegradError(f"no variable v{ref} on this tape (ids are v0..v{len(order) - 1})")
+        raise TapegradError(f"cannot look up a variable by {type(ref).__name__} {ref!r}")
+
+    def _last_output(self) -> int:
+        if not self._records:
+            raise TapegradError("the tape has no records, so there is no output to differentiate")
+        return self._records[-1].outputs[-1]
+
+    # -- listing --
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    def __str__(self) -> str:
+        return "\n".join(self.listing())
+
+    def __repr__(self) -> str:
+        return f"<Tape {len(self._records)} records, {len(self._internal())} variables>"
+
+    def listing(self) -> list[str]:
+        """One line per variable in id order: leaves, and records as `  3  v7:f64[3] = mul v3 v5`."""
+        d = self._dense()
+        producer = {r.outputs[-1]: n for n, r in enumerate(self._records)}
+        lines = []
+
+        def head(vid: int) -> str:
+            shape, dtype = self.shape_dtype(vid)
+            return f"v{d[vid]}:{aval(shape, dtype)}"
+
+        def note(vid: int) -> str:
+            name = self._names.get(vid)
+            return f"  # {escape(name)}" if name is not None else ""
+
+        for vid in self._internal():
+            n = producer.get(vid)
+            if n is not None:
+                r = self._records[n]
+                args = " ".join(f"v{d[i]}" for i in r.inputs)
+                attrs = "".join(f" {k}={v!r}" for k, v in r.attrs.items())
+                outs = ", ".join(head(o) for o in r.outputs)
+                lines.append(f"{n:5d} {outs} = {r.op} {args}{attrs}{note(vid)}")
+            elif vid in self._consts:
+                value = self._values.get(vid)
+                shown = ""
+                if value is not None and value.size <= 6:
+                    shown = " " + np.array2string(value, threshold=6).replace("\n", " ")
+                lines.append(f"      {head(vid)} = const{shown}{note(vid)}")
+            elif vid in self._leaves_set():
+                lines.append(f"      {head(vid)} = input{note(vid)}")
+        return lines
