@@ -46,7 +46,7 @@ def sum_to(x: Array, shape: tuple[int, ...]) -> Array:
     axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and xshape[lead + i] != 1)
     if not axes:
         return contiguous(np.asarray(x))
-    return np.sum(x, axis=axes, keepdims=True).reshape(shape)
+    return np.sum(x, axis=axes, keepdims=True, dtype=np.result_type(x)).reshape(shape)
 
 
 def _reduce(fn: Any, x: Array, axis: tuple[int, ...] | None, keepdims: bool) -> Array:

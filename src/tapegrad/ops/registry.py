@@ -14,6 +14,7 @@ Contract:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType, SimpleNamespace
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TapegradError
+from . import infer as I
 from . import kernels as K
 from .spec import (
     AXES, AXIS, BOOL, DTYPE, INDEX, PERM, SHAPE, Attr, Attrs, OpSpec, canon, dtype_of,
@@ -276,7 +278,13 @@ def _build() -> dict[str, OpSpec]:
                lambda F, g, ins, out, a, k: F.getitem(g, (slice(None),) * a["axis"] + (k,)),  # type: ignore[operator]
                "join arrays along a new axis", (Attr("axis", AXIS, 0),), _bind_sequence),
     ]
-    return {s.name: s for s in specs}
+    rules = {"sum": I.reduction, "mean": I.reduction, "max": I.reduction, "min": I.reduction,
+             "logsumexp": I.reduction, "softmax": I.same_shape, "log_softmax": I.same_shape,
+             "astype": I.same_shape, "reshape": I.reshape, "transpose": I.transpose,
+             "broadcast_to": I.broadcast_to, "sum_to": I.sum_to, "matmul": I.matmul,
+             "getitem": I.getitem, "scatter_add": I.scatter_add, "concatenate": I.concatenate,
+             "stack": I.stack}  # every other op is elementwise
+    return {s.name: replace(s, shape_rule=rules.get(s.name)) for s in specs}
 
 
 REGISTRY: Mapping[str, OpSpec] = MappingProxyType(_build())

@@ -27,6 +27,8 @@ AttrValue = None | bool | int | float | str | tuple["AttrValue", ...]
 Attrs = Mapping[str, AttrValue]
 Vjp = Callable[[Any, Any, Sequence[Any], Any, Attrs, int], Any]
 Binder = Callable[["OpSpec", tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
+ShapeRule = Callable[["OpSpec", Sequence[tuple[int, ...]], Sequence["np.dtype[Any]"], Attrs],
+                     tuple[tuple[int, ...], "np.dtype[Any]"]]
 
 REQUIRED: Any = object()
 """Default marker for an attribute the caller must give."""
@@ -62,6 +64,7 @@ class OpSpec:
     doc: str
     attrs: tuple[Attr, ...] = ()
     binder: Binder | None = None
+    shape_rule: ShapeRule | None = None  # None: elementwise (broadcast shapes)
     attr_names: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -71,6 +74,17 @@ class OpSpec:
     def simple(self) -> bool:
         """True when the public signature is the record form: fixed inputs, no attributes."""
         return self.arity >= 0 and not self.attrs and self.binder is None
+
+    def infer(self, shapes: Sequence[tuple[int, ...]], dtypes: Sequence[np.dtype[Any]],
+              attrs: Attrs) -> tuple[tuple[int, ...], np.dtype[Any]]:
+        """Output shape and dtype for inputs of these shapes/dtypes (TapegradError if inconsistent).
+
+        Attributes must be in stored form and schema-checked; nothing is allocated.
+        """
+        from . import infer
+
+        rule = self.shape_rule or infer.elementwise
+        return rule(self, shapes, dtypes, attrs)
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Public call arguments -> (inputs, canonical attrs)."""
