@@ -64,25 +64,14 @@ def grad(f: Callable[..., Any], argnums: int | tuple[int, ...] = 0) -> Callable[
 
 
 def _reverse(out: Variable, wrt: list[Variable], traced: bool) -> list[Any]:
-    stop = tuple(v._tapegrad_serial for v in wrt)
-    records, nodes = tracer._gather(out, stop)
-    sources = [s for s, v in zip(stop, wrt, strict=True) if v.data.dtype.kind == "f"]
+    targets = {v._tapegrad_serial: v for v in wrt if v.data.dtype.kind == "f"}
     seed = np.ones_like(out.data)
-    if traced:
-        values: dict[int, Any] = nodes
-        backend = tracer.OPS
-    else:
-        values = {s: (n.data if isinstance(n, Variable) else n) for s, n in nodes.items()}
-        backend = replay.NUMPY
-    data = {s: (n.data if isinstance(n, Variable) else n) for s, n in nodes.items()}
-    active = replay.active_set(records, sources, data)
-    found = replay.reverse(records, values, {out._tapegrad_serial: seed}, active, set(stop), backend)
+    found = tracer.pull(out, seed, targets, tracer.OPS if traced else replay.NUMPY)
     taken: set[int] = {id(seed)}
     result = []
-    for s, v in zip(stop, wrt, strict=True):
-        g = found.get(s)
-        if g is None:
-            g = np.zeros_like(v.data)
+    for v in wrt:
+        hit = found.get(v._tapegrad_serial)
+        g = np.zeros_like(v.data) if hit is None else hit[1]
         if traced:
             result.append(g if isinstance(g, Variable) else Variable(np.asarray(g)))
         else:

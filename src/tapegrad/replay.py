@@ -21,59 +21,72 @@ import numpy as np
 
 from .errors import TapegradError
 from .ops import NUMPY, REGISTRY
-from .tape import Record, Tape
+from .tape import RawRecord, Tape
 
-_VJP = {name: spec.vjp for name, spec in REGISTRY.items()}
+def _no_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, attrs: Any, k: int) -> None:
+    return None
 
 
-def active_set(records: Iterable[Record], sources: Iterable[int], values: Mapping[int, Any]) -> set[int]:
-    """Ids that depend on any of `sources` through floating-point values (forward sweep)."""
+_VJP = {name: spec.vjp or _no_vjp for name, spec in REGISTRY.items()}
+
+
+def active_set(records: Iterable[RawRecord], sources: Iterable[int]) -> set[int]:
+    """Ids that depend on any of `sources` (forward sweep over the records)."""
     active = set(sources)
-    for rec in records:
-        for i in rec.inputs:
+    for _, ins, outs, _ in records:
+        for i in ins:
             if i in active:
-                for o in rec.outputs:
-                    if values[o].dtype.kind == "f":
-                        active.add(o)
+                active.update(outs)
                 break
     return active
 
 
-def reverse(records: Sequence[Record], values: Mapping[int, Any], seeds: dict[int, Any],
-            active: set[int] | frozenset[int], want: set[int], F: Any = NUMPY) -> dict[int, Any]:
+def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict[int, Any],
+            skip: set[int] | frozenset[int], want: set[int], F: Any = NUMPY) -> dict[int, Any]:
     """Run the reverse pass; return the cotangents of the ids in `want` that received one.
 
     `values` maps every id the records mention to its primal value (array or Variable); `seeds`
-    gives the starting cotangents.  Cotangents are dropped as soon as their record is processed.
+    gives the starting cotangents; no cotangent is computed for ids in `skip` (constants, and
+    whatever cannot reach a requested id).  Integer results never pass cotangents on to floating
+    inputs (the only op that crosses, `astype`, blocks them), so `skip` need not list them.
+    Each cotangent is dropped as soon as its record has been processed.
     """
     cot = dict(seeds)
     found: dict[int, Any] = {}
     vjps = _VJP
-    for rec in reversed(records):
-        out_id = rec.outputs[0]
-        g = cot.pop(out_id, None)
+    pop = cot.pop
+    get = cot.get
+    for op, ins, outs, attrs in reversed(records):
+        out_id = outs[0]
+        g = pop(out_id, None)
         if g is None:
             continue
         if out_id in want:
             found[out_id] = g
-        vjp = vjps[rec.op]
-        if vjp is None:
+        vjp = vjps[op]
+        if len(ins) == 1:  # registry contract: one-input rules return the input's shape and dtype
+            i = ins[0]
+            if i in skip:
+                continue
+            gi = vjp(F, g, (values[i],), values[out_id], attrs, 0)
+            if gi is not None:
+                prev = get(i)
+                cot[i] = gi if prev is None else F.add(prev, gi)
             continue
-        ins = rec.inputs
         xs = [values[i] for i in ins]
         out = values[out_id]
         for k, i in enumerate(ins):
-            if i not in active:
+            if i in skip:
                 continue
-            gi = vjp(F, g, xs, out, rec.attrs, k)
+            gi = vjp(F, g, xs, out, attrs, k)
             if gi is None:
                 continue
-            x = xs[k]
+            x = xs[k]  # broadcasting and dtype promotion are undone here, once for all ops
             if gi.shape != x.shape:
                 gi = F.sum_to(gi, tuple(x.shape))
             if gi.dtype != x.dtype:
                 gi = F.astype(gi, x.dtype)
-            prev = cot.get(i)
+            prev = get(i)
             cot[i] = gi if prev is None else F.add(prev, gi)
     for i in want:
         g = cot.get(i)
@@ -126,8 +139,10 @@ def backward(tape: Tape, of: Any = None, wrt: Any = None, *, seed: Any = None) -
         if seed.shape != out_value.shape or seed.dtype != out_value.dtype:
             raise TapegradError(f"seed has shape {seed.shape} and dtype {seed.dtype}, but {of!r} "
                                 f"has shape {out_value.shape} and dtype {out_value.dtype}")
-    active = active_set(tape._records, ids, values)
-    found = reverse(tape._records, values, {of_id: seed}, active, set(ids))
+    records = tape._records
+    active = active_set(records, ids)
+    skip = {i for i in tape._internal() if i not in active}
+    found = reverse(records, values, {of_id: seed}, skip, set(ids))
     taken: set[int] = {id(seed)}
     result: dict[Any, Any] = {}
     for ref, vid in zip(refs, ids, strict=True):

@@ -14,6 +14,7 @@ Contract:
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
@@ -25,9 +26,13 @@ from .ops.spec import AttrValue
 
 EMPTY_ATTRS: Mapping[str, AttrValue] = MappingProxyType({})
 
+RawRecord = tuple[str, tuple[int, ...], tuple[int, ...], Mapping[str, AttrValue]]
+"""How a tape stores a record internally: a plain tuple `(op, inputs, outputs, attrs)` holding
+only strings, ints and a dict of plain values, so the garbage collector stops tracking it."""
+
 
 class Record(NamedTuple):
-    """One op application: `outputs = op(*inputs, **attrs)`."""
+    """One op application: `outputs = op(*inputs, **attrs)` (the public, read-only view)."""
 
     op: str
     inputs: tuple[int, ...]
@@ -64,11 +69,15 @@ def aval(shape: Sequence[int], dtype: np.dtype[Any]) -> str:
 VALUE_MODES = ("all", "inputs", "none")
 
 
+def _first_output(rec: RawRecord) -> int:
+    return rec[2][0]
+
+
 class TapeSink(Protocol):
     """Where a streaming recording sends each event as it happens (see `tape_format`)."""
 
     def leaf(self, vid: int, value: Any, name: str | None, const: bool) -> None: ...
-    def record(self, rec: Record, out: Any) -> None: ...
+    def record(self, rec: RawRecord, out: Any) -> None: ...
     def name(self, vid: int, name: str | None) -> None: ...
     def close(self) -> None: ...
 
@@ -87,7 +96,7 @@ class Tape:
             raise TapegradError(f"values must be one of {VALUE_MODES}, got {values!r}")
         self.values_mode = values
         self.metadata: dict[str, Any] = dict(metadata or {})
-        self._records: list[Record] = []
+        self._records: list[RawRecord] = []
         self._values: dict[int, Any] = {}  # id -> ndarray (C-contiguous)
         self._avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}  # ids without a value
         self._names: dict[int, str] = {}
@@ -95,6 +104,7 @@ class Tape:
         self._leaves: list[int] = []  # input and const ids, in definition order
         self._dense_cache: tuple[int, int, dict[int, int]] | None = None
         self._sink: TapeSink | None = None
+        self._leaf_vars: dict[int, Any] = {}  # id -> the Variable that entered as an input
 
     # -- building (the tracer and the loader call these) --
     def _add_leaf(self, vid: int, value: Any, name: str | None, const: bool) -> None:
@@ -114,6 +124,12 @@ class Tape:
             self._names[vid] = name
         if self._sink is not None:
             self._sink.name(vid, name)
+
+    def _producer(self, vid: int) -> int | None:
+        """Index of the record that defines internal id `vid` (None for leaves); O(log n)."""
+        records = self._records
+        n = bisect_left(records, vid, key=_first_output)
+        return n if n < len(records) and records[n][2][0] == vid else None
 
     def shape_dtype(self, vid: int) -> tuple[tuple[int, ...], np.dtype[Any]]:
         """Shape and dtype of internal id `vid` (from its value, or the stored table)."""
@@ -146,8 +162,8 @@ class Tape:
     def records(self) -> Sequence[Record]:
         """The op records with dense ids, numbered from 0 in tape order."""
         d = self._dense()
-        return tuple(Record(r.op, tuple(d[i] for i in r.inputs), tuple(d[o] for o in r.outputs), r.attrs)
-                     for r in self._records)
+        return tuple(Record(op, tuple(d[i] for i in ins), tuple(d[o] for o in outs), MappingProxyType(dict(attrs)))
+                     for op, ins, outs, attrs in self._records)
 
     @property
     def names(self) -> Mapping[str, int]:
@@ -167,7 +183,7 @@ class Tape:
         kind = "const" if vid in self._consts else "input"
         if vid not in self._leaves_set():
             kind = "op"
-            producer = next(n for n, r in enumerate(self._records) if vid in r.outputs)
+            producer = self._producer(vid)
         return VarInfo(d[vid], shape, dtype, self._names.get(vid), kind, producer)
 
     def _leaves_set(self) -> set[int]:
@@ -216,7 +232,7 @@ class Tape:
     def _last_output(self) -> int:
         if not self._records:
             raise TapegradError("the tape has no records, so there is no output to differentiate")
-        return self._records[-1].outputs[-1]
+        return self._records[-1][2][-1]
 
     # -- listing --
     def __iter__(self) -> Iterator[Record]:
@@ -231,7 +247,7 @@ class Tape:
     def listing(self) -> list[str]:
         """One line per variable in id order: leaves, and records as `  3  v7:f64[3] = mul v3 v5`."""
         d = self._dense()
-        producer = {r.outputs[-1]: n for n, r in enumerate(self._records)}
+        producer = {r[2][-1]: n for n, r in enumerate(self._records)}
         lines = []
 
         def head(vid: int) -> str:
@@ -245,11 +261,11 @@ class Tape:
         for vid in self._internal():
             n = producer.get(vid)
             if n is not None:
-                r = self._records[n]
-                args = " ".join(f"v{d[i]}" for i in r.inputs)
-                attrs = "".join(f" {k}={v!r}" for k, v in r.attrs.items())
-                outs = ", ".join(head(o) for o in r.outputs)
-                lines.append(f"{n:5d} {outs} = {r.op} {args}{attrs}{note(vid)}")
+                op, ins, outputs, attr_map = self._records[n]
+                args = " ".join(f"v{d[i]}" for i in ins)
+                attrs = "".join(f" {k}={v!r}" for k, v in attr_map.items())
+                outs = ", ".join(head(o) for o in outputs)
+                lines.append(f"{n:5d} {outs} = {escape(op)} {args}{attrs}{note(vid)}")
             elif vid in self._consts:
                 value = self._values.get(vid)
                 shown = ""

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from operator import itemgetter
-from types import MappingProxyType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -31,19 +31,98 @@ from . import replay
 from .errors import TapegradError
 from .ops import REGISTRY, OpSpec
 from .ops.registry import set_array_predicate
-from .tape import EMPTY_ATTRS, Record, Tape
+from .tape import RawRecord, Tape
 
 _serials = itertools.count()
 _tape: Tape | None = None  # the active recording, if any
 _linking = True  # False inside no_record(): results get no graph links
-_new_record = tuple.__new__
+EMPTY: dict[str, Any] = {}  # the attributes of attribute-free records; never mutated
 _ALLOWED_KINDS = frozenset("biuf")
+
+
+def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
+    """`spec` applied to one argument, with an inlined fast path for a Variable input.
+
+    The fast path is `_apply` specialised to one attribute-free Variable input that is already
+    on the active tape (if any); everything else goes through `_apply`.
+    """
+    forward, name = spec.forward, spec.name
+
+    def op(x: Any) -> Variable:
+        tape = _tape
+        if type(x) is not Variable or not _linking or x.data is None or (
+                x._tape is not tape and x._tapegrad_serial not in tape._values):  # type: ignore[union-attr]
+            return _apply(spec, (x,), EMPTY)
+        out = forward(x.data)
+        if type(out) is not np.ndarray:
+            out = np.asarray(out)
+        v = _new_variable(Variable)
+        v.data = out
+        v.grad = None
+        v._name = None
+        v._tape = tape
+        s = v._tapegrad_serial = next(_serials)
+        rec = (name, (x._tapegrad_serial,), (s,), EMPTY)
+        if tape is None:
+            v._link = (rec, (x,))
+        else:
+            v._link = None
+            tape._records.append(rec)
+            tape._values[s] = out
+            if tape._sink is not None:
+                tape._sink.record(rec, out)
+        return v
+
+    return op
+
+
+def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Variable]:
+    """`spec` applied to two arguments (swapped when `reflected`, for `__radd__` and friends).
+
+    Inlined fast path for two Variables already on the active tape (if any), as `_unary_op`.
+    """
+    forward, name = spec.forward, spec.name
+
+    def op(a: Any, b: Any) -> Variable:
+        if reflected:
+            a, b = b, a
+        tape = _tape
+        if (type(a) is not Variable or type(b) is not Variable or not _linking or a.data is None or b.data is None
+                or (a._tape is not tape and a._tapegrad_serial not in tape._values)  # type: ignore[union-attr]
+                or (b._tape is not tape and b._tapegrad_serial not in tape._values)):  # type: ignore[union-attr]
+            return _apply(spec, (a, b), EMPTY)
+        try:
+            out = forward(a.data, b.data)
+        except (ValueError, TypeError):
+            return _apply(spec, (a, b), EMPTY)  # raises the library's error
+        if type(out) is not np.ndarray:
+            out = np.asarray(out)
+        v = _new_variable(Variable)
+        v.data = out
+        v.grad = None
+        v._name = None
+        v._tape = tape
+        s = v._tapegrad_serial = next(_serials)
+        rec = (name, (a._tapegrad_serial, b._tapegrad_serial), (s,), EMPTY)
+        if tape is None:
+            v._link = (rec, (a, b))
+        else:
+            v._link = None
+            tape._records.append(rec)
+            tape._values[s] = out
+            if tape._sink is not None:
+                tape._sink.record(rec, out)
+        return v
+
+    return op
 
 
 class Variable:
     """A numpy array that records the ops applied to it.  `data` must be an ndarray or None."""
 
-    __slots__ = ("data", "grad", "_name", "_tapegrad_serial", "_rec", "_ins", "_tape", "__weakref__")
+    # _link: (record, inputs) for eager results, None for leaves and recorded results (the tape
+    # holds their history); _tape: the tape that produced or first recorded this Variable.
+    __slots__ = ("__weakref__", "_link", "_name", "_tape", "_tapegrad_serial", "data", "grad")
     __array_ufunc__ = None  # make numpy defer to our reflected operators (np.ones(3) + x)
 
     data: Any
@@ -61,8 +140,7 @@ class Variable:
         self.grad = None
         self._name = name
         self._tapegrad_serial = next(_serials)
-        self._rec: Record | None = None
-        self._ins: tuple[Any, ...] = ()
+        self._link: tuple[RawRecord, tuple[Any, ...]] | None = None
         self._tape: Tape | None = None
         if _tape is not None and data is not None:
             _enter(_tape, self)
@@ -113,95 +191,46 @@ class Variable:
         """Forget the accumulated gradient."""
         self.grad = None
 
-    def backward(self, retain_grad: bool = False) -> None:
+    def backward(self) -> None:
         """Accumulate d(self)/d(leaf) into `.grad` of every floating leaf Variable it depends on.
 
         The seed is `self.grad`, or ones when it is None.  Gradients add up across calls until
-        `cleargrad()`.  Intermediate results keep their gradients only with `retain_grad=True`.
+        `cleargrad()`; intermediate results do not keep gradients.
         """
         if self.data is None:
             raise TapegradError("cannot call backward() on a Variable with no data")
         if self.grad is None:
             self.grad = np.ones_like(self.data)
-        records, nodes = _gather(self, ())
-        values = {s: (n.data if type(n) is Variable else n) for s, n in nodes.items()}
-        leaves = [s for s, n in nodes.items()
-                  if type(n) is Variable and n._rec is None and n.data.dtype.kind == "f"]
-        active = replay.active_set(records, leaves, values)
-        me = self._tapegrad_serial
-        want = set(active) if retain_grad else set(leaves)
-        want.discard(me)
-        found = replay.reverse(records, values, {me: self.grad}, active, want)
+        found = pull(self, self.grad, None, replay.NUMPY)
         taken = {id(self.grad)}
-        for s, g in found.items():
-            v = nodes[s]
+        for v, g in found.values():
             g = replay.owned(g, taken)
             v.grad = g if v.grad is None else v.grad + g
 
     # -- operators (numpy semantics; comparisons are elementwise and carry no gradient) --
-    def __add__(self, other: Any) -> Variable:
-        return _apply(_ADD, (self, other), EMPTY_ATTRS)
-
-    def __radd__(self, other: Any) -> Variable:
-        return _apply(_ADD, (other, self), EMPTY_ATTRS)
-
-    def __sub__(self, other: Any) -> Variable:
-        return _apply(_SUB, (self, other), EMPTY_ATTRS)
-
-    def __rsub__(self, other: Any) -> Variable:
-        return _apply(_SUB, (other, self), EMPTY_ATTRS)
-
-    def __mul__(self, other: Any) -> Variable:
-        return _apply(_MUL, (self, other), EMPTY_ATTRS)
-
-    def __rmul__(self, other: Any) -> Variable:
-        return _apply(_MUL, (other, self), EMPTY_ATTRS)
-
-    def __truediv__(self, other: Any) -> Variable:
-        return _apply(_DIV, (self, other), EMPTY_ATTRS)
-
-    def __rtruediv__(self, other: Any) -> Variable:
-        return _apply(_DIV, (other, self), EMPTY_ATTRS)
-
-    def __pow__(self, other: Any) -> Variable:
-        return _apply(_POW, (self, other), EMPTY_ATTRS)
-
-    def __rpow__(self, other: Any) -> Variable:
-        return _apply(_POW, (other, self), EMPTY_ATTRS)
-
-    def __matmul__(self, other: Any) -> Variable:
-        return _apply(_MATMUL, (self, other), EMPTY_ATTRS)
-
-    def __rmatmul__(self, other: Any) -> Variable:
-        return _apply(_MATMUL, (other, self), EMPTY_ATTRS)
-
-    def __neg__(self) -> Variable:
-        return _apply(_NEG, (self,), EMPTY_ATTRS)
-
-    def __abs__(self) -> Variable:
-        return _apply(REGISTRY["abs"], (self,), EMPTY_ATTRS)
-
+    __add__ = _binary_op(REGISTRY["add"])
+    __radd__ = _binary_op(REGISTRY["add"], reflected=True)
+    __sub__ = _binary_op(REGISTRY["sub"])
+    __rsub__ = _binary_op(REGISTRY["sub"], reflected=True)
+    __mul__ = _binary_op(REGISTRY["mul"])
+    __rmul__ = _binary_op(REGISTRY["mul"], reflected=True)
+    __truediv__ = _binary_op(REGISTRY["div"])
+    __rtruediv__ = _binary_op(REGISTRY["div"], reflected=True)
+    __pow__ = _binary_op(REGISTRY["pow"])
+    __rpow__ = _binary_op(REGISTRY["pow"], reflected=True)
+    __matmul__ = _binary_op(REGISTRY["matmul"])
+    __rmatmul__ = _binary_op(REGISTRY["matmul"], reflected=True)
+    __neg__ = _unary_op(REGISTRY["neg"])
+    __abs__ = _unary_op(REGISTRY["abs"])
     def __getitem__(self, index: Any) -> Variable:
         return getitem(self, index)
 
-    def __eq__(self, other: Any) -> Variable:  # type: ignore[override]
-        return _apply(REGISTRY["equal"], (self, other), EMPTY_ATTRS)
-
-    def __ne__(self, other: Any) -> Variable:  # type: ignore[override]
-        return _apply(REGISTRY["not_equal"], (self, other), EMPTY_ATTRS)
-
-    def __lt__(self, other: Any) -> Variable:
-        return _apply(REGISTRY["less"], (self, other), EMPTY_ATTRS)
-
-    def __le__(self, other: Any) -> Variable:
-        return _apply(REGISTRY["less_equal"], (self, other), EMPTY_ATTRS)
-
-    def __gt__(self, other: Any) -> Variable:
-        return _apply(REGISTRY["greater"], (self, other), EMPTY_ATTRS)
-
-    def __ge__(self, other: Any) -> Variable:
-        return _apply(REGISTRY["greater_equal"], (self, other), EMPTY_ATTRS)
-
+    __eq__ = _binary_op(REGISTRY["equal"])  # type: ignore[assignment]
+    __ne__ = _binary_op(REGISTRY["not_equal"])  # type: ignore[assignment]
+    __lt__ = _binary_op(REGISTRY["less"])  # type: ignore[assignment]
+    __le__ = _binary_op(REGISTRY["less_equal"])  # type: ignore[assignment]
+    __gt__ = _binary_op(REGISTRY["greater"])  # type: ignore[assignment]
+    __ge__ = _binary_op(REGISTRY["greater_equal"])  # type: ignore[assignment]
     @property
     def T(self) -> Variable:
         return transpose(self)
@@ -227,6 +256,7 @@ _new_variable = Variable.__new__
 def _enter(tape: Tape, v: Variable) -> None:
     """Register Variable `v` as an input of `tape` (a private C-ordered copy of its data)."""
     tape._add_leaf(v._tapegrad_serial, np.array(v.data, order="C", copy=True), v._name, False)
+    tape._leaf_vars[v._tapegrad_serial] = v
     if v._tape is None:
         v._tape = tape
 
@@ -275,7 +305,7 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
         for k in weak:
             xs[k] = _constant(xs[k], dt)
     try:
-        out = spec.forward(*xs, **attrs)
+        out = spec.forward(*xs, **attrs) if attrs else spec.forward(*xs)
     except (ValueError, TypeError, IndexError, ZeroDivisionError) as exc:
         shapes = " and ".join(str(np.shape(x)) for x in xs)
         raise TapegradError(f"{spec.name}: {exc} (input shapes {shapes})") from None
@@ -286,24 +316,24 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
     v.grad = None
     v._name = None
     v._tape = tape
+    v._link = None
     if not _linking:
         v._tapegrad_serial = next(_serials)
-        v._rec = None
-        v._ins = ()
         return v
-    ins = list(args)
-    for k, i in enumerate(ids):
-        if i < 0:  # a constant: give it an id (before the output's) and link its array
-            const = xs[k] if tape is None else np.array(xs[k], order="C", copy=True)
-            ids[k] = c = next(_serials)
-            ins[k] = const
-            if tape is not None:
-                tape._add_leaf(c, const, None, True)
+    consts = [k for k, i in enumerate(ids) if i < 0]
+    for k in consts:  # a constant gets an id before the output does
+        ids[k] = c = next(_serials)
+        if tape is not None:
+            xs[k] = np.array(xs[k], order="C", copy=True)
+            tape._add_leaf(c, xs[k], None, True)
     s = v._tapegrad_serial = next(_serials)
-    rec = _new_record(Record, (spec.name, tuple(ids), (s,), attrs))
-    v._rec = rec
-    v._ins = tuple(ins)
-    if tape is not None:
+    rec = (spec.name, tuple(ids), (s,), attrs)
+    if tape is None:  # eager: link inputs (constants by their arrays)
+        ins = list(args)
+        for k in consts:
+            ins[k] = xs[k]
+        v._link = (rec, tuple(ins))
+    else:
         tape._records.append(rec)
         tape._values[s] = out
         if tape._sink is not None:
@@ -314,27 +344,98 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
 _by_output = itemgetter(2)
 
 
-def _gather(y: Variable, stop: tuple[int, ...]) -> tuple[list[Record], dict[int, Any]]:
-    """The records `y` depends on, in tape order, and every Variable/constant they mention.
+def _eager_plan(y: Variable, stop: set[int]) -> tuple[list[RawRecord], dict[int, Any]]:
+    """The linked records `y` depends on, in tape order, and every node they mention.
 
-    The walk does not go past the serials in `stop` (the variables being differentiated).
+    Nodes are Variables (or constant arrays); the walk does not go past serials in `stop`.
     """
     nodes: dict[int, Any] = {y._tapegrad_serial: y}
-    records: list[Record] = []
+    records: list[RawRecord] = []
     stack = [y]
     while stack:
         v = stack.pop()
-        rec = v._rec
-        if rec is None or v._tapegrad_serial in stop:
+        link = v._link
+        if link is None or v._tapegrad_serial in stop:
             continue
+        rec, ins = link
         records.append(rec)
-        for s, u in zip(rec.inputs, v._ins):
+        for s, u in zip(rec[1], ins, strict=True):
             if s not in nodes:
                 nodes[s] = u
                 if type(u) is Variable:
                     stack.append(u)
     records.sort(key=_by_output)
     return records, nodes
+
+
+class _TapeNodes(dict[int, Any]):
+    """Variables standing for a tape's values, made on demand (for a recorded reverse pass)."""
+
+    def __init__(self, tape: Tape) -> None:
+        super().__init__()
+        self.tape = tape
+
+    def __missing__(self, s: int) -> Any:
+        v = self.tape._leaf_vars.get(s)
+        if v is None:
+            v = _new_variable(Variable)
+            v.data, v.grad, v._name, v._tapegrad_serial, v._link, v._tape = self.tape._values[s], None, None, s, None, self.tape
+        self[s] = v
+        return v
+
+
+def _produced_on_tape(v: Variable) -> int | None:
+    tape = v._tape
+    return None if tape is None else tape._producer(v._tapegrad_serial)
+
+
+def pull(y: Variable, seed: Any, targets: dict[int, Variable] | None, backend: Any) -> dict[int, tuple[Variable, Any]]:
+    """Cotangents of `targets` (None: every floating leaf) from seeding `y` with `seed`.
+
+    Walks eager links and recorded tapes alike: a Variable reached at the edge of one (a tape
+    input with eager history, or a recorded result used eagerly) is continued from with its
+    cotangent, which is exact because the reverse pass is linear in its seed.  With the traced
+    backend (`OPS`) the cotangents are Variables, so the reverse pass itself is recorded.
+    Returns `{serial: (Variable, cotangent)}`.
+    """
+    traced = backend is not replay.NUMPY
+    stop = set(targets or ())
+    result: dict[int, tuple[Variable, Any]] = {}
+    work: list[tuple[Variable, Any]] = [(y, seed)]
+    while work:
+        v, g = work.pop()
+        me = v._tapegrad_serial
+        n = None if v._link is not None or me in stop else _produced_on_tape(v)
+        if me in stop or (v._link is None and n is None):  # a target, or a true leaf
+            if targets is not None or v.data.dtype.kind == "f":
+                prev = result.get(me)
+                result[me] = (v, g if prev is None else backend.add(prev[1], g))
+            continue
+        if v._link is not None:
+            records, nodes = _eager_plan(v, stop)
+            data = {s: (u.data if type(u) is Variable else u) for s, u in nodes.items()}
+            values: Any = nodes if traced else data
+            edge = {s: u for s, u in nodes.items() if type(u) is Variable and (u._link is None or s in stop)}
+            consts: set[int] = {s for s, u in nodes.items() if type(u) is not Variable}
+        else:
+            tape = v._tape
+            assert tape is not None and n is not None
+            records = tape._records[: n + 1]
+            data = tape._values
+            values = _TapeNodes(tape) if traced else data
+            edge = dict(tape._leaf_vars)
+            edge.update((s, t) for s, t in (targets or {}).items() if s in data)
+            consts = tape._consts
+        edge.pop(me, None)
+        sources = {s for s, u in edge.items() if data[s].dtype.kind == "f"}
+        if targets is None:  # every leaf wanted: skip only what cannot carry a gradient
+            skip = {s for s in edge if s not in sources} | consts
+        else:
+            active = replay.active_set(records, sources)
+            skip = {s for s in data if s not in active}
+        found = replay.reverse(records, values, {me: g}, skip, sources, backend)
+        work.extend((edge[s], gs) for s, gs in found.items())
+    return result
 
 
 # ---- recording contexts --------------------------------------------------------------------
@@ -401,24 +502,24 @@ OpFunction = Callable[..., Variable]
 
 
 def _public(spec: OpSpec) -> OpFunction:
-    if spec.simple:
-        def simple(*args: Any) -> Variable:
+    fn: OpFunction
+    if spec.simple and spec.arity == 1:
+        fn = _unary_op(spec)
+    elif spec.simple and spec.arity == 2:
+        fn = _binary_op(spec)
+    elif spec.simple:
+        def fn(*args: Any) -> Variable:
             if len(args) != spec.arity:
                 raise TypeError(f"{spec.name}() takes {spec.arity} argument(s), got {len(args)}")
-            return _apply(spec, args, EMPTY_ATTRS)
-        fn = simple
+            return _apply(spec, args, EMPTY)
     else:
-        def general(*args: Any, **kwargs: Any) -> Variable:
+        def fn(*args: Any, **kwargs: Any) -> Variable:
             ins, attrs = spec.bind(args, kwargs)
-            return _apply(spec, ins, MappingProxyType(attrs) if attrs else EMPTY_ATTRS)
-        fn = general
+            return _apply(spec, ins, attrs or EMPTY)
     fn.__name__ = fn.__qualname__ = spec.name
     fn.__doc__ = spec.doc
     return fn
 
-
-_ADD, _SUB, _MUL, _DIV, _POW, _NEG, _MATMUL = (
-    REGISTRY[n] for n in ("add", "sub", "mul", "div", "pow", "neg", "matmul"))
 
 add = _public(REGISTRY["add"])
 sub = _public(REGISTRY["sub"])
