@@ -22,7 +22,7 @@ def mlp_loss(x: tg.Variable, y: tg.Variable, params: dict[str, tg.Variable]) -> 
     return tg.mean((pred - y) ** 2)
 
 
-def make_problem(seed: int = 0, n: int = 16) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:  # type: ignore[type-arg]
+def make_problem(seed: int = 0, n: int = 16) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, (n, 2))
     y = np.sin(np.pi * x[:, :1]) * x[:, 1:]

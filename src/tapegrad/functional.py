@@ -18,6 +18,7 @@ import numpy as np
 
 from . import replay, tracer
 from .errors import TapegradError
+from .ops import NUMPY
 from .tracer import Variable
 
 
@@ -66,7 +67,7 @@ def grad(f: Callable[..., Any], argnums: int | tuple[int, ...] = 0) -> Callable[
 def _reverse(out: Variable, wrt: list[Variable], traced: bool) -> list[Any]:
     targets = {v._tapegrad_serial: v for v in wrt if v.data.dtype.kind == "f"}
     seed = np.ones_like(out.data)
-    found = tracer.pull(out, seed, targets, tracer.OPS if traced else replay.NUMPY)
+    found = tracer.pull(out, seed, targets, tracer.OPS if traced else NUMPY)
     taken: set[int] = {id(seed)}
     result = []
     for v in wrt:

@@ -23,6 +23,7 @@ from .errors import TapegradError
 from .ops import NUMPY, REGISTRY
 from .tape import RawRecord, Tape
 
+
 def _no_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, attrs: Any, k: int) -> None:
     return None
 

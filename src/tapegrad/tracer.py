@@ -29,7 +29,7 @@ import numpy as np
 
 from . import replay
 from .errors import TapegradError
-from .ops import REGISTRY, OpSpec
+from .ops import NUMPY, REGISTRY, OpSpec
 from .ops.registry import set_array_predicate
 from .tape import RawRecord, Tape
 
@@ -51,7 +51,7 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
     def op(x: Any) -> Variable:
         tape = _tape
         if type(x) is not Variable or not _linking or x.data is None or (
-                x._tape is not tape and x._tapegrad_serial not in tape._values):  # type: ignore[union-attr]
+                x._tape is not tape and tape is not None and x._tapegrad_serial not in tape._values):
             return _apply(spec, (x,), EMPTY)
         out = forward(x.data)
         if type(out) is not np.ndarray:
@@ -88,8 +88,8 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
             a, b = b, a
         tape = _tape
         if (type(a) is not Variable or type(b) is not Variable or not _linking or a.data is None or b.data is None
-                or (a._tape is not tape and a._tapegrad_serial not in tape._values)  # type: ignore[union-attr]
-                or (b._tape is not tape and b._tapegrad_serial not in tape._values)):  # type: ignore[union-attr]
+                or (a._tape is not tape and tape is not None and a._tapegrad_serial not in tape._values)
+                or (b._tape is not tape and tape is not None and b._tapegrad_serial not in tape._values)):
             return _apply(spec, (a, b), EMPTY)
         try:
             out = forward(a.data, b.data)
@@ -201,7 +201,7 @@ class Variable:
             raise TapegradError("cannot call backward() on a Variable with no data")
         if self.grad is None:
             self.grad = np.ones_like(self.data)
-        found = pull(self, self.grad, None, replay.NUMPY)
+        found = pull(self, self.grad, None, NUMPY)
         taken = {id(self.grad)}
         for v, g in found.values():
             g = replay.owned(g, taken)
@@ -227,10 +227,11 @@ class Variable:
 
     __eq__ = _binary_op(REGISTRY["equal"])  # type: ignore[assignment]
     __ne__ = _binary_op(REGISTRY["not_equal"])  # type: ignore[assignment]
-    __lt__ = _binary_op(REGISTRY["less"])  # type: ignore[assignment]
-    __le__ = _binary_op(REGISTRY["less_equal"])  # type: ignore[assignment]
-    __gt__ = _binary_op(REGISTRY["greater"])  # type: ignore[assignment]
-    __ge__ = _binary_op(REGISTRY["greater_equal"])  # type: ignore[assignment]
+    __lt__ = _binary_op(REGISTRY["less"])
+    __le__ = _binary_op(REGISTRY["less_equal"])
+    __gt__ = _binary_op(REGISTRY["greater"])
+    __ge__ = _binary_op(REGISTRY["greater_equal"])
+
     @property
     def T(self) -> Variable:
         return transpose(self)
@@ -398,7 +399,7 @@ def pull(y: Variable, seed: Any, targets: dict[int, Variable] | None, backend: A
     backend (`OPS`) the cotangents are Variables, so the reverse pass itself is recorded.
     Returns `{serial: (Variable, cotangent)}`.
     """
-    traced = backend is not replay.NUMPY
+    traced = backend is not NUMPY
     stop = set(targets or ())
     result: dict[int, tuple[Variable, Any]] = {}
     work: list[tuple[Variable, Any]] = [(y, seed)]

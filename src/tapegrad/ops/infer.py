@@ -83,7 +83,7 @@ def transpose(spec: OpSpec, shapes: Sequence[Shape], dtypes: Sequence[DType], at
 
 
 def _broadcasts(src: Shape, dst: Shape) -> bool:
-    return len(src) <= len(dst) and all(s in (1, d) for s, d in zip(src[::-1], dst[::-1]))
+    return len(src) <= len(dst) and all(s in (1, d) for s, d in zip(src[::-1], dst[::-1], strict=False))
 
 
 def broadcast_to(spec: OpSpec, shapes: Sequence[Shape], dtypes: Sequence[DType], attrs: Mapping[str, Any]) -> tuple[Shape, DType]:
@@ -197,7 +197,7 @@ def concatenate(spec: OpSpec, shapes: Sequence[Shape], dtypes: Sequence[DType], 
     if not first or axis >= len(first):
         raise _fail(spec, shapes, f"axis {axis} is out of bounds")
     for s in shapes[1:]:
-        if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first)) if i != axis):
+        if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first, strict=True)) if i != axis):
             raise _fail(spec, shapes, "shapes differ outside the concatenation axis")
     out = first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1:]
     return out, np.result_type(*dtypes)

@@ -17,7 +17,7 @@ from .spec import AttrValue, decode_index
 Array = np.ndarray[Any, Any]
 
 
-def contiguous(a: Any) -> Any:
+def contiguous(a: Array) -> Array:
     """`a` itself when C-contiguous, else a C-ordered copy (keeps 0-d arrays 0-d)."""
     return a if a.flags.c_contiguous else a.copy()
 
@@ -32,7 +32,7 @@ def transpose(x: Array, axes: tuple[int, ...]) -> Array:
 
 def broadcast_to(x: Array, shape: tuple[int, ...]) -> Array:
     try:
-        return np.broadcast_to(x, shape).copy()
+        return np.array(np.broadcast_to(x, shape))
     except ValueError:
         raise TapegradError(f"broadcast_to: cannot broadcast shape {np.shape(x)} to {shape}") from None
 
@@ -41,12 +41,12 @@ def sum_to(x: Array, shape: tuple[int, ...]) -> Array:
     """Sum `x` down to `shape`, the inverse of broadcasting `shape` to `x.shape`."""
     xshape = np.shape(x)
     lead = len(xshape) - len(shape)
-    if lead < 0 or any(s not in (1, d) for s, d in zip(shape, xshape[lead:])):
+    if lead < 0 or any(s not in (1, d) for s, d in zip(shape, xshape[lead:], strict=True)):
         raise TapegradError(f"sum_to: shape {shape} does not broadcast to input shape {xshape}")
     axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and xshape[lead + i] != 1)
     if not axes:
         return contiguous(np.asarray(x))
-    return np.sum(x, axis=axes, keepdims=True, dtype=np.result_type(x)).reshape(shape)
+    return np.asarray(np.sum(x, axis=axes, keepdims=True, dtype=np.result_type(x))).reshape(shape)
 
 
 def _reduce(fn: Any, x: Array, axis: tuple[int, ...] | None, keepdims: bool) -> Array:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from types import MappingProxyType, SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -31,14 +31,34 @@ from ..errors import TapegradError
 from . import infer as I
 from . import kernels as K
 from .spec import (
-    AXES, AXIS, BOOL, DTYPE, INDEX, PERM, SHAPE, Attr, Attrs, OpSpec, canon, dtype_of,
-    encode_index, decode_index, ndim_of, normalize_axis, shape_of,
+    AXES,
+    AXIS,
+    BOOL,
+    DTYPE,
+    INDEX,
+    PERM,
+    SHAPE,
+    Attr,
+    Attrs,
+    OpSpec,
+    canon,
+    decode_index,
+    dtype_of,
+    encode_index,
+    ndim_of,
+    normalize_axis,
+    shape_of,
 )
 
 # ---- helpers for rules (backend-generic) ---------------------------------------------------
 
 
-def _unreduce(F: Any, g: Any, x: Any, axis: tuple[int, ...] | None, keepdims: bool) -> Any:
+def _axes(a: Attrs) -> tuple[int, ...] | None:
+    """The stored `axis` attribute of a reduction (None or a tuple of ints, schema-checked)."""
+    return cast("tuple[int, ...] | None", a["axis"])
+
+
+def _unreduce(F: Any, g: Any, x: Any, axis: tuple[int, ...] | None, keepdims: Any) -> Any:
     """Broadcast the cotangent of a reduction back to the reduced input's shape."""
     if axis is not None and not keepdims:
         g = F.reshape(g, tuple(1 if i in axis else d for i, d in enumerate(x.shape)))
@@ -75,11 +95,10 @@ def _matmul_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Attrs, k: int) 
 
 def _maxmin_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Attrs, k: int) -> Any:
     (x,) = ins
-    axis, keepdims = a["axis"], a["keepdims"]
-    assert axis is None or isinstance(axis, tuple)
-    mask = F.astype(F.equal(x, _unreduce(F, out, x, axis, bool(keepdims))), x.dtype)
+    axis, keepdims = _axes(a), a["keepdims"]
+    mask = F.astype(F.equal(x, _unreduce(F, out, x, axis, keepdims)), x.dtype)
     share = F.div(mask, F.sum(mask, axis, True))  # ties split the cotangent evenly
-    return F.mul(share, _unreduce(F, g, x, axis, bool(keepdims)))
+    return F.mul(share, _unreduce(F, g, x, axis, keepdims))
 
 
 def _concat_slice(ins: Sequence[Any], axis: int, k: int) -> tuple[Any, ...]:
@@ -160,10 +179,10 @@ def _bind_sequence(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> t
 
 def _fixed(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any], n: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
     names = [a.name for a in spec.attrs]
-    params = ["_in%d" % i for i in range(n)] + names
+    params = [f"_in{i}" for i in range(n)] + names
     if len(args) > len(params):
         raise TypeError(f"{spec.name}() got too many positional arguments")
-    given = dict(zip(params, args))
+    given = dict(zip(params, args, strict=False))
     for key, value in kw.items():
         if key not in names or key in given:
             raise TypeError(f"{spec.name}() got an unexpected or repeated argument {key!r}")
@@ -243,17 +262,17 @@ def _build() -> dict[str, OpSpec]:
         OpSpec("greater", 2, np.greater, None, "x > y"),
         OpSpec("greater_equal", 2, np.greater_equal, None, "x >= y"),
         # reductions
-        OpSpec("sum", 1, K.sum_, lambda F, g, ins, out, a, k: _unreduce(F, g, ins[0], a["axis"], a["keepdims"]),  # type: ignore[arg-type]
+        OpSpec("sum", 1, K.sum_, lambda F, g, ins, out, a, k: _unreduce(F, g, ins[0], _axes(a), a["keepdims"]),
                "sum over axis (None: all)", _RED),
         OpSpec("mean", 1, K.mean,
-               lambda F, g, ins, out, a, k: F.div(_unreduce(F, g, ins[0], a["axis"], a["keepdims"]),  # type: ignore[arg-type]
-                                                  _count(ins[0], a["axis"])),  # type: ignore[arg-type]
+               lambda F, g, ins, out, a, k: F.div(_unreduce(F, g, ins[0], _axes(a), a["keepdims"]),
+                                                  _count(ins[0], _axes(a))),
                "mean over axis (None: all)", _RED),
         OpSpec("max", 1, K.max_, _maxmin_vjp, "max over axis; ties share the gradient", _RED),
         OpSpec("min", 1, K.min_, _maxmin_vjp, "min over axis; ties share the gradient", _RED),
         OpSpec("logsumexp", 1, K.logsumexp,
-               lambda F, g, ins, out, a, k: F.mul(_unreduce(F, g, ins[0], a["axis"], a["keepdims"]),  # type: ignore[arg-type]
-                                                  F.exp(F.sub(ins[0], _unreduce(F, out, ins[0], a["axis"], a["keepdims"])))),  # type: ignore[arg-type]
+               lambda F, g, ins, out, a, k: F.mul(_unreduce(F, g, ins[0], _axes(a), a["keepdims"]),
+                                                  F.exp(F.sub(ins[0], _unreduce(F, out, ins[0], _axes(a), a["keepdims"])))),
                "log(sum(exp(x))) over axis, computed stably", _RED),
         OpSpec("softmax", 1, K.softmax,
                lambda F, g, ins, out, a, k: F.mul(out, F.sub(g, F.sum(F.mul(g, out), a["axis"], True))),

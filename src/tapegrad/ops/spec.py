@@ -101,7 +101,7 @@ def default_binder(spec: OpSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     if len(args) > n + len(spec.attrs):
         raise TypeError(f"{spec.name}() got too many positional arguments")
     ins = args[:n]
-    given = dict(zip((a.name for a in spec.attrs), args[n:]))
+    given = dict(zip((a.name for a in spec.attrs), args[n:], strict=False))
     for key, value in kwargs.items():
         if key not in spec.attr_names:
             raise TypeError(f"{spec.name}() got an unexpected keyword argument {key!r}")
