@@ -47,7 +47,7 @@ def check_grads(f: Callable[..., Any], *args: Any, order: int = 1, eps: float = 
     directions = {k: rng.standard_normal(xs[k].shape) for k in diff}
 
     def at(t: float) -> float:
-        shifted = [x + t * directions[k] if k in directions else x for k, x in enumerate(xs)]
+        shifted = [np.asarray(x + t * directions[k]) if k in directions else x for k, x in enumerate(xs)]
         with tracer.no_record():
             return float(scalar(*[Variable(z) for z in shifted]).data)
 

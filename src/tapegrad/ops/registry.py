@@ -117,10 +117,11 @@ def _bind_reshape(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tu
         known = math.prod(d for d in dims if d != -1)
         if known and size % known == 0:
             dims[dims.index(-1)] = size // known
+    if any(not isinstance(d, (int, np.integer)) or isinstance(d, bool) for d in dims):
+        raise TapegradError(f"reshape: shape must be integers, got {tuple(dims)}")
+    if -1 in dims or math.prod(dims) != size:
+        raise TapegradError(f"reshape: cannot reshape input of shape {shape_of(x)} into shape {tuple(dims)}")
     new = canon(spec.name, SHAPE, tuple(dims), 0, ())
-    assert isinstance(new, tuple)
-    if math.prod(d for d in new if isinstance(d, int)) != size:
-        raise TapegradError(f"reshape: cannot reshape input of shape {shape_of(x)} into shape {tuple(shape)}")
     return ins, {"shape": new}
 
 
@@ -232,10 +233,9 @@ def _build() -> dict[str, OpSpec]:
                lambda F, g, ins, out, a, k: None if k == 0 else F.where(ins[0], g, 0) if k == 1 else F.where(ins[0], 0, g),
                "cond ? x : y elementwise (no gradient to cond)"),
         OpSpec("clip", 3, K.clip,
-               lambda F, g, ins, out, a, k: (
-                   F.where(F.less(ins[0], ins[1]), 0, F.where(F.greater(ins[0], ins[2]), 0, g)) if k == 0
-                   else F.where(F.less(ins[0], ins[1]), g, 0) if k == 1
-                   else F.where(F.greater(ins[0], ins[2]), g, 0)),
+               lambda F, g, ins, out, a, k: (  # clip = minimum(maximum(x, a_min), a_max)
+                   F.where(F.greater(F.maximum(ins[0], ins[1]), ins[2]), g if k == 2 else 0,
+                           0 if k == 2 else F.where(F.less(ins[0], ins[1]), g if k == 1 else 0, 0 if k == 1 else g))),
                "min(max(x, a_min), a_max); a None bound is the dtype's extreme", binder=_bind_clip),
         # elementwise, unary
         OpSpec("neg", 1, operator.neg, lambda F, g, ins, out, a, k: F.neg(g), "-x"),

@@ -1,0 +1,227 @@
+"""The tape container: preamble, checksummed frames, and a scanner that never trusts a length.
+
+Contract (byte layout in docs/FORMAT.md):
+- A tape is `PREAMBLE` (magic + format version, 12 bytes) followed by frames.  A frame is a
+  4-byte ASCII tag, a u32 little-endian payload length, the payload, and a u32 little-endian
+  CRC-32 of tag + length + payload seeded with the previous frame's CRC (the first frame's seed is
+  the CRC-32 of the preamble), so a frame cut off, corrupted, reordered or spliced in from another
+  file fails its check.
+- `FrameWriter` appends frames to a binary file object, tracking the offset (relative to the
+  tape's first byte) and the CRC chain; small frames are batched into one `write`, large
+  payloads are written straight from the caller's buffers while their CRC is computed on
+  another thread.  It raises only what the file object raises (`OSError`).
+- `FrameScanner` walks the frames of a byte buffer (possibly still being filled by a reader
+  thread) and yields `Frame`s whose bounds are checked and whose CRC matched.  It stops at the
+  footer or at the first problem, which it describes in `scanner.stop` (`Stop`): the byte
+  offset, a message, and whether it looks like a truncation (a writer that died) or corruption.
+  It allocates nothing proportional to the lengths it reads.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+MAGIC = b"\x89TAPE\r\n\x1a"
+MAJOR = 1
+MINOR = 0
+PREAMBLE = MAGIC + struct.pack("<HH", MAJOR, MINOR)
+PREAMBLE_SIZE = len(PREAMBLE)
+FRAME_HEAD = 8  # tag + u32 length
+FRAME_TAIL = 4  # u32 CRC-32
+ALIGN = 64  # array payloads start at offsets that are multiples of this
+
+HEAD, DATA, VARS, RECS, NAME, FOOT = b"HEAD", b"DATA", b"VARS", b"RECS", b"NAME", b"FOOT"
+TAGS = frozenset((HEAD, DATA, VARS, RECS, NAME, FOOT))
+
+_U32 = struct.Struct("<I")
+_HEAD = struct.Struct("<4sI")
+_BIG = 4 << 20  # payloads at least this large get their CRC computed alongside the write
+_BATCH = 1 << 20  # small frames are gathered into writes of about this size
+
+
+def preamble_seed(preamble: bytes | memoryview) -> int:
+    """The CRC seed of the first frame."""
+    return zlib.crc32(preamble)
+
+
+def _crc_parts(parts: Sequence[Any], seed: int) -> int:
+    crc = seed
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return crc
+
+
+class FrameWriter:
+    """Appends frames to `out`; `pos` is the offset of the next byte relative to the tape start."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.pos = 0
+        self.frames = 0
+        self.seed = 0
+        self._pending = bytearray()
+
+    def preamble(self, preamble: bytes = PREAMBLE) -> None:
+        self._pending += preamble
+        self.pos += len(preamble)
+        self.seed = preamble_seed(preamble)
+
+    def frame(self, tag: bytes, parts: Sequence[Any], length: int) -> None:
+        """Append one frame whose payload is the concatenation of the buffers `parts`."""
+        head = _HEAD.pack(tag, length)
+        if length < _BIG:
+            crc = _crc_parts(parts, zlib.crc32(head, self.seed))
+            pending = self._pending
+            pending += head
+            for part in parts:
+                pending += part
+            pending += _U32.pack(crc)
+            if len(pending) >= _BATCH:
+                self.commit()
+        else:
+            result: list[int] = []
+            worker = threading.Thread(target=lambda: result.append(_crc_parts(parts, zlib.crc32(head, self.seed))))
+            worker.start()  # zlib releases the GIL on large buffers, and so does write()
+            try:
+                self._pending += head
+                for part in parts:
+                    if len(part) < _BATCH:
+                        self._pending += part
+                    else:
+                        self.commit()
+                        self._write(part)
+            finally:
+                worker.join()
+            crc = result[0]
+            self._pending += _U32.pack(crc)
+        self.seed = crc
+        self.pos += FRAME_HEAD + length + FRAME_TAIL
+        self.frames += 1
+
+    def commit(self) -> None:
+        """Hand everything gathered so far to the file object."""
+        if self._pending:
+            self._write(self._pending)
+            self._pending = bytearray()
+
+    def _write(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            n = self.out.write(view)
+            if n is None:  # a non-blocking raw file that could take nothing right now
+                raise BlockingIOError("the tape file object accepted no bytes")
+            view = view[n:]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One checked frame: its tag, index, offset of its header, and its payload (a view)."""
+
+    tag: bytes
+    index: int
+    offset: int
+    payload: memoryview
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why scanning stopped early: byte `offset`, a message, and whether it is a truncation."""
+
+    offset: int
+    message: str
+    truncated: bool
+
+
+class FrameScanner:
+    """Iterate over the frames of `buf[:size]`, checking bounds and CRCs.
+
+    `wait(n)` blocks until the first `n` bytes of `buf` are present and returns False if the
+    source ended before that (then `size()` is final).  With `verify_data=False` the CRCs of
+    DATA frames are not computed (structure frames are always checked).  `optional_ok` lets
+    unknown frames whose tag starts with a lowercase letter be skipped (files of a newer minor
+    version).  After iteration, `stop` is None if the footer ended the tape exactly, else a `Stop`.
+    """
+
+    def __init__(self, buf: memoryview, size: Callable[[], int], wait: Callable[[int], bool], *,
+                 verify_data: bool, optional_ok: bool) -> None:
+        self.buf = buf
+        self.size = size
+        self.wait = wait
+        self.verify_data = verify_data
+        self.optional_ok = optional_ok
+        self.stop: Stop | None = None
+        self.end = PREAMBLE_SIZE  # offset just past the last good frame
+        self.trailing = 0  # bytes after the footer
+
+    def frames(self) -> Iterator[Frame]:
+        buf = self.buf
+        pos = PREAMBLE_SIZE
+        seed = preamble_seed(buf[:PREAMBLE_SIZE])
+        index = 0
+        while True:
+            if not self.wait(pos + FRAME_HEAD):
+                size = self.size()
+                if pos == size:
+                    self.stop = Stop(pos, f"the tape ends at byte {pos} without a footer (the writer did not "
+                                          f"finish)", True)
+                elif _all_zero(buf[pos:size]):
+                    self.stop = Stop(pos, f"zero-filled tail of {size - pos} bytes from byte {pos} (the writer "
+                                          f"died before writing it)", True)
+                else:
+                    self.stop = Stop(pos, f"the tape ends at byte {size} inside the header of frame {index} "
+                                          f"at byte {pos}", True)
+                return
+            tag, length = _HEAD.unpack_from(buf, pos)
+            if tag not in TAGS and not (self.optional_ok and tag[:1].islower() and tag.isalnum()):
+                self.wait(1 << 62)
+                if _all_zero(buf[pos:self.size()]):
+                    self.stop = Stop(pos, f"zero-filled tail of {self.size() - pos} bytes from byte {pos} "
+                                          f"(the writer died before writing it)", True)
+                else:
+                    self.stop = Stop(pos, f"frame {index} at byte {pos} has unknown tag {tag!r}", False)
+                return
+            start = pos + FRAME_HEAD
+            end = start + length + FRAME_TAIL
+            if not self.wait(end):
+                size = self.size()
+                self.stop = Stop(pos, f"frame {index} ({tag.decode()}) at byte {pos} needs {length + 12:,} bytes "
+                                      f"but the tape ends {size - pos:,} bytes after its start", True)
+                return
+            stored = _U32.unpack_from(buf, start + length)[0]
+            if tag != DATA or self.verify_data:
+                crc = zlib.crc32(buf[pos:start], seed)
+                step = 8 << 20
+                for lo in range(start, start + length, step):  # in steps, so reading can overlap
+                    crc = zlib.crc32(buf[lo:min(lo + step, start + length)], crc)
+                if crc != stored:
+                    self.stop = Stop(pos, f"checksum mismatch in frame {index} ({tag.decode()}) at byte {pos}: "
+                                          f"the tape is corrupted", False)
+                    return
+            seed = stored
+            self.end = end
+            if tag in TAGS:
+                yield Frame(tag, index, pos, buf[start:start + length])
+            index += 1
+            pos = end
+            if tag == FOOT:
+                self.wait(1 << 62)
+                size = self.size()
+                if size > end:
+                    self.trailing = size - end
+                    self.stop = Stop(end, f"{size - end:,} unexpected bytes after the footer at byte {end}", False)
+                return
+
+
+def _all_zero(view: memoryview) -> bool:
+    """True if every byte of `view` is zero (and there is at least one)."""
+    n = len(view)
+    if n == 0:
+        return False
+    step = 1 << 20
+    zeros = bytes(min(n, step))
+    return all(view[i:i + step] == zeros[:min(step, n - i)] for i in range(0, n, step))

@@ -1,0 +1,68 @@
+"""Safety limits for loading and validating tapes from untrusted sources.
+
+Contract:
+- `Limits` is a frozen dataclass of upper bounds, every one an `int`; `DEFAULT_LIMITS` holds the
+  documented defaults (see docs/FORMAT.md, "Limits").  Pass `Limits(max_records=...)` (or
+  `DEFAULT_LIMITS.replace(...)`) to `load`, `loads`, `load_path` or `validate` to change them.
+- `Limits.check(name, value, what)` raises `LimitError` when `value` exceeds the limit `name`;
+  the message names the limit, the offending size and how to raise the limit.
+- Sizes are always Python ints (numpy products overflow silently), so checks cannot wrap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import LimitError
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds applied while loading and validating a tape (all inclusive)."""
+
+    max_total_bytes: int = 64 * GiB
+    """Size of the whole tape (file or bytes) that will be read into memory."""
+    max_frame_bytes: int = 64 * MiB
+    """Payload of one structure frame (HEAD, VARS, RECS, NAME, FOOT); arrays are not counted."""
+    max_array_bytes: int = 16 * GiB
+    """Stored payload of one array."""
+    max_records: int = 10_000_000
+    """Op records on the tape."""
+    max_variables: int = 20_000_000
+    """Variables (leaves plus record outputs) on the tape."""
+    max_elements: int = 1 << 32
+    """Elements of any one variable, stored or inferred (broadcast_to 10**10 is refused)."""
+    max_total_elements: int = 1 << 36
+    """Elements summed over all variables: the footprint a full replay would compute."""
+    max_ndim: int = 32
+    """Dimensions of any one variable."""
+    max_nesting: int = 16
+    """Nesting depth of metadata and attribute values."""
+    max_string_bytes: int = 1 * MiB
+    """One string or bytes value (names, metadata strings)."""
+
+    def check(self, name: str, value: int, what: str) -> None:
+        """Raise `LimitError` if `value` exceeds the limit called `name`."""
+        limit = getattr(self, name)
+        if value > limit:
+            raise LimitError(f"{what} is {value:,}, over the limit {name}={limit:,}; if you trust this "
+                             f"tape, raise the limit: load(..., limits=Limits({name}=...))")
+
+    def replace(self, **changes: Any) -> Limits:
+        """A copy with some limits changed."""
+        return dataclasses.replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if type(value) is not int or value < 0:
+                raise TypeError(f"Limits.{f.name} must be a non-negative int, got {value!r}")
+
+
+DEFAULT_LIMITS = Limits()
+"""The limits used when a loader or `validate` is given `limits=None`."""
