@@ -26,9 +26,11 @@ from .ops.spec import AttrValue
 
 EMPTY_ATTRS: Mapping[str, AttrValue] = MappingProxyType({})
 
-RawRecord = tuple[str, tuple[int, ...], tuple[int, ...], Mapping[str, AttrValue]]
-"""How a tape stores a record internally: a plain tuple `(op, inputs, outputs, attrs)` holding
-only strings, ints and a dict of plain values, so the garbage collector stops tracking it."""
+RawRecord = tuple[str, tuple[int, ...], tuple[int, ...], "Mapping[str, AttrValue] | None"]
+"""How a tape stores a record internally: a plain tuple `(op, inputs, outputs, attrs)`, with
+`attrs` None when the op has no attributes.  Such a tuple holds only strings and ints, so the
+garbage collector stops tracking it (a dict, even empty, would keep it tracked for good, and a
+tape of tracked tuples makes every full collection walk the whole recording)."""
 
 
 class Record(NamedTuple):
@@ -162,7 +164,7 @@ class Tape:
     def records(self) -> Sequence[Record]:
         """The op records with dense ids, numbered from 0 in tape order."""
         d = self._dense()
-        return tuple(Record(op, tuple(d[i] for i in ins), tuple(d[o] for o in outs), MappingProxyType(dict(attrs)))
+        return tuple(Record(op, tuple(d[i] for i in ins), tuple(d[o] for o in outs), MappingProxyType(dict(attrs or {})))
                      for op, ins, outs, attrs in self._records)
 
     @property
@@ -263,7 +265,7 @@ class Tape:
             if n is not None:
                 op, ins, outputs, attr_map = self._records[n]
                 args = " ".join(f"v{d[i]}" for i in ins)
-                attrs = "".join(f" {k}={v!r}" for k, v in attr_map.items())
+                attrs = "".join(f" {k}={v!r}" for k, v in (attr_map or {}).items())
                 outs = ", ".join(head(o) for o in outputs)
                 lines.append(f"{n:5d} {outs} = {escape(op)} {args}{attrs}{note(vid)}")
             elif vid in self._consts:

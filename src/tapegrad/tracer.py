@@ -36,7 +36,7 @@ from .tape import RawRecord, Tape
 _serials = itertools.count()
 _tape: Tape | None = None  # the active recording, if any
 _linking = True  # False inside no_record(): results get no graph links
-EMPTY: dict[str, Any] = {}  # the attributes of attribute-free records; never mutated
+EMPTY = None  # the stored attributes of attribute-free records (see tape.RawRecord)
 _ALLOWED_KINDS = frozenset("biuf")
 
 
@@ -516,7 +516,7 @@ def _public(spec: OpSpec) -> OpFunction:
     else:
         def fn(*args: Any, **kwargs: Any) -> Variable:
             ins, attrs = spec.bind(args, kwargs)
-            return _apply(spec, ins, attrs or EMPTY)
+            return _apply(spec, ins, attrs or None)
     fn.__name__ = fn.__qualname__ = spec.name
     fn.__doc__ = spec.doc
     return fn
