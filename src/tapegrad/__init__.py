@@ -63,7 +63,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GuardError", "LimitError", "Record", "Tape", "TapeFormatError", "TapegradError",
     "TruncatedTapeError", "Variable", "abs", "add", "astype", "broadcast_to", "clip",
-    "concatenate", "cos", "div", "equal", "exp", "getitem", "grad", "greater", "greater_equal",
+    "concatenate", "cos", "div", "equal", "exp", "getitem", "grad", "greater", "greater_equal", "guard",
     "less", "less_equal", "log", "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean",
     "min", "minimum", "mul", "neg", "no_record", "not_equal", "pow", "record", "relu", "replay",
     "reshape", "scatter_add", "sigmoid", "sign", "sin", "softmax", "sqrt", "stack", "sub", "sum",

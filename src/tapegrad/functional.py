@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import replay, tracer
+from . import engine, tracer
 from .errors import TapegradError
 from .ops import NUMPY
 from .tracer import Variable
@@ -76,5 +76,5 @@ def _reverse(out: Variable, wrt: list[Variable], traced: bool) -> list[Any]:
         if traced:
             result.append(g if isinstance(g, Variable) else Variable(np.asarray(g)))
         else:
-            result.append(replay.owned(g, taken))
+            result.append(engine.owned(g, taken))
     return result

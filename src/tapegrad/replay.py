@@ -1,152 +1,283 @@
-"""The replay engine: the reverse pass over a tape's records, without the code that recorded it.
+"""Replay: run a tape forward with new inputs, backward, and in forward mode, from the tape alone.
 
 Contract:
-- `reverse()` is the one reverse-mode loop in tapegrad.  It walks `reversed(records)` once,
-  applies each op's registry VJP rule through a backend `F` (numpy arrays by default, Variables
-  when a caller records the reverse pass), sums each cotangent back to its input's shape and
-  dtype, and adds cotangents of reused variables out of place (`F.add`), never in place.
-- Only inputs in the `active` set (depending on a requested variable, floating dtype) get
-  cotangents computed; records whose outputs carry no cotangent are skipped.
-- `backward()` differentiates a recorded `Tape`; results are fresh, writeable arrays that share
-  memory with nothing else (not with each other, the seed, or the tape).
+- Works on any `Tape`, recorded in this process or loaded from a file, without the code that
+  recorded it.  Variables are named by name, dense id or Variable object.
+- `forward(tape, inputs=...)` re-executes the recorded program; inputs not given keep their
+  recorded values.  A replaced input must have the recorded shape and dtype, else
+  `TapegradError` naming it.  Guards recorded where the program branched on a value are
+  re-checked; a different branch raises `GuardError` naming the record and source line.
+- `backward(tape, of, wrt, inputs=, seed=)` returns `{ref: gradient}` keyed as asked.  Only
+  cotangents leading to `wrt` are computed.  Results are bit for bit those of eager
+  `y.backward()` on the same values, and share memory with nothing else.
+- `jvp(tape, tangents=...)` returns output tangents (forward mode, by transposing the compiled
+  reverse pass, so it agrees exactly with `backward`).
+- Plans (what to recompute, the compiled reverse pass, when to free each value) are compiled
+  once per request and cached on the tape (`plan()` returns them, with `.peak_bytes`).
+- Inside `record()`, replay computes with Variables through the tracer's hooks and returns
+  Variables: the replayed tape's inputs enter the new tape under their own names, so the
+  reverse pass itself is recorded and can be saved and differentiated again.
 - This module never imports the tracer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
+from . import engine
 from .errors import TapegradError
-from .ops import NUMPY, REGISTRY
-from .tape import RawRecord, Tape
+from .plan import Plan, compile_jvp, compile_plan
+from .tape import Tape
 
 
-def _no_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, attrs: Any, k: int) -> None:
-    return None
+class Recorder(Protocol):
+    """What the tracer provides so that replay can run on Variables (installed at import)."""
+
+    def active(self) -> bool: ...
+    def input(self, value: Any, name: str | None) -> Any: ...
+    def apply(self, op: str, inputs: Sequence[Any], attrs: Mapping[str, Any] | None) -> Any: ...
+    @property
+    def backend(self) -> Any: ...
 
 
-_VJP = {name: spec.vjp or _no_vjp for name, spec in REGISTRY.items()}
+_recorder: list[Recorder] = []
 
 
-def active_set(records: Iterable[RawRecord], sources: Iterable[int]) -> set[int]:
-    """Ids that depend on any of `sources` (forward sweep over the records)."""
-    active = set(sources)
-    for _, ins, outs, _ in records:
-        for i in ins:
-            if i in active:
-                active.update(outs)
-                break
-    return active
+def install_recorder(recorder: Recorder) -> None:
+    """Called once by the tracer: lets replay record onto the active tape."""
+    _recorder[:] = [recorder]
 
 
-def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict[int, Any],
-            skip: set[int] | frozenset[int], want: set[int], F: Any = NUMPY) -> dict[int, Any]:
-    """Run the reverse pass; return the cotangents of the ids in `want` that received one.
-
-    `values` maps every id the records mention to its primal value (array or Variable); `seeds`
-    gives the starting cotangents; no cotangent is computed for ids in `skip` (constants, and
-    whatever cannot reach a requested id).  Integer results never pass cotangents on to floating
-    inputs (the only op that crosses, `astype`, blocks them), so `skip` need not list them.
-    Each cotangent is dropped as soon as its record has been processed.
-    """
-    cot = dict(seeds)
-    found: dict[int, Any] = {}
-    vjps = _VJP
-    pop = cot.pop
-    get = cot.get
-    for op, ins, outs, attrs in reversed(records):
-        out_id = outs[0]
-        g = pop(out_id, None)
-        if g is None:
-            continue
-        if out_id in want:
-            found[out_id] = g
-        vjp = vjps[op]
-        if len(ins) == 1:  # registry contract: one-input rules return the input's shape and dtype
-            i = ins[0]
-            if i in skip:
-                continue
-            gi = vjp(F, g, (values[i],), values[out_id], attrs, 0)
-            if gi is not None:
-                prev = get(i)
-                cot[i] = gi if prev is None else F.add(prev, gi)
-            continue
-        xs = [values[i] for i in ins]
-        out = values[out_id]
-        for k, i in enumerate(ins):
-            if i in skip:
-                continue
-            gi = vjp(F, g, xs, out, attrs, k)
-            if gi is None:
-                continue
-            x = xs[k]  # broadcasting and dtype promotion are undone here, once for all ops
-            if gi.shape != x.shape:
-                gi = F.sum_to(gi, tuple(x.shape))
-            if gi.dtype != x.dtype:
-                gi = F.astype(gi, x.dtype)
-            prev = get(i)
-            cot[i] = gi if prev is None else F.add(prev, gi)
-    for i in want:
-        g = cot.get(i)
-        if g is not None:
-            found[i] = g
-    return found
+def _recording() -> Recorder | None:
+    return _recorder[0] if _recorder and _recorder[0].active() else None
 
 
-def owned(g: Any, taken: set[int]) -> Any:
-    """`g` as a writeable ndarray that owns its memory and is not already handed out."""
-    if type(g) is not np.ndarray or g.base is not None or not g.flags.writeable or id(g) in taken:
-        g = np.array(g, copy=True)
-    taken.add(id(g))
-    return g
-
-
-def _as_refs(wrt: Any) -> list[Any]:
-    if wrt is None:
+def _as_refs(refs: Any) -> list[Any]:
+    if refs is None:
         return []
-    if isinstance(wrt, (str, int)) or hasattr(wrt, "_tapegrad_serial"):
-        return [wrt]
-    return list(wrt)
+    if isinstance(refs, (str, int, np.integer)) or hasattr(refs, "_tapegrad_serial"):
+        return [refs]
+    return list(refs)
 
 
-def backward(tape: Tape, of: Any = None, wrt: Any = None, *, seed: Any = None) -> dict[Any, Any]:
+def _ref_key(tape: Tape, vid: int) -> Any:
+    """How results are keyed when the caller named nothing: the name, else the dense id."""
+    return tape._names.get(vid, tape._dense()[vid])
+
+
+def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: bool) -> dict[int, Any]:
+    """Replaced inputs by internal id, checked against the recorded shape and dtype."""
+    out: dict[int, Any] = {}
+    leaves = set(tape._leaves)
+    for ref, value in (inputs or {}).items():
+        vid = tape.resolve(ref)
+        label = f"input {ref!r} (v{tape._dense()[vid]})"
+        if vid not in leaves or vid in tape._consts:
+            raise TapegradError(f"{label} is not an input of the tape; only inputs can be replaced")
+        shape, dtype = tape.shape_dtype(vid)
+        if recording and hasattr(value, "_tapegrad_serial"):
+            got_shape, got_dtype = tuple(value.shape), value.dtype
+        else:
+            value = np.asarray(value)
+            got_shape, got_dtype = value.shape, value.dtype
+        if got_shape != shape or got_dtype != dtype:
+            raise TapegradError(f"{label} was recorded with shape {shape} and dtype {dtype}, "
+                                f"got shape {got_shape} and dtype {got_dtype}")
+        out[vid] = value
+    return out
+
+
+def _default_outputs(tape: Tape) -> list[int]:
+    """Named results of records, plus the last record's output."""
+    produced = {rec[2][0] for rec in tape._records}
+    outs = [vid for vid in tape._internal() if vid in produced and vid in tape._names]
+    if tape._records and tape._last_output() not in outs:
+        outs.append(tape._last_output())
+    return outs
+
+
+def plan(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Sequence[Any] = (),
+         outputs: Sequence[Any] | None = None) -> Plan:
+    """The (cached) compiled replay computing `outputs` and d `of` / d `wrt`.
+
+    With `of` and `wrt` both None this is a forward-only plan for the default outputs; with
+    `wrt` given and `of` None, `of` is the last recorded output.  `inputs` names the inputs
+    the caller will replace.  `.peak_bytes` predicts the replay's peak memory.
+    """
+    of_id = None
+    wrt_ids: list[int] = []
+    if of is not None or wrt is not None:
+        of_id = tape._last_output() if of is None else tape.resolve(of)
+        wrt_ids = _wrt_ids(tape, wrt)[1]
+    out_ids = _default_outputs(tape) if outputs is None else [tape.resolve(r) for r in outputs]
+    return _plan(tape, out_ids, of_id, wrt_ids, [tape.resolve(r) for r in inputs])
+
+
+def _plan(tape: Tape, out_ids: Sequence[int], of_id: int | None, wrt_ids: Sequence[int], replaced: Sequence[int]) -> Plan:
+    key = ("plan", tuple(out_ids), of_id, tuple(wrt_ids), tuple(sorted(replaced)))
+    built: Plan = _cached(tape, key, lambda: compile_plan(tape, out_ids, wrt_ids, of_id, sorted(replaced)))
+    return built
+
+
+def _cached(tape: Tape, key: Any, build: Any) -> Any:
+    stamp = (len(tape._records), len(tape._leaves))
+    hit = tape._plans.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    built = build()
+    tape._plans[key] = (stamp, built)
+    return built
+
+
+def _wrt_ids(tape: Tape, wrt: Any) -> tuple[list[Any], list[int]]:
+    if wrt is None:
+        ids = [v for v in tape._leaves if v not in tape._consts and tape.shape_dtype(v)[1].kind == "f"]
+        return [_ref_key(tape, v) for v in ids], ids
+    refs = _as_refs(wrt)
+    ids = [tape.resolve(r) for r in refs]
+    for ref, vid in zip(refs, ids, strict=True):
+        dtype = tape.shape_dtype(vid)[1]
+        if dtype.kind != "f":
+            raise TapegradError(f"cannot differentiate with respect to {ref!r}: its dtype {dtype} is not floating point")
+    return refs, ids
+
+
+def _seed(tape: Tape, of_id: int, seed: Any) -> Any:
+    shape, dtype = tape.shape_dtype(of_id)
+    if seed is None:
+        return np.ones(shape, dtype)
+    seed = np.asarray(seed)
+    if seed.shape != shape or seed.dtype != dtype:
+        raise TapegradError(f"seed has shape {seed.shape} and dtype {seed.dtype}, but the output "
+                            f"v{tape._dense()[of_id]} has shape {shape} and dtype {dtype}")
+    return seed
+
+
+def forward(tape: Tape, inputs: Mapping[Any, Any] | None = None, outputs: Sequence[Any] | None = None) -> dict[Any, Any]:
+    """Re-execute the tape; returns `{name or id: value}` for `outputs` (default: named results
+    and the last output).  Inside `record()` the values are Variables."""
+    rec = _recording()
+    replaced = _resolve_inputs(tape, inputs, rec is not None)
+    out_ids = _default_outputs(tape) if outputs is None else [tape.resolve(r) for r in outputs]
+    keys = [_ref_key(tape, v) for v in out_ids] if outputs is None else list(outputs)
+    if rec is not None:
+        values = _record_forward(rec, tape, replaced, out_ids)
+        return {k: values[v] for k, v in zip(keys, out_ids, strict=True)}
+    p = _plan(tape, out_ids, None, [], list(replaced))
+    vals = p.run(replaced)
+    taken: set[int] = set()
+    return {k: engine.owned(vals[p.outputs[v]], taken) for k, v in zip(keys, out_ids, strict=True)}
+
+
+def backward(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Mapping[Any, Any] | None = None,
+             seed: Any = None) -> dict[Any, Any]:
     """Gradients of `of` (default: the last recorded output) with respect to `wrt`.
 
     `wrt` is a name, id, Variable or a list of them; None means every floating-point input.
-    Returns `{ref: ndarray}` keyed as asked (by name, or by dense id when `wrt` is None and the
-    input has no name).  `seed` is the cotangent of `of` (default: ones).
+    Returns `{ref: gradient}` keyed as asked (by name, or dense id for unnamed inputs when `wrt`
+    is None).  `inputs` replaces recorded input values; `seed` is the cotangent of `of`
+    (default: ones).  Inside `record()` the gradients are Variables on the active tape.
     """
+    rec = _recording()
     of_id = tape._last_output() if of is None else tape.resolve(of)
-    values = tape._values
-    if wrt is None:
-        dense = tape._dense()
-        ids = [v for v in tape._leaves if v not in tape._consts and values[v].dtype.kind == "f"]
-        refs: list[Any] = [tape._names.get(v, dense[v]) for v in ids]
-    else:
-        refs = _as_refs(wrt)
-        ids = [tape.resolve(r) for r in refs]
-    for ref, vid in zip(refs, ids, strict=True):
-        if values[vid].dtype.kind != "f":
-            raise TapegradError(f"cannot differentiate with respect to {ref!r}: its dtype "
-                                f"{values[vid].dtype} is not floating point")
-    out_value = values[of_id]
-    if seed is None:
-        seed = np.ones_like(out_value)
-    else:
-        seed = np.asarray(seed)
-        if seed.shape != out_value.shape or seed.dtype != out_value.dtype:
-            raise TapegradError(f"seed has shape {seed.shape} and dtype {seed.dtype}, but {of!r} "
-                                f"has shape {out_value.shape} and dtype {out_value.dtype}")
-    records = tape._records
-    active = active_set(records, ids)
-    skip = {i for i in tape._internal() if i not in active}
-    found = reverse(records, values, {of_id: seed}, skip, set(ids))
-    taken: set[int] = {id(seed)}
+    refs, wrt_ids = _wrt_ids(tape, wrt)
+    replaced = _resolve_inputs(tape, inputs, rec is not None)
+    seed_value = _seed(tape, of_id, seed)
+    if rec is not None:
+        grads = _record_backward(rec, tape, replaced, of_id, wrt_ids, seed_value)
+        return dict(zip(refs, grads, strict=True))
+    p = _plan(tape, [], of_id, wrt_ids, list(replaced))
+    vals = p.run(replaced, seed_value)
+    taken = {id(seed_value)}
     result: dict[Any, Any] = {}
-    for ref, vid in zip(refs, ids, strict=True):
-        g = found.get(vid)
-        result[ref] = np.zeros_like(values[vid]) if g is None else owned(g, taken)
+    for ref, vid in zip(refs, wrt_ids, strict=True):
+        slot = p.grads[vid]
+        if slot is None:
+            result[ref] = np.zeros(*tape.shape_dtype(vid))
+        else:
+            result[ref] = engine.owned(vals[slot], taken)
     return result
+
+
+def jvp(tape: Tape, tangents: Mapping[Any, Any], *, inputs: Mapping[Any, Any] | None = None,
+        outputs: Sequence[Any] | None = None) -> dict[Any, Any]:
+    """Forward mode: `{output: J @ tangent}` for tangents given by input name/id/Variable.
+
+    Computed by transposing the compiled reverse pass, so `<J v, u> == <v, J^T u>` holds to
+    rounding for every op.  `outputs` defaults to the named results and the last output.
+    """
+    replaced = _resolve_inputs(tape, inputs, False)
+    t_ids = [tape.resolve(r) for r in tangents]
+    t_vals = {}
+    for ref, vid in zip(tangents, t_ids, strict=True):
+        shape, dtype = tape.shape_dtype(vid)
+        if dtype.kind != "f":
+            raise TapegradError(f"tangent for {ref!r}: its dtype {dtype} is not floating point")
+        value = np.asarray(tangents[ref])
+        if value.shape != shape or value.dtype != dtype:
+            raise TapegradError(f"tangent for {ref!r} must have shape {shape} and dtype {dtype}, "
+                                f"got {value.shape} and {value.dtype}")
+        t_vals[vid] = value
+    out_ids = _default_outputs(tape) if outputs is None else [tape.resolve(r) for r in outputs]
+    keys = [_ref_key(tape, v) for v in out_ids] if outputs is None else list(outputs)
+    result: dict[Any, Any] = {}
+    taken: set[int] = set()
+    for key, out_id in zip(keys, out_ids, strict=True):
+        shape, dtype = tape.shape_dtype(out_id)
+        if dtype.kind != "f":
+            result[key] = np.zeros(shape, dtype)
+            continue
+        cache_key = ("jvp", out_id, tuple(t_ids), tuple(sorted(replaced)))
+        p = _cached(tape, cache_key, lambda o=out_id: compile_jvp(tape, o, t_ids, sorted(replaced)))
+        vals = p.run(replaced, None, tangents=[t_vals[v] for v in t_ids])
+        slot = p.outputs[out_id]
+        result[key] = np.zeros(shape, dtype) if slot < 0 else engine.owned(vals[slot], taken)
+    return result
+
+
+# ---- replay on Variables (inside a recording) ----------------------------------------------
+
+def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_ids: Sequence[int]) -> dict[int, Any]:
+    """Run the needed records through the tracer; every tape input enters under its name."""
+    needed = set(out_ids) | {r[2][0] for r in tape._records if r[0] == "guard"}
+    for r in reversed(tape._records):
+        if r[2][0] in needed:
+            needed.update(r[1])
+    values: dict[int, Any] = {}
+    for vid in tape._leaves:
+        if vid not in needed:
+            continue
+        if vid in replaced and hasattr(replaced[vid], "_tapegrad_serial"):
+            values[vid] = replaced[vid]
+        elif vid in tape._consts:
+            values[vid] = tape._values[vid]
+        else:
+            value = replaced[vid] if vid in replaced else tape._values.get(vid)
+            if value is None:
+                raise TapegradError(f"cannot replay: the tape stores no value for input v{tape._dense()[vid]}; "
+                                    "pass it in `inputs`")
+            values[vid] = rec.input(np.array(value), tape._names.get(vid))
+    for n, (op, ins, outs, attrs) in enumerate(tape._records):
+        if outs[0] in needed:
+            try:
+                values[outs[0]] = rec.apply(op, [values[i] for i in ins], attrs)
+            except TapegradError as exc:
+                raise type(exc)(f"record {n} ({op}): {exc}") from None
+    return values
+
+
+def _record_backward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], of_id: int, wrt_ids: Sequence[int],
+                     seed: Any) -> list[Any]:
+    values = _record_forward(rec, tape, replaced, [of_id])
+    needed = [r for r in tape._records if r[2][0] in values]
+    active = engine.active_set(needed, wrt_ids)
+    skip = {v for v in values if v not in active}
+    found = engine.reverse(needed, values, {of_id: seed}, skip, set(wrt_ids), rec.backend)
+    zeros = [np.zeros(*tape.shape_dtype(w)) for w in wrt_ids]
+    return [found[w] if w in found else rec.input(z, None) for w, z in zip(wrt_ids, zeros, strict=True)]
+
+
+__all__ = ["Plan", "backward", "forward", "install_recorder", "jvp", "plan"]

@@ -97,6 +97,7 @@ class Tape:
         if values not in VALUE_MODES:
             raise TapegradError(f"values must be one of {VALUE_MODES}, got {values!r}")
         self.values_mode = values
+        self.source = False  # record() switches this on: records keep the user's file and line
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._records: list[RawRecord] = []
         self._values: dict[int, Any] = {}  # id -> ndarray (C-contiguous)
@@ -107,6 +108,8 @@ class Tape:
         self._dense_cache: tuple[int, int, dict[int, int]] | None = None
         self._sink: TapeSink | None = None
         self._leaf_vars: dict[int, Any] = {}  # id -> the Variable that entered as an input
+        self._sources: dict[int, tuple[str, int]] = {}  # record index -> user's (file, line)
+        self._plans: dict[Any, Any] = {}  # replay plans by request, valid while len(records) is unchanged
 
     # -- building (the tracer and the loader call these) --
     def _add_leaf(self, vid: int, value: Any, name: str | None, const: bool) -> None:

@@ -11,7 +11,7 @@ Contract:
 - Python scalars follow numpy 2 promotion (`x32 * 2.0` stays float32) and are recorded as
   constants of the promoted dtype.  Invalid arguments raise `TapegradError` naming the op and
   the shapes, never a bare numpy error.
-- `y.backward()` runs `replay.reverse`, the same engine as file replay.
+- `y.backward()` runs `engine.reverse`, the same engine as file replay.
 - Recording state is process-wide: record from one thread at a time.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from operator import itemgetter
@@ -27,10 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from . import replay
+from . import engine, replay
 from .errors import TapegradError
 from .ops import NUMPY, REGISTRY, OpSpec
-from .ops.registry import set_array_predicate
 from .tape import RawRecord, Tape
 
 _serials = itertools.count()
@@ -67,6 +67,8 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
             v._link = (rec, (x,))
         else:
             v._link = None
+            if tape.source:
+                tape._sources[len(tape._records)] = _caller()
             tape._records.append(rec)
             tape._values[s] = out
             if tape._sink is not None:
@@ -108,6 +110,8 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
             v._link = (rec, (a, b))
         else:
             v._link = None
+            if tape.source:
+                tape._sources[len(tape._records)] = _caller()
             tape._records.append(rec)
             tape._values[s] = out
             if tape._sink is not None:
@@ -178,6 +182,26 @@ class Variable:
     def __len__(self) -> int:
         return len(self.data)
 
+    # -- Python values: recorded as guards, so replay can tell when control flow would change --
+    def __bool__(self) -> bool:
+        return bool(_observe(self, "bool"))
+
+    def __float__(self) -> float:
+        return float(_observe(self, "float"))
+
+    def __int__(self) -> int:
+        return int(_observe(self, "int"))
+
+    def __index__(self) -> int:
+        if self.dtype.kind not in "iub":
+            raise TypeError(f"only integer Variables can be used as an index, not {self.dtype}")
+        return int(_observe(self, "int"))
+
+    def item(self) -> bool | int | float:
+        """The single element as a Python scalar (recorded as a guard inside `record()`)."""
+        kind = "bool" if self.dtype.kind == "b" else "int" if self.dtype.kind in "iu" else "float"
+        return _observe(self, kind)
+
     def __repr__(self) -> str:
         if self.data is None:
             return "variable(None)"
@@ -204,7 +228,7 @@ class Variable:
         found = pull(self, self.grad, None, NUMPY)
         taken = {id(self.grad)}
         for v, g in found.values():
-            g = replay.owned(g, taken)
+            g = engine.owned(g, taken)
             v.grad = g if v.grad is None else v.grad + g
 
     # -- operators (numpy semantics; comparisons are elementwise and carry no gradient) --
@@ -252,6 +276,34 @@ class Variable:
 
 
 _new_variable = Variable.__new__
+
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _caller() -> tuple[str, int]:
+    """(file, line) of the innermost frame outside tapegrad: the user's code that made the op."""
+    frame = sys._getframe(2)
+    while frame.f_code.co_filename.startswith(_PKG_DIR):
+        back = frame.f_back
+        if back is None:
+            break
+        frame = back
+    return frame.f_code.co_filename, frame.f_lineno
+
+
+def _observe(v: Variable, kind: str) -> bool | int | float:
+    """`v` as a Python scalar; inside a recording, also append a guard record for replay."""
+    if v.data is None:
+        raise TapegradError("cannot convert a Variable with no data")
+    if v.data.size != 1:
+        raise TapegradError(f"only one-element Variables convert to Python scalars (shape {v.shape}); "
+                            "use .any() / .all() style reductions explicitly")
+    item = v.data.item()
+    value: bool | int | float = bool(item) if kind == "bool" else int(item) if kind == "int" else float(item)
+    if _tape is not None and _linking:
+        _apply(_GUARD, (v,), {"value": value, "kind": kind})
+    return value
 
 
 def _enter(tape: Tape, v: Variable) -> None:
@@ -335,6 +387,8 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
             ins[k] = xs[k]
         v._link = (rec, tuple(ins))
     else:
+        if tape.source:
+            tape._sources[len(tape._records)] = _caller()
         tape._records.append(rec)
         tape._values[s] = out
         if tape._sink is not None:
@@ -432,9 +486,9 @@ def pull(y: Variable, seed: Any, targets: dict[int, Variable] | None, backend: A
         if targets is None:  # every leaf wanted: skip only what cannot carry a gradient
             skip = {s for s in edge if s not in sources} | consts
         else:
-            active = replay.active_set(records, sources)
+            active = engine.active_set(records, sources)
             skip = {s for s in data if s not in active}
-        found = replay.reverse(records, values, {me: g}, skip, sources, backend)
+        found = engine.reverse(records, values, {me: g}, skip, sources, backend)
         work.extend((edge[s], gs) for s, gs in found.items())
     return result
 
@@ -443,16 +497,19 @@ def pull(y: Variable, seed: Any, targets: dict[int, Variable] | None, backend: A
 
 @contextmanager
 def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, flush_every: int = 256,
-           metadata: Mapping[str, Any] | None = None) -> Iterator[Tape]:
+           metadata: Mapping[str, Any] | None = None, source: bool = True) -> Iterator[Tape]:
     """Record every op inside the block onto a new `Tape` (nested blocks record to the inner tape).
 
     `values` chooses what a saved file keeps: "all", "inputs" (leaves only; replay recomputes)
     or "none" (structure only).  With `path`, each record is also streamed to that file,
     buffered and flushed every `flush_every` records and when the block exits (also on an
     exception), so a crash leaves a readable prefix (`tg.load(path, recover=True)`).
+    With `source` (the default) each record keeps the file and line of the user code that made
+    it, for error messages, guards and the inspector.
     """
     global _tape
     tape = Tape(values, metadata)
+    tape.source = source
     if path is not None:
         from .tape_format import StreamWriter
 
@@ -500,6 +557,7 @@ def recording() -> Tape | None:
 # ---- public op functions, one per registry entry -------------------------------------------
 
 OpFunction = Callable[..., Variable]
+_GUARD = REGISTRY["guard"]
 
 
 def _public(spec: OpSpec) -> OpFunction:
@@ -566,8 +624,26 @@ getitem = _public(REGISTRY["getitem"])
 scatter_add = _public(REGISTRY["scatter_add"])
 concatenate = _public(REGISTRY["concatenate"])
 stack = _public(REGISTRY["stack"])
+guard = _public(REGISTRY["guard"])
 
 OPS: Any = SimpleNamespace(**{name: globals()[name] for name in REGISTRY})
 """The traced backend: the public op functions by registry name (VJP rules run on it)."""
 
-set_array_predicate(lambda x: isinstance(x, (np.ndarray, Variable)))
+
+
+class _Recorder:
+    """Lets `replay` compute on Variables while a recording is active (see replay.Recorder)."""
+
+    backend = OPS
+
+    def active(self) -> bool:
+        return _tape is not None
+
+    def input(self, value: Any, name: str | None) -> Variable:
+        return Variable(value, name=name)
+
+    def apply(self, op: str, inputs: Any, attrs: Any) -> Variable:
+        return _apply(REGISTRY[op], tuple(inputs), attrs or None)
+
+
+replay.install_recorder(_Recorder())

@@ -211,3 +211,9 @@ def stack(spec: OpSpec, shapes: Sequence[Shape], dtypes: Sequence[DType], attrs:
     if axis > len(first):
         raise _fail(spec, shapes, f"axis {axis} is out of bounds")
     return first[:axis] + (len(shapes),) + first[axis:], np.result_type(*dtypes)
+
+
+def guard(spec: OpSpec, shapes: Sequence[Shape], dtypes: Sequence[DType], attrs: Mapping[str, Any]) -> tuple[Shape, DType]:
+    if math.prod(shapes[0]) != 1:
+        raise _fail(spec, shapes, "a guard checks a one-element value")
+    return (), np.dtype(bool)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TapegradError
+from ..errors import GuardError, TapegradError
 from .spec import AttrValue, decode_index
 
 Array = np.ndarray[Any, Any]
@@ -128,3 +128,12 @@ def stack(*xs: Array, axis: int) -> Array:
 
 def astype(x: Array, dtype: str) -> Array:
     return np.asarray(x).astype(dtype)
+
+
+def guard(x: Array, value: bool | int | float, kind: str) -> Array:
+    """Check that a value the recording branched on is unchanged (raises GuardError if not)."""
+    item = np.asarray(x).item()
+    actual = bool(item) if kind == "bool" else int(item) if kind == "int" else float(item)
+    if actual != value and not (actual != actual and value != value):  # NaN == NaN for guards
+        raise GuardError(f"recorded {kind}({value!r}), now {kind}({actual!r})")
+    return np.array(True)

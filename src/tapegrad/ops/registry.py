@@ -35,8 +35,10 @@ from .spec import (
     AXIS,
     BOOL,
     DTYPE,
+    GUARD_KIND,
     INDEX,
     PERM,
+    SCALAR,
     SHAPE,
     Attr,
     Attrs,
@@ -74,7 +76,7 @@ def _swap_last(F: Any, a: Any) -> Any:
     return F.transpose(a, tuple(range(nd - 2)) + (nd - 1, nd - 2))
 
 
-def _matmul_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Attrs, k: int) -> Any:
+def _matmul_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Attrs | None, k: int) -> Any:
     x, y = ins
     if x.ndim == 1 and y.ndim == 1:  # inner product: g is 0-d
         return F.mul(g, ins[1 - k])
@@ -93,7 +95,7 @@ def _matmul_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Attrs, k: int) 
     return F.reshape(r, tuple(ins[k].shape)) if ins[k].ndim == 1 else r
 
 
-def _maxmin_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Attrs, k: int) -> Any:
+def _maxmin_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
     (x,) = ins
     axis, keepdims = _axes(a), a["keepdims"]
     mask = F.astype(F.equal(x, _unreduce(F, out, x, axis, keepdims)), x.dtype)
@@ -154,7 +156,7 @@ def _bind_clip(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple
 
 def _bind_getitem(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     ins, attrs = _fixed(spec, args, kw, 1)
-    index, arrays = encode_index("getitem", attrs["index"], _IS_ARRAY[0])
+    index, arrays = encode_index("getitem", attrs["index"], _is_array)
     return (ins[0], *arrays), {"index": index}
 
 
@@ -195,14 +197,9 @@ def _fixed(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any], n: int) -> t
     return tuple(given[p] for p in params[:n]), {k: given.get(k, defaults.get(k)) for k in names}
 
 
-# `encode_index` must recognise traced values as arrays without importing the tracer; the
-# tracer installs its predicate here (the numpy default sees only ndarrays).
-_IS_ARRAY: list[Callable[[Any], bool]] = [lambda x: isinstance(x, np.ndarray)]
-
-
-def set_array_predicate(pred: Callable[[Any], bool]) -> None:
-    """Let `getitem` index with traced integer arrays (called once by the tracer)."""
-    _IS_ARRAY[0] = pred
+def _is_array(x: Any) -> bool:
+    """Array-like for indexing: ndarrays, Variables and plan symbols all carry shape and dtype."""
+    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (np.generic, bool, int, float))
 
 
 # ---- the table -----------------------------------------------------------------------------
@@ -284,7 +281,7 @@ def _build() -> dict[str, OpSpec]:
         OpSpec("reshape", 1, K.reshape, lambda F, g, ins, out, a, k: F.reshape(g, tuple(ins[0].shape)),
                "same elements, new shape (one -1 allowed)", (Attr("shape", SHAPE),), _bind_reshape),
         OpSpec("transpose", 1, K.transpose,
-               lambda F, g, ins, out, a, k: F.transpose(g, tuple(np.argsort(a["axes"]).tolist())),  # type: ignore[arg-type]
+               lambda F, g, ins, out, a, k: F.transpose(g, tuple(np.argsort(a["axes"]).tolist())),
                "permute axes (None: reverse)", (Attr("axes", PERM, None),)),
         OpSpec("broadcast_to", 1, K.broadcast_to, lambda F, g, ins, out, a, k: F.sum_to(g, tuple(ins[0].shape)),
                "broadcast to shape (materialised)", (Attr("shape", SHAPE),), _bind_shape_to),
@@ -299,18 +296,21 @@ def _build() -> dict[str, OpSpec]:
                "zeros(shape) with g added at index; repeats accumulate",
                (Attr("shape", SHAPE), Attr("index", INDEX)), _bind_scatter_add),
         OpSpec("concatenate", -1, K.concatenate,
-               lambda F, g, ins, out, a, k: F.getitem(g, _concat_slice(ins, a["axis"], k)),  # type: ignore[arg-type]
+               lambda F, g, ins, out, a, k: F.getitem(g, _concat_slice(ins, a["axis"], k)),
                "join arrays along an existing axis", (Attr("axis", AXIS, 0),), _bind_sequence),
         OpSpec("stack", -1, K.stack,
-               lambda F, g, ins, out, a, k: F.getitem(g, (slice(None),) * a["axis"] + (k,)),  # type: ignore[operator]
+               lambda F, g, ins, out, a, k: F.getitem(g, (slice(None),) * a["axis"] + (k,)),
                "join arrays along a new axis", (Attr("axis", AXIS, 0),), _bind_sequence),
+        # control flow
+        OpSpec("guard", 1, K.guard, None, "the recording branched on bool/int/float(x) == value; replay re-checks it",
+               (Attr("value", SCALAR), Attr("kind", GUARD_KIND))),
     ]
     rules = {"sum": I.reduction, "mean": I.reduction, "max": I.reduction, "min": I.reduction,
              "logsumexp": I.reduction, "softmax": I.same_shape, "log_softmax": I.same_shape,
              "astype": I.same_shape, "reshape": I.reshape, "transpose": I.transpose,
              "broadcast_to": I.broadcast_to, "sum_to": I.sum_to, "matmul": I.matmul,
              "getitem": I.getitem, "scatter_add": I.scatter_add, "concatenate": I.concatenate,
-             "stack": I.stack}  # every other op is elementwise
+             "stack": I.stack, "guard": I.guard}  # every other op is elementwise
     return {s.name: replace(s, shape_rule=rules.get(s.name)) for s in specs}
 
 

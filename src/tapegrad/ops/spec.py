@@ -25,7 +25,7 @@ from ..errors import TapegradError
 
 AttrValue = None | bool | int | float | str | tuple["AttrValue", ...]
 Attrs = Mapping[str, AttrValue]
-Vjp = Callable[[Any, Any, Sequence[Any], Any, Attrs, int], Any]
+Vjp = Callable[[Any, Any, Sequence[Any], Any, Any, int], Any]  # (F, g, ins, out, attrs or None, k)
 Binder = Callable[["OpSpec", tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
 ShapeRule = Callable[["OpSpec", Sequence[tuple[int, ...]], Sequence["np.dtype[Any]"], Attrs],
                      tuple[tuple[int, ...], "np.dtype[Any]"]]
@@ -42,6 +42,9 @@ SHAPE = "shape"  # tuple of non-negative ints
 PERM = "perm"  # permutation of range(ndim)
 DTYPE = "dtype"  # stored dtype name
 INDEX = "index"  # encoded index, see encode_index
+SCALAR = "scalar"  # a bool, int or float (a value the recording observed)
+GUARD_KIND = "guard_kind"  # "bool", "int" or "float": how a guard converts its input
+GUARD_KINDS = ("bool", "int", "float")
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,14 @@ def canon(op: str, kind: str, value: Any, ndim: int, shape: tuple[int, ...]) -> 
         if name is None:
             raise TapegradError(f"{op}: dtype {value!r} is not supported")
         return name
+    if kind == SCALAR:
+        if not isinstance(value, (bool, int, float)):
+            raise TapegradError(f"{op}: expected a bool, int or float, got {value!r}")
+        return value
+    if kind == GUARD_KIND:
+        if value not in GUARD_KINDS:
+            raise TapegradError(f"{op}: kind must be one of {GUARD_KINDS}, got {value!r}")
+        return str(value)
     raise AssertionError(f"unknown attribute kind {kind!r}")  # registry bug, not user input
 
 

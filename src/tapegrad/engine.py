@@ -1,0 +1,102 @@
+"""The reverse-mode engine: one loop over reversed records, shared by every caller.
+
+Contract:
+- `reverse()` is the one reverse-mode loop in tapegrad.  It walks `reversed(records)` once,
+  applies each op's registry VJP rule through a backend `F` (numpy arrays, Variables when the
+  reverse pass is being recorded, or plan symbols when it is being compiled), sums each
+  cotangent back to its input's shape and dtype, and adds cotangents of reused variables out
+  of place (`F.add`), never in place.
+- Records are `(op, inputs, outputs, attrs)` tuples (see `tape.RawRecord`); every op has one
+  output.
+- This module imports neither the tracer nor the file format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .ops import NUMPY, REGISTRY
+from .tape import RawRecord
+
+
+def _no_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, attrs: Any, k: int) -> None:
+    return None
+
+
+_VJP = {name: spec.vjp or _no_vjp for name, spec in REGISTRY.items()}
+
+
+def active_set(records: Iterable[RawRecord], sources: Iterable[int]) -> set[int]:
+    """Ids that depend on any of `sources` (forward sweep over the records)."""
+    active = set(sources)
+    for _, ins, outs, _ in records:
+        for i in ins:
+            if i in active:
+                active.update(outs)
+                break
+    return active
+
+
+def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict[int, Any],
+            skip: set[int] | frozenset[int], want: set[int], F: Any = NUMPY) -> dict[int, Any]:
+    """Run the reverse pass; return the cotangents of the ids in `want` that received one.
+
+    `values` maps every id the records mention to its primal value (array or Variable); `seeds`
+    gives the starting cotangents; no cotangent is computed for ids in `skip` (constants, and
+    whatever cannot reach a requested id).  Integer results never pass cotangents on to floating
+    inputs (the only op that crosses, `astype`, blocks them), so `skip` need not list them.
+    Each cotangent is dropped as soon as its record has been processed.
+    """
+    cot = dict(seeds)
+    found: dict[int, Any] = {}
+    vjps = _VJP
+    pop = cot.pop
+    get = cot.get
+    for op, ins, outs, attrs in reversed(records):
+        out_id = outs[0]
+        g = pop(out_id, None)
+        if g is None:
+            continue
+        if out_id in want:
+            found[out_id] = g
+        vjp = vjps[op]
+        if len(ins) == 1:  # registry contract: one-input rules return the input's shape and dtype
+            i = ins[0]
+            if i in skip:
+                continue
+            gi = vjp(F, g, (values[i],), values[out_id], attrs, 0)
+            if gi is not None:
+                prev = get(i)
+                cot[i] = gi if prev is None else F.add(prev, gi)
+            continue
+        xs = [values[i] for i in ins]
+        out = values[out_id]
+        for k, i in enumerate(ins):
+            if i in skip:
+                continue
+            gi = vjp(F, g, xs, out, attrs, k)
+            if gi is None:
+                continue
+            x = xs[k]  # broadcasting and dtype promotion are undone here, once for all ops
+            if gi.shape != x.shape:
+                gi = F.sum_to(gi, tuple(x.shape))
+            if gi.dtype != x.dtype:
+                gi = F.astype(gi, x.dtype)
+            prev = get(i)
+            cot[i] = gi if prev is None else F.add(prev, gi)
+    for i in want:
+        g = cot.get(i)
+        if g is not None:
+            found[i] = g
+    return found
+
+
+def owned(g: Any, taken: set[int]) -> Any:
+    """`g` as a writeable ndarray that owns its memory and is not already handed out."""
+    if type(g) is not np.ndarray or g.base is not None or not g.flags.writeable or id(g) in taken:
+        g = np.array(g, copy=True)
+    taken.add(id(g))
+    return g
