@@ -6,7 +6,7 @@ Public API: `Variable`, the op functions (`add`, `mul`, `sum`, ...), `record`, `
 
 from . import replay
 from .errors import GuardError, LimitError, TapeFormatError, TapegradError, TruncatedTapeError
-from .functional import grad, value_and_grad
+from .functional import grad, hessian, value_and_grad
 from .tape import Record, Tape
 from .tracer import (
     Variable,
@@ -23,6 +23,7 @@ from .tracer import (
     getitem,
     greater,
     greater_equal,
+    guard,
     less,
     less_equal,
     log,
@@ -63,7 +64,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GuardError", "LimitError", "Record", "Tape", "TapeFormatError", "TapegradError",
     "TruncatedTapeError", "Variable", "abs", "add", "astype", "broadcast_to", "clip",
-    "concatenate", "cos", "div", "equal", "exp", "getitem", "grad", "greater", "greater_equal", "guard",
+    "concatenate", "cos", "div", "equal", "exp", "getitem", "grad", "greater", "greater_equal", "guard", "hessian",
     "less", "less_equal", "log", "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean",
     "min", "minimum", "mul", "neg", "no_record", "not_equal", "pow", "record", "relu", "replay",
     "reshape", "scatter_add", "sigmoid", "sign", "sin", "softmax", "sqrt", "stack", "sub", "sum",

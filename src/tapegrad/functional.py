@@ -78,3 +78,27 @@ def _reverse(out: Variable, wrt: list[Variable], traced: bool) -> list[Any]:
         else:
             result.append(engine.owned(g, taken))
     return result
+
+
+def hessian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Any]:
+    """Return a function computing the Hessian of scalar `f` w.r.t. `args[argnums]`.
+
+    For small inputs: one Hessian-vector product (a reverse pass over a recorded reverse pass)
+    per element.  Takes and returns numpy arrays; the result has shape `x.shape + x.shape`.
+    """
+    g = grad(f, argnums)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        x = np.asarray(args[argnums])
+        x = x if x.dtype.kind == "f" else x.astype(np.float64)
+        args = args[:argnums] + (x,) + args[argnums + 1:]
+        rows = []
+        for i in range(x.size):
+            basis = np.zeros(x.size, dtype=x.dtype)
+            basis[i] = 1
+            e = basis.reshape(x.shape)
+            rows.append(grad(lambda *a, e=e: tracer.sum(tracer.mul(g(*a, **kwargs), e)), argnums)(*args).ravel())
+        return np.stack(rows).reshape(x.shape + x.shape) if rows else np.zeros(x.shape + x.shape, x.dtype)
+
+    wrapped.__name__ = f"hessian({getattr(f, '__name__', 'f')})"
+    return wrapped
