@@ -225,7 +225,7 @@ class Plan:
                 if rec < 0:
                     return "in the reverse pass"
                 op = self._records[rec][0]
-                src = self.tape._sources.get(rec)
+                src = self.tape.source_of(rec)
                 at = f" at {src[0]}:{src[1]}" if src else ""
                 return f"record {rec} ({op}){at}"
         return "replay"

@@ -108,7 +108,9 @@ class Tape:
         self._dense_cache: tuple[int, int, dict[int, int]] | None = None
         self._sink: TapeSink | None = None
         self._leaf_vars: dict[int, Any] = {}  # id -> the Variable that entered as an input
-        self._sources: dict[int, tuple[str, int]] = {}  # record index -> user's (file, line)
+        # Per record, where the user's code made it: (code object, bytecode offset) while
+        # recording (cheap to capture), or (file, line) once loaded; empty when not recorded.
+        self._sources: list[tuple[Any, int]] = []
         self._plans: dict[Any, Any] = {}  # replay plans by request, valid while len(records) is unchanged
 
     # -- building (the tracer and the loader call these) --
@@ -135,6 +137,17 @@ class Tape:
         records = self._records
         n = bisect_left(records, vid, key=_first_output)
         return n if n < len(records) and records[n][2][0] == vid else None
+
+    def source_of(self, n: int) -> tuple[str, int] | None:
+        """(file, line) of the user code that made record `n`, if the tape recorded sources."""
+        if not 0 <= n < len(self._sources):
+            return None
+        where, pos = self._sources[n]
+        if isinstance(where, str):
+            return where, pos
+        line = next((ln for start, end, ln in where.co_lines() if start <= pos < end and ln is not None),
+                    where.co_firstlineno)
+        return where.co_filename, line
 
     def shape_dtype(self, vid: int) -> tuple[tuple[int, ...], np.dtype[Any]]:
         """Shape and dtype of internal id `vid` (from its value, or the stored table)."""

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
+from sys import _getframe
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from operator import itemgetter
-from types import SimpleNamespace
+from types import FrameType, SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -68,7 +68,10 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
         else:
             v._link = None
             if tape.source:
-                tape._sources[len(tape._records)] = _caller()
+                f = _getframe(1)
+                if f.f_code.co_filename.startswith(_PKG_DIR):
+                    f = _user_frame(f)
+                tape._sources.append((f.f_code, f.f_lasti))
             tape._records.append(rec)
             tape._values[s] = out
             if tape._sink is not None:
@@ -111,7 +114,10 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
         else:
             v._link = None
             if tape.source:
-                tape._sources[len(tape._records)] = _caller()
+                f = _getframe(1)
+                if f.f_code.co_filename.startswith(_PKG_DIR):
+                    f = _user_frame(f)
+                tape._sources.append((f.f_code, f.f_lasti))
             tape._records.append(rec)
             tape._values[s] = out
             if tape._sink is not None:
@@ -281,15 +287,14 @@ _new_variable = Variable.__new__
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def _caller() -> tuple[str, int]:
-    """(file, line) of the innermost frame outside tapegrad: the user's code that made the op."""
-    frame = sys._getframe(2)
+def _user_frame(frame: FrameType) -> FrameType:
+    """The innermost frame, from `frame` outwards, that is not tapegrad's own code."""
     while frame.f_code.co_filename.startswith(_PKG_DIR):
         back = frame.f_back
         if back is None:
             break
         frame = back
-    return frame.f_code.co_filename, frame.f_lineno
+    return frame
 
 
 def _observe(v: Variable, kind: str) -> bool | int | float:
@@ -388,7 +393,8 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
         v._link = (rec, tuple(ins))
     else:
         if tape.source:
-            tape._sources[len(tape._records)] = _caller()
+            f = _user_frame(_getframe(1))
+            tape._sources.append((f.f_code, f.f_lasti))
         tape._records.append(rec)
         tape._values[s] = out
         if tape._sink is not None:
