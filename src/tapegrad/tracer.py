@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import itertools
 import os
-from sys import _getframe
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from operator import itemgetter
+from sys import _getframe
 from types import FrameType, SimpleNamespace
 from typing import Any
 
