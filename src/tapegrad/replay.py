@@ -103,16 +103,21 @@ def plan(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Sequence[Any] =
          outputs: Sequence[Any] | None = None) -> Plan:
     """The (cached) compiled replay computing `outputs` and d `of` / d `wrt`.
 
-    With `of` and `wrt` both None this is a forward-only plan for the default outputs; with
-    `wrt` given and `of` None, `of` is the last recorded output.  `inputs` names the inputs
-    the caller will replace.  `.peak_bytes` predicts the replay's peak memory.
+    With `of` and `wrt` both None this is the plan `forward()` runs (default outputs);
+    otherwise it is the plan `backward(tape, of, wrt, inputs=...)` runs, with `of` defaulting to
+    the last recorded output.  `inputs` names the inputs the caller will replace.
+    `.peak_bytes` predicts the replay's peak memory (returned gradients included).
     """
     of_id = None
     wrt_ids: list[int] = []
-    if of is not None or wrt is not None:
+    gradient = of is not None or wrt is not None
+    if gradient:
         of_id = tape._last_output() if of is None else tape.resolve(of)
         wrt_ids = _wrt_ids(tape, wrt)[1]
-    out_ids = _default_outputs(tape) if outputs is None else [tape.resolve(r) for r in outputs]
+    if outputs is not None:
+        out_ids = [tape.resolve(r) for r in outputs]
+    else:
+        out_ids = [] if gradient else _default_outputs(tape)
     return _plan(tape, out_ids, of_id, wrt_ids, [tape.resolve(r) for r in inputs])
 
 

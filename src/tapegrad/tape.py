@@ -14,6 +14,7 @@ Contract:
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
@@ -171,6 +172,13 @@ class Tape:
         if not self._avals:
             return sorted(self._values)
         return sorted(self._values.keys() | self._avals.keys())
+
+    # -- files --
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write this tape to `path` atomically (see `tapegrad.tape_format.save`)."""
+        from .tape_format import save
+
+        save(self, path)
 
     # -- public view --
     def __len__(self) -> int:

@@ -1,0 +1,57 @@
+"""Shared fixtures: a seeded random generator, tiny recorded tapes, and the hypothesis profile."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+import tapegrad as tg
+
+# Small example counts keep the whole suite fast; no deadline because the first call of a test
+# pays for numpy warm-up.
+settings.register_profile(
+    "tapegrad", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("tapegrad")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def record_readme_step() -> SimpleNamespace:
+    """The README example: one named input pair, `loss = sum(tanh(x @ w))`."""
+    with tg.record() as tape:
+        w = tg.Variable(np.linspace(-1.0, 1.0, 6).reshape(3, 2), name="w")
+        x = tg.Variable(np.arange(6.0).reshape(2, 3) / 6.0, name="x")
+        loss = tg.sum(tg.tanh(x @ w))
+        loss.name = "loss"
+    return SimpleNamespace(tape=tape, w=w, x=x, loss=loss)
+
+
+@pytest.fixture
+def record_readme() -> Callable[[], SimpleNamespace]:
+    """The function that records the README step (call it twice to compare recordings)."""
+    return record_readme_step
+
+
+@pytest.fixture
+def readme_tape() -> SimpleNamespace:
+    """A three-record tape (matmul, tanh, sum) with variables named w, x and loss."""
+    return record_readme_step()
+
+
+@pytest.fixture
+def mixed_tape() -> SimpleNamespace:
+    """A tape with a float input `a`, an integer input `k` and a float output."""
+    with tg.record() as tape:
+        a = tg.Variable(np.array([0.5, -1.0, 2.0]), name="a")
+        k = tg.Variable(np.array([1, 2, 3]), name="k")
+        out = tg.sum(a * k)
+        out.name = "out"
+    return SimpleNamespace(tape=tape, a=a, k=k, out=out)
