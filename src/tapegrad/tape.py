@@ -109,9 +109,11 @@ class Tape:
         self._dense_cache: tuple[int, int, dict[int, int]] | None = None
         self._sink: TapeSink | None = None
         self._leaf_vars: dict[int, Any] = {}  # id -> the Variable that entered as an input
-        # Per record, where the user's code made it: (code object, bytecode offset) while
-        # recording (cheap to capture), or (file, line) once loaded; empty when not recorded.
-        self._sources: list[tuple[Any, int]] = []
+        # Per record, where the user's code made it: code object and bytecode offset while
+        # recording (two flat lists: cheap to append, nothing for the collector to track), or
+        # file name and line once loaded; both empty when sources were not recorded.
+        self._source_code: list[Any] = []
+        self._source_pos: list[int] = []
         self._plans: dict[Any, Any] = {}  # replay plans by request, valid while len(records) is unchanged
 
     # -- building (the tracer and the loader call these) --
@@ -141,9 +143,9 @@ class Tape:
 
     def source_of(self, n: int) -> tuple[str, int] | None:
         """(file, line) of the user code that made record `n`, if the tape recorded sources."""
-        if not 0 <= n < len(self._sources):
+        if not 0 <= n < len(self._source_code):
             return None
-        where, pos = self._sources[n]
+        where, pos = self._source_code[n], self._source_pos[n]
         if isinstance(where, str):
             return where, pos
         line = next((ln for start, end, ln in where.co_lines() if start <= pos < end and ln is not None),

@@ -71,7 +71,8 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
                 f = _getframe(1)
                 if f.f_code.co_filename.startswith(_PKG_DIR):
                     f = _user_frame(f)
-                tape._sources.append((f.f_code, f.f_lasti))
+                tape._source_code.append(f.f_code)
+                tape._source_pos.append(f.f_lasti)
             tape._records.append(rec)
             tape._values[s] = out
             if tape._sink is not None:
@@ -89,8 +90,6 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
     forward, name = spec.forward, spec.name
 
     def op(a: Any, b: Any) -> Variable:
-        if reflected:
-            a, b = b, a
         tape = _tape
         if (type(a) is not Variable or type(b) is not Variable or not _linking or a.data is None or b.data is None
                 or (a._tape is not tape and tape is not None and a._tapegrad_serial not in tape._values)
@@ -117,13 +116,18 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
                 f = _getframe(1)
                 if f.f_code.co_filename.startswith(_PKG_DIR):
                     f = _user_frame(f)
-                tape._sources.append((f.f_code, f.f_lasti))
+                tape._source_code.append(f.f_code)
+                tape._source_pos.append(f.f_lasti)
             tape._records.append(rec)
             tape._values[s] = out
             if tape._sink is not None:
                 tape._sink.record(rec, out)
         return v
 
+    if reflected:
+        def rop(a: Any, b: Any) -> Variable:
+            return op(b, a)
+        return rop
     return op
 
 
@@ -394,7 +398,8 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
     else:
         if tape.source:
             f = _user_frame(_getframe(1))
-            tape._sources.append((f.f_code, f.f_lasti))
+            tape._source_code.append(f.f_code)
+            tape._source_pos.append(f.f_lasti)
         tape._records.append(rec)
         tape._values[s] = out
         if tape._sink is not None:
