@@ -69,9 +69,11 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
             v._link = None
             if tape.source:
                 f = _getframe(1)
-                if f.f_code.co_filename.startswith(_PKG_DIR):
+                code = f.f_code
+                if code.co_filename in _PKG_FILES:  # an op made by tapegrad itself (a VJP rule, replay)
                     f = _user_frame(f)
-                tape._source_code.append(f.f_code)
+                    code = f.f_code
+                tape._source_code.append(code)
                 tape._source_pos.append(f.f_lasti)
             tape._records.append(rec)
             tape._values[s] = out
@@ -114,9 +116,11 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
             v._link = None
             if tape.source:
                 f = _getframe(1)
-                if f.f_code.co_filename.startswith(_PKG_DIR):
+                code = f.f_code
+                if code.co_filename in _PKG_FILES:  # an op made by tapegrad itself (a VJP rule, replay)
                     f = _user_frame(f)
-                tape._source_code.append(f.f_code)
+                    code = f.f_code
+                tape._source_code.append(code)
                 tape._source_pos.append(f.f_lasti)
             tape._records.append(rec)
             tape._values[s] = out
@@ -288,12 +292,16 @@ class Variable:
 _new_variable = Variable.__new__
 
 
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+# The package's own source files (a set lookup on the code's file name is ~10x cheaper than
+# str.startswith, and this check runs once per recorded op).
+_PKG_FILES = frozenset(os.path.join(folder, name) for folder, _, names in os.walk(_PKG_DIR)
+                       for name in names if name.endswith(".py"))
 
 
 def _user_frame(frame: FrameType) -> FrameType:
     """The innermost frame, from `frame` outwards, that is not tapegrad's own code."""
-    while frame.f_code.co_filename.startswith(_PKG_DIR):
+    while frame.f_code.co_filename in _PKG_FILES:
         back = frame.f_back
         if back is None:
             break
