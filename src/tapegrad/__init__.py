@@ -8,7 +8,7 @@ from . import replay
 from .errors import GuardError, LimitError, TapeFormatError, TapegradError, TruncatedTapeError
 from .functional import grad, hessian, value_and_grad
 from .tape import Record, Tape
-from .tape_format import TapeRecoveryWarning, dumps, loads, save
+from .tape_format import Limits, Recovery, TapeRecoveryWarning, dumps, loads, save
 from .tape_format import load_path as load
 from .tracer import (
     Variable,
@@ -64,7 +64,7 @@ from .tracer import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "TapeRecoveryWarning", "dumps", "load", "loads", "save",
+    "Limits", "Recovery", "TapeRecoveryWarning", "dumps", "load", "loads", "save",
     "GuardError", "LimitError", "Record", "Tape", "TapeFormatError", "TapegradError",
     "TruncatedTapeError", "Variable", "abs", "add", "astype", "broadcast_to", "clip",
     "concatenate", "cos", "div", "equal", "exp", "getitem", "grad", "greater", "greater_equal", "guard", "hessian",

@@ -114,6 +114,7 @@ class Tape:
         # file name and line once loaded; both empty when sources were not recorded.
         self._source_code: list[Any] = []
         self._source_pos: list[int] = []
+        self.recovery: Any = None  # set by a load with recover=True: what was dropped (a Recovery)
         self._plans: dict[Any, Any] = {}  # replay plans by request, valid while len(records) is unchanged
 
     # -- building (the tracer and the loader call these) --

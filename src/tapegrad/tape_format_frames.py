@@ -75,26 +75,33 @@ class FrameWriter:
         """Append one frame whose payload is the concatenation of the buffers `parts`."""
         head = _HEAD.pack(tag, length)
         if length < _BIG:
-            crc = _crc_parts(parts, zlib.crc32(head, self.seed))
+            try:
+                payload = b"".join(parts)  # bytes.join takes any C-contiguous buffer, ndarrays included
+            except TypeError as exc:  # a non-contiguous array: nothing was written yet
+                raise BufferError(str(exc)) from None
+            crc = zlib.crc32(payload, zlib.crc32(head, self.seed))
             pending = self._pending
             pending += head
-            for part in parts:
-                pending += part
+            pending += payload
             pending += _U32.pack(crc)
             if len(pending) >= _BATCH:
                 self.commit()
         else:
+            try:
+                parts = [memoryview(part).cast("B") for part in parts]  # fail before writing anything
+            except TypeError as exc:
+                raise BufferError(str(exc)) from None
             result: list[int] = []
             worker = threading.Thread(target=lambda: result.append(_crc_parts(parts, zlib.crc32(head, self.seed))))
             worker.start()  # zlib releases the GIL on large buffers, and so does write()
             try:
                 self._pending += head
-                for part in parts:
-                    if len(part) < _BATCH:
-                        self._pending += part
+                for view in parts:
+                    if view.nbytes < _BATCH:
+                        self._pending += view
                     else:
                         self.commit()
-                        self._write(part)
+                        self._write(view)
             finally:
                 worker.join()
             crc = result[0]
@@ -187,21 +194,27 @@ class FrameScanner:
                 return
             start = pos + FRAME_HEAD
             end = start + length + FRAME_TAIL
+            if end > self.size() and not self.wait(end):
+                self.stop = self._cut(index, tag, pos, length)
+                return
+            crc = zlib.crc32(buf[pos:start], seed)
+            check = tag != DATA or self.verify_data
+            step = 8 << 20
+            for lo in range(start, start + length, step):  # in steps, checking while the rest is read
+                hi = min(lo + step, start + length)
+                if not self.wait(hi):
+                    self.stop = self._cut(index, tag, pos, length)
+                    return
+                if check:
+                    crc = zlib.crc32(buf[lo:hi], crc)
             if not self.wait(end):
-                size = self.size()
-                self.stop = Stop(pos, f"frame {index} ({tag.decode()}) at byte {pos} needs {length + 12:,} bytes "
-                                      f"but the tape ends {size - pos:,} bytes after its start", True)
+                self.stop = self._cut(index, tag, pos, length)
                 return
             stored = _U32.unpack_from(buf, start + length)[0]
-            if tag != DATA or self.verify_data:
-                crc = zlib.crc32(buf[pos:start], seed)
-                step = 8 << 20
-                for lo in range(start, start + length, step):  # in steps, so reading can overlap
-                    crc = zlib.crc32(buf[lo:min(lo + step, start + length)], crc)
-                if crc != stored:
-                    self.stop = Stop(pos, f"checksum mismatch in frame {index} ({tag.decode()}) at byte {pos}: "
-                                          f"the tape is corrupted", False)
-                    return
+            if check and crc != stored:
+                self.stop = Stop(pos, f"checksum mismatch in frame {index} ({_tag(tag)}) at byte {pos}: "
+                                      f"the tape is corrupted", False)
+                return
             seed = stored
             self.end = end
             if tag in TAGS:
@@ -215,6 +228,17 @@ class FrameScanner:
                     self.trailing = size - end
                     self.stop = Stop(end, f"{size - end:,} unexpected bytes after the footer at byte {end}", False)
                 return
+
+
+    def _cut(self, index: int, tag: bytes, pos: int, length: int) -> Stop:
+        size = self.size()
+        return Stop(pos, f"frame {index} ({_tag(tag)}) at byte {pos} needs {length + 12:,} bytes but the tape "
+                         f"ends {size - pos:,} bytes after its start", True)
+
+
+def _tag(tag: bytes) -> str:
+    """A printable frame tag (tags of damaged frames are arbitrary bytes)."""
+    return tag.decode("ascii", "backslashreplace")
 
 
 def _all_zero(view: memoryview) -> bool:

@@ -27,8 +27,10 @@ class Limits:
 
     max_total_bytes: int = 64 * GiB
     """Size of the whole tape (file or bytes) that will be read into memory."""
-    max_frame_bytes: int = 64 * MiB
-    """Payload of one structure frame (HEAD, VARS, RECS, NAME, FOOT); arrays are not counted."""
+    max_frame_bytes: int = 4 * MiB
+    """Payload of one structure frame (HEAD, VARS, RECS, NAME, FOOT); arrays are not counted.
+
+    Decoding a frame briefly takes up to ~64 bytes of Python objects per payload byte."""
     max_array_bytes: int = 16 * GiB
     """Stored payload of one array."""
     max_records: int = 10_000_000

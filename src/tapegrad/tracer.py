@@ -516,13 +516,14 @@ def pull(y: Variable, seed: Any, targets: dict[int, Variable] | None, backend: A
 
 @contextmanager
 def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, flush_every: int = 256,
-           metadata: Mapping[str, Any] | None = None, source: bool = True) -> Iterator[Tape]:
+           fsync: bool = False, metadata: Mapping[str, Any] | None = None, source: bool = True) -> Iterator[Tape]:
     """Record every op inside the block onto a new `Tape` (nested blocks record to the inner tape).
 
     `values` chooses what a saved file keeps: "all", "inputs" (leaves only; replay recomputes)
     or "none" (structure only).  With `path`, each record is also streamed to that file,
     buffered and flushed every `flush_every` records and when the block exits (also on an
-    exception), so a crash leaves a readable prefix (`tg.load(path, recover=True)`).
+    exception), so a crash leaves a readable prefix (`tg.load(path, recover=True)`); with
+    `fsync` each flush also reaches the disk (survives a power cut, not just a process crash).
     With `source` (the default) each record keeps the file and line of the user code that made
     it, for error messages, guards and the inspector.
     """
@@ -532,7 +533,7 @@ def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, f
     if path is not None:
         from .tape_format import StreamWriter
 
-        tape._sink = StreamWriter(path, tape, flush_every=flush_every)
+        tape._sink = StreamWriter(path, tape, flush_every=flush_every, fsync=fsync)
     outer = _tape
     _tape = tape
     try:

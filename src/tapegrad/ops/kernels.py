@@ -32,7 +32,7 @@ def transpose(x: Array, axes: tuple[int, ...]) -> Array:
 
 def broadcast_to(x: Array, shape: tuple[int, ...]) -> Array:
     try:
-        return np.array(np.broadcast_to(x, shape))
+        return np.array(np.broadcast_to(x, shape), order="C")  # np.array keeps a broadcast layout otherwise
     except ValueError:
         raise TapegradError(f"broadcast_to: cannot broadcast shape {np.shape(x)} to {shape}") from None
 

@@ -300,7 +300,7 @@ def _build() -> dict[str, OpSpec]:
                "join arrays along an existing axis", (Attr("axis", AXIS, 0),), _bind_sequence),
         OpSpec("stack", -1, K.stack,
                lambda F, g, ins, out, a, k: F.getitem(g, (slice(None),) * a["axis"] + (k,)),
-               "join arrays along a new axis", (Attr("axis", AXIS, 0),), _bind_sequence),
+               "join arrays along a new axis", (Attr("axis", AXIS, 0, extra_dims=1),), _bind_sequence),
         # control flow
         OpSpec("guard", 1, K.guard, None, "the recording branched on bool/int/float(x) == value; replay re-checks it",
                (Attr("value", SCALAR), Attr("kind", GUARD_KIND))),

@@ -13,6 +13,7 @@ Contract:
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import dtype_name
+from ..dtypes import DTYPES, dtype_name
 from ..errors import TapegradError
 
 AttrValue = None | bool | int | float | str | tuple["AttrValue", ...]
@@ -49,11 +50,16 @@ GUARD_KINDS = ("bool", "int", "float")
 
 @dataclass(frozen=True)
 class Attr:
-    """One attribute of an op: its name, kind and default."""
+    """One attribute of an op: its name, kind and default.
+
+    `extra_dims`: an AXIS that indexes the output, which has that many more dimensions than
+    the inputs (stack's new axis).
+    """
 
     name: str
     kind: str
     default: Any = REQUIRED
+    extra_dims: int = 0
 
 
 @dataclass(frozen=True)
@@ -257,3 +263,86 @@ def decode_index(index: AttrValue, arrays: Sequence[Any]) -> tuple[Any, ...]:
             assert isinstance(item, tuple)
             out.append(slice(*item[1:]))
     return tuple(out)
+
+
+# ---- stored-form checks (attributes read from files) ------------------------------------------
+
+def show(value: Any) -> str:
+    """A short, safe description of an untrusted value (never a deep repr)."""
+    if value is None or type(value) in (bool, int, float):
+        text = repr(value)
+    elif type(value) is str:
+        text = repr(value[:40] + ("..." if len(value) > 40 else ""))
+    else:
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(x: Any) -> bool:
+    return type(x) is int
+
+
+def check_stored(kind: str, value: Any, ndim: int, n_arrays: int, max_ndim: int) -> str | None:
+    """Why `value` is not a well-formed *stored* attribute of `kind` (as a file holds it: exact
+    Python types, canonical form) for an input of `ndim` dimensions, or None if it is."""
+    if kind == BOOL:
+        return None if type(value) is bool else f"expected a bool, got {show(value)}"
+    if kind == AXES:
+        if value is None:
+            return None
+        if type(value) is not tuple or not all(_is_int(a) for a in value):
+            return f"expected None or a tuple of axes, got {show(value)}"
+        if any(not 0 <= a < ndim for a in value) or any(a >= b for a, b in itertools.pairwise(value)):
+            return f"axes {value} must be distinct, sorted and in [0, {ndim})"
+        return None
+    if kind == AXIS:
+        if not _is_int(value) or not 0 <= value < ndim:
+            return f"axis must be an integer in [0, {ndim}), got {show(value)}"
+        return None
+    if kind == SHAPE:
+        if type(value) is not tuple or not all(_is_int(d) and d >= 0 for d in value):
+            return f"expected a shape (tuple of non-negative integers), got {show(value)}"
+        if len(value) > max_ndim:
+            return f"shape has {len(value)} dimensions, over max_ndim={max_ndim}"
+        return None
+    if kind == PERM:
+        if type(value) is not tuple or not all(_is_int(a) for a in value) or sorted(value) != list(range(ndim)):
+            return f"expected a permutation of range({ndim}), got {show(value) if type(value) is not tuple else value}"
+        return None
+    if kind == DTYPE:
+        return None if type(value) is str and value in DTYPES else f"expected a dtype name, got {show(value)}"
+    if kind == INDEX:
+        return _check_index(value, n_arrays, max_ndim)
+    if kind == SCALAR:
+        return None if type(value) in (bool, int, float) else f"expected a bool, int or float, got {show(value)}"
+    if kind == GUARD_KIND:
+        return None if type(value) is str and value in GUARD_KINDS else f"expected one of {GUARD_KINDS}, got {show(value)}"
+    raise AssertionError(f"unknown attribute kind {kind!r}")  # a registry bug, not file content
+
+
+def _check_index(value: Any, n_arrays: int, max_ndim: int) -> str | None:
+    """Stored index form (see `ops.spec.encode_index`): a tuple of index items."""
+    if type(value) is not tuple:
+        return f"expected an index tuple, got {show(value)}"
+    if len(value) > 2 * max_ndim:
+        return f"index has {len(value)} items, over 2 * max_ndim"
+    arrays = ellipses = 0
+    for item in value:
+        if item is None or _is_int(item):
+            continue
+        if type(item) is str:
+            if item != "...":
+                return f"bad index item {show(item)}"
+            ellipses += 1
+        elif type(item) is tuple and item == ("array",) and type(item[0]) is str:
+            arrays += 1
+        elif (type(item) is tuple and len(item) == 4 and type(item[0]) is str and item[0] == "slice"
+              and all(b is None or _is_int(b) for b in item[1:])):
+            continue
+        else:
+            return f"bad index item {show(item)}"
+    if ellipses > 1:
+        return "an index can only have one ellipsis"
+    if arrays != n_arrays:
+        return f"the index uses {arrays} integer arrays but the record has {n_arrays} index inputs"
+    return None

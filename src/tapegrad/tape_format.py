@@ -1,0 +1,344 @@
+"""The tape file format: msgpack structure in checksummed frames, raw aligned array payloads.
+
+Contract (byte layout and versioning rules: docs/FORMAT.md):
+- `dump(tape, fileobj)` / `dumps(tape) -> bytes` write a tape; `save(tape, path)` writes it
+  atomically (temporary file in the same directory, flush, fsync, `os.replace`, fsync of the
+  directory; on any failure the temporary file is removed and the old file is untouched).
+  What is stored follows `tape.values_mode`: "all" values, "inputs" (leaf values only) or
+  "none" (shapes and dtypes only).  Output is deterministic: the same tape gives the same bytes.
+  Writing raises `TapegradError` for tapes it cannot represent (a dtype outside `DTYPES`,
+  attributes or metadata that are not plain data) and `OSError` from the file.
+- `load(fileobj)`, `loads(data)` and `load_path(path, mmap=False)` read a tape, validate it fully
+  (`validate.validate`) and return it; stored arrays are read-only zero-copy views of the bytes
+  read (or of the mapped file).  Options: `recover=True` returns the whole-record prefix of a
+  damaged or cut-off tape and reports what was dropped (`tape.recovery`, a `Recovery`, plus a
+  `TapeRecoveryWarning`); `verify=False` skips the checksums of array payloads (structure is
+  always checked); `limits=Limits(...)` changes the safety limits.  Only `TapegradError`
+  subclasses escape for bad content, and `OSError` for the file itself.
+- `StreamWriter(path, tape, flush_every=256)` is the `TapeSink` that `record(path=...)` uses: it
+  writes the header at once, then appends a batch of frames every `flush_every` records (and at
+  `close()`, which adds the footer).  A process killed at any point leaves a file whose flushed
+  records load with `recover=True`.  Files are flushed to the OS, not fsynced, unless `fsync=True`.
+
+Modules: `tape_format_frames` (container, CRC chain), `tape_format_writer` (encoding; its
+`CHUNK_BYTES` is the DATA frame size), `tape_format_sources` (reading or mapping the bytes),
+`tape_format_reader` (decoding), `tape_format_limits` (`Limits`), and `validate` (graph checks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+from itertools import chain, compress, repeat
+from operator import is_, itemgetter
+from typing import IO, Any
+
+from .errors import TapegradError
+from .tape import RawRecord, Tape
+from .tape_format_frames import MAGIC, MAJOR, MINOR
+from .tape_format_limits import DEFAULT_LIMITS, Limits
+from .tape_format_reader import Recovery, TapeRecoveryWarning, read
+from .tape_format_sources import memory_source, path_source, stream_source
+from .tape_format_writer import Encoder
+from .validate import no_gc, validate
+
+__all__ = [
+    "DEFAULT_LIMITS", "Limits", "MAGIC", "MAJOR", "MINOR", "Recovery", "StreamWriter",
+    "TapeRecoveryWarning", "dump", "dumps", "load", "load_path", "loads", "save", "validate",
+]
+
+_OP, _INS, _OUTS, _ATTRS = (itemgetter(k) for k in range(4))
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
+
+
+def _sources(tape: Tape, start: int, count: int,
+             cache: dict[Any, tuple[str, int]]) -> tuple[list[str], list[int], list[int]] | None:
+    """(file table, file index, line) of records start..start+count-1, or None unless all have one.
+
+    Each distinct (code, position) is resolved once by `Tape.source_of` and remembered in `cache`
+    (the tape keeps its code objects alive, so their ids stay unique while it is recorded).
+    """
+    codes, positions = tape._source_code, tape._source_pos
+    if not count or len(codes) < start + count or len(positions) < start + count:
+        return None
+    keys = list(zip(map(id, codes[start:start + count]), positions[start:start + count], strict=True))
+    if not cache.keys() >= set(keys):
+        first = dict(zip(reversed(keys), range(start + count - 1, start - 1, -1), strict=True))
+        for key, n in first.items():
+            if key not in cache:
+                where = tape.source_of(n)
+                if where is None:
+                    return None
+                cache[key] = where
+    found = list(map(cache.__getitem__, keys))
+    files = {name: k for k, name in enumerate(dict.fromkeys(map(_FIRST, found)))}
+    return list(files), list(map(files.__getitem__, map(_FIRST, found))), list(map(_SECOND, found))
+
+
+def _columns(tape: Tape, leaves: list[int], records: list[RawRecord], dense: dict[int, int],
+             first_record: int, source_cache: dict[Any, tuple[str, int]]) -> dict[str, Any]:
+    """The `Encoder.batch` arguments for these leaves and records of `tape` (ids made dense).
+
+    `records` are the tape's records from index `first_record` on (for their source lines).
+    """
+    values, avals, names, consts = tape._values, tape._avals, tape._names, tape._consts
+    store_leaves = tape.values_mode != "none"
+    store_records = tape.values_mode == "all"
+    to_dense = dense.__getitem__
+
+    def typed(ids: list[int], store: bool) -> list[Any]:
+        found = list(map(values.get, ids))
+        missing = list(compress(ids, map(is_, found, repeat(None))))  # `None in found` would compare arrays
+        if missing:
+            if store:
+                raise TapegradError(f"cannot store v{dense[missing[0]]}: the tape has no value for it "
+                                    f"(values={tape.values_mode!r})")
+            found = [avals[i] if v is None else v for i, v in zip(ids, found, strict=True)]
+        return found
+
+    outs = list(map(_FIRST, map(_OUTS, records)))
+    ins = list(map(_INS, records))
+    try:
+        return {
+            "leaf_ids": list(map(to_dense, leaves)),
+            "leaf_const": list(map(consts.__contains__, leaves)),
+            "leaf_names": list(map(names.get, leaves)),
+            "leaf_values": typed(leaves, store_leaves),
+            "ops": list(map(_OP, records)),
+            "nin": list(map(len, ins)),
+            "inputs": list(map(to_dense, chain.from_iterable(ins))),
+            "outs": list(map(to_dense, outs)),
+            "attrs": list(map(_ATTRS, records)),
+            "rec_values": typed(outs, store_records),
+            "sources": _sources(tape, first_record, len(records), source_cache),
+        }
+    except KeyError as exc:
+        raise TapegradError(f"cannot store the tape: it refers to variable {exc.args[0]!r}, which it does not "
+                            f"define") from None
+
+
+def dump(tape: Tape, fileobj: IO[bytes]) -> None:
+    """Write `tape` to the binary file object `fileobj` (at its current position)."""
+    with no_gc():
+        dense = tape._dense()
+        enc = Encoder(fileobj, tape.values_mode, tape.metadata)
+        leaf_set = set(tape._leaves)
+        late: list[tuple[int, str | None]] = sorted((dense[v], n) for v, n in tape._names.items()
+                                                    if v not in leaf_set)
+        enc.batch(**_columns(tape, tape._leaves, tape._records, dense, 0, {}), names=late)
+        enc.footer()
+
+
+def dumps(tape: Tape) -> bytes:
+    """The bytes of `tape` as a tape file."""
+    buf = io.BytesIO()
+    dump(tape, buf)
+    return buf.getvalue()
+
+
+_inflight: set[str] = set()  # temporary files this process is writing right now
+_inflight_lock = threading.Lock()
+_TMP_SUFFIX = ".tapegrad-tmp"
+
+
+def save(tape: Tape, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    """Write `tape` to `path` atomically: readers and crashes see the old file or the new one.
+
+    The tape goes to a temporary file in the same directory, which is flushed, fsynced and
+    renamed over `path`; then the directory is fsynced.  On failure (a full disk, a failing
+    fsync, an interrupt) the temporary file is removed and `path` is untouched, and the error
+    propagates.  Temporary files left by writers that were killed are removed by the next save.
+    `fsync=False` skips both fsyncs (faster; a power cut may then lose the new file).
+    """
+    target = os.path.abspath(os.fspath(path))
+    folder, base = os.path.split(target)
+    tmp = os.path.join(folder, f".{base}.{os.getpid()}.{os.urandom(6).hex()}{_TMP_SUFFIX}")
+    with _inflight_lock:
+        _inflight.add(tmp)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                dump(tape, f)
+                if fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if fsync:
+            _fsync_dir(folder)
+    finally:
+        with _inflight_lock:
+            _inflight.discard(tmp)
+    _sweep(folder, base)
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        dfd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # some platforms cannot open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _sweep(folder: str, base: str) -> None:
+    """Remove temporary files of earlier saves to `base` whose writer process is gone."""
+    prefix = f".{base}."
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
+            continue
+        middle = name[len(prefix):-len(_TMP_SUFFIX)].split(".")
+        if len(middle) != 2 or not middle[0].isdigit():
+            continue
+        full = os.path.join(folder, name)
+        pid = int(middle[0])
+        with _inflight_lock:
+            mine = full in _inflight
+        if mine or (pid != os.getpid() and _alive(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(full)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+# ---- reading ----------------------------------------------------------------------------------
+
+def load(fileobj: IO[bytes], *, recover: bool = False, verify: bool = True, limits: Limits | None = None) -> Tape:
+    """Read a tape from the binary file object `fileobj` (from its position to its end)."""
+    lim = DEFAULT_LIMITS if limits is None else limits
+    return read(stream_source(fileobj, lim, verify), recover=recover, verify=verify, limits=lim)
+
+
+def loads(data: bytes | bytearray | memoryview, *, recover: bool = False, verify: bool = True,
+          limits: Limits | None = None) -> Tape:
+    """Read a tape from bytes (used in place; other buffers are copied once)."""
+    lim = DEFAULT_LIMITS if limits is None else limits
+    size = memoryview(data).nbytes
+    lim.check("max_total_bytes", size, "the tape's size in bytes")
+    return read(memory_source(data), recover=recover, verify=verify, limits=lim)
+
+
+def load_path(path: str | os.PathLike[str], *, recover: bool = False, mmap: bool = False, verify: bool = True,
+              limits: Limits | None = None) -> Tape:
+    """Read the tape file at `path` (a regular file); `mmap=True` maps it instead of reading it.
+
+    A mapped tape's arrays are views of the mapping: the file must not be truncated or rewritten
+    in place while they are in use (`save` replaces files, which is safe).
+    """
+    lim = DEFAULT_LIMITS if limits is None else limits
+    return read(path_source(path, lim, mmap, verify), recover=recover, verify=verify, limits=lim)
+
+
+# ---- streaming ---------------------------------------------------------------------------------
+
+class StreamWriter:
+    """A `TapeSink` that appends a recording to `path` as it happens (see the module docstring).
+
+    Ids are made dense as batches are written: the new variables of a batch get the next ids in
+    the order of their internal ids (the order `Tape` uses), so a recording whose inputs are all
+    created inside the `record()` block gets the same ids as `dump` of the finished tape.  Names
+    set after a variable was written become NAME entries of a later batch.  After a write fails
+    (a full disk), the error propagates once; later events are ignored and `close()` only closes
+    the file, which keeps the batches written before the failure.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], tape: Tape, flush_every: int = 256, *,
+                 fsync: bool = False) -> None:
+        if type(flush_every) is not int or flush_every < 1:
+            raise TapegradError(f"flush_every must be a positive integer, got {flush_every!r}")
+        self._tape = tape
+        self._flush_every = flush_every
+        self._left = flush_every
+        self._fsync = fsync
+        self._dense: dict[int, int] = {}
+        self._leaves_done = 0
+        self._records_done = 0
+        self._renamed: dict[int, None] = dict.fromkeys(tape._names)  # names the tape already has
+        self._where: dict[Any, tuple[str, int]] = {}  # resolved source locations
+        self._failed: BaseException | None = None
+        self._closed = False
+        self._file: IO[bytes] = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
+        try:
+            self._enc = Encoder(self._file, tape.values_mode, tape.metadata)
+            self._flush()
+        except BaseException:
+            self._file.close()
+            raise
+
+    # -- TapeSink --
+    def leaf(self, vid: int, value: Any, name: str | None, const: bool) -> None:
+        """Leaves are taken from the tape at the next flush."""
+
+    def record(self, rec: RawRecord, out: Any) -> None:
+        self._left -= 1
+        if not self._left and self._failed is None:
+            self._flush()
+
+    def name(self, vid: int, name: str | None) -> None:
+        self._renamed[vid] = None
+
+    def close(self) -> None:
+        """Write what is left and the footer, and close the file (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._failed is None:
+                self._flush()
+                self._enc.footer()
+                if self._fsync:
+                    os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+
+    def flush(self) -> None:
+        """Write the records gathered so far (also done every `flush_every` records)."""
+        if self._failed is not None:
+            raise TapegradError(f"the tape stream failed earlier: {self._failed}") from self._failed
+        self._flush()
+
+    def _flush(self) -> None:
+        self._left = self._flush_every
+        tape = self._tape
+        leaves = tape._leaves[self._leaves_done:]
+        records = tape._records[self._records_done:]
+        dense = self._dense
+        fresh = sorted(chain(leaves, map(_FIRST, map(_OUTS, records))))
+        dense.update(zip(fresh, range(len(dense), len(dense) + len(fresh)), strict=True))
+        late: list[tuple[int, str | None]] = []
+        if self._renamed:
+            leaf_set = set(leaves)
+            names = tape._names
+            late = [(dense[v], names.get(v)) for v in self._renamed if v in dense and v not in leaf_set]
+            self._renamed = {}
+        try:
+            with no_gc():
+                self._enc.batch(**_columns(tape, leaves, records, dense, self._records_done, self._where),
+                                names=late)
+            self._enc.w.commit()
+        except BaseException as exc:
+            self._failed = exc
+            raise
+        self._leaves_done += len(leaves)
+        self._records_done += len(records)

@@ -1,0 +1,558 @@
+"""Reading tapes: bytes, file objects or paths -> a fully validated `Tape`.
+
+Contract:
+- `read(source, recover=, verify=, limits=)` parses the container (`tape_format_frames`), decodes
+  every frame with msgpack under strict limits, builds a `Tape` and runs `validate.validate` on it
+  before returning it; nothing unvalidated ever leaves this module.
+- Only `TapegradError` subclasses escape for bad content: `TruncatedTapeError` for a tape that
+  ends early (strict mode), `LimitError` for a tape over a limit, `TapeFormatError` for anything
+  else, each naming the byte offset (and record index where there is one).  msgpack's own
+  exceptions are wrapped.  `OSError` escapes only for the file itself.
+- Nothing from the file is executed or used as an attribute name: op names are looked up in
+  `REGISTRY` (by `validate`), dtypes are matched as exact strings against `DTYPES` before any
+  `np.dtype` call, no pickle, no eval.
+- Memory: the tape's bytes are read once into one buffer (or mapped); stored arrays are read-only
+  zero-copy views into it, except arrays split over several chunks, which are copied once.  Every
+  length and count is checked against the bytes present and the limits before use, so memory is
+  bounded by about 2x the file size plus a few hundred bytes per record.
+- Recover mode returns the tape made of the whole frames before the first damaged one (a crash
+  leaves whole records) and reports what it dropped in `tape.recovery` (a `Recovery`) and with a
+  `TapeRecoveryWarning`; a strict load of a complete tape sets `tape.recovery = None`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import compress
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+import numpy as np
+
+from .dtypes import DTYPES
+from .errors import TapeFormatError, TapegradError, TruncatedTapeError
+from .tape import VALUE_MODES, Tape
+from .tape_format_frames import (
+    ALIGN,
+    DATA,
+    FOOT,
+    HEAD,
+    MAGIC,
+    MAJOR,
+    MINOR,
+    NAME,
+    PREAMBLE_SIZE,
+    RECS,
+    VARS,
+    Frame,
+    FrameScanner,
+)
+from .tape_format_limits import DEFAULT_LIMITS, Limits
+from .tape_format_sources import Source
+from .validate import no_gc, show, validate
+
+
+class TapeRecoveryWarning(UserWarning):
+    """A tape loaded with `recover=True` was damaged or incomplete; see `tape.recovery`."""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What `recover=True` kept and dropped.
+
+    `complete` is True when the tape had its footer (only bytes after it were dropped).
+    `offset` is where the problem starts; bytes from `kept_bytes` on were not used.
+    """
+
+    complete: bool
+    records: int
+    variables: int
+    kept_bytes: int
+    dropped_bytes: int
+    offset: int
+    reason: str
+
+
+# ---- parsing --------------------------------------------------------------------------------
+
+def read(source: Source, *, recover: bool, verify: bool, limits: Limits | None) -> Tape:
+    """Parse, build and validate a tape from `source` (see the module docstring)."""
+    limits = DEFAULT_LIMITS if limits is None else limits
+    if not isinstance(limits, Limits):
+        raise TypeError(f"limits must be a tapegrad Limits, got {type(limits).__name__}")
+    with no_gc():
+        return _read(source, recover=recover, verify=verify, limits=limits)
+
+
+def _read(source: Source, *, recover: bool, verify: bool, limits: Limits) -> Tape:
+    try:
+        minor = _preamble(source)
+        scanner = FrameScanner(source.buf, source.size, source.wait, verify_data=verify, optional_ok=minor > MINOR)
+        builder = _Builder(source.buf, limits, minor)
+        for frame in scanner.frames():
+            builder.take(frame)
+        stop = scanner.stop
+        recovery: Recovery | None = None
+        if stop is not None:
+            if not recover:
+                hint = "; load with recover=True to get the records before it" if stop.truncated else ""
+                raise (TruncatedTapeError if stop.truncated else TapeFormatError)(stop.message + hint)
+            if builder.header is None:
+                raise (TruncatedTapeError if stop.truncated else TapeFormatError)(
+                    f"nothing to recover: {stop.message}, before the header frame was complete")
+            recovery = Recovery(builder.complete, len(builder.records), len(builder.ids), scanner.end,
+                                source.size() - scanner.end, stop.offset, stop.message)
+        elif not builder.complete:  # pragma: no cover - the scanner only ends cleanly at a footer
+            raise TruncatedTapeError("the tape has no footer")
+    finally:
+        source.close()
+    tape = builder.build()
+    validate(tape, limits)
+    tape.recovery = recovery
+    if recovery is not None:
+        warnings.warn(TapeRecoveryWarning(f"recovered {recovery.records} records; dropped {recovery.dropped_bytes:,} "
+                                          f"bytes: {recovery.reason}"), stacklevel=3)
+    return tape
+
+
+def _preamble(source: Source) -> int:
+    """Check magic and version; return the file's minor version."""
+    have = source.wait(PREAMBLE_SIZE)
+    head = bytes(source.buf[:min(PREAMBLE_SIZE, source.size())])
+    if not have:
+        if not head:
+            raise TruncatedTapeError("empty input (0 bytes): not a tape")
+        if MAGIC.startswith(head[:len(MAGIC)]):
+            raise TruncatedTapeError(f"the tape ends at byte {len(head)}, inside its {PREAMBLE_SIZE}-byte preamble")
+    if head[:len(MAGIC)] != MAGIC:
+        raise TapeFormatError(f"not a tapegrad tape: bad magic bytes at byte 0 ({_sniff(head)})")
+    major = int.from_bytes(head[8:10], "little")
+    minor = int.from_bytes(head[10:12], "little")
+    if major != MAJOR:
+        newer = "newer than" if major > MAJOR else "not supported by"
+        raise TapeFormatError(f"tape format version {major}.{minor} is {newer} this tapegrad, which reads "
+                              f"version {MAJOR}.x; upgrade tapegrad to read it")
+    return minor
+
+
+def _sniff(head: bytes) -> str:
+    """A guess at what the bytes are, for the error message (never acted upon)."""
+    if head[:1] == b"\x80" or (head[:1] in (b"(", b"]", b"}") and b"." in head):
+        return "this looks like a Python pickle, which tapegrad never loads"
+    if head.startswith(b"\x93NUMPY"):
+        return "this looks like a .npy file"
+    if head.startswith(b"PK"):
+        return "this looks like a zip or .npz file"
+    return f"starts with {head[:8]!r}"
+
+
+def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """msgpack map hook: refuse duplicate keys (readers in other languages might keep the first)."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate map key")
+    return result
+
+
+def check_plain(value: Any, limits: Limits, depth: int = 0) -> None:
+    """Raise TapegradError unless `value` is plain data (metadata): nesting and keys bounded."""
+    if depth > limits.max_nesting:
+        raise TapegradError(f"metadata nested deeper than max_nesting={limits.max_nesting}")
+    t = type(value)
+    if value is None or t in (bool, int, float, str, bytes):
+        return
+    if t in (list, tuple):
+        for item in value:
+            check_plain(item, limits, depth + 1)
+        return
+    if t is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TapegradError(f"metadata keys must be strings, got {show(key)}")
+            check_plain(item, limits, depth + 1)
+        return
+    raise TapegradError(f"metadata values must be plain data (None, bool, int, float, str, bytes, lists, dicts), "
+                        f"got {show(value)}")
+
+
+class _Builder:
+    """Accumulates a tape from checked frames; `build()` makes the `Tape` (not yet validated)."""
+
+    def __init__(self, buf: memoryview, limits: Limits, minor: int) -> None:
+        self.buf = buf
+        self.limits = limits
+        self.newer = minor > MINOR
+        self.header: dict[str, Any] | None = None
+        self.mode = "none"
+        self.complete = False
+        self.records: list[tuple[str, Any, tuple[int], dict[str, Any] | None]] = []
+        self.ids: set[int] = set()
+        self.leaves: list[int] = []
+        self.consts: set[int] = set()
+        self.names: dict[int, str] = {}
+        self.files: list[str] = []  # source file and line of each record, while all records have one
+        self.lines: list[int] | None = []
+        self.values: dict[int, Any] = {}
+        self.avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}
+        self.frames = 0
+        self.data_starts: list[int] = []
+        self.data_ends: list[int] = []
+        self._aval_cache: dict[tuple[str, tuple[int, ...]], tuple[tuple[int, ...], np.dtype[Any], int, int]] = {}
+        self._frame: Frame | None = None
+
+    # -- errors --
+    def error(self, message: str, record: int | None = None) -> TapeFormatError:
+        f = self._frame
+        where = f" (frame {f.index} {f.tag.decode()} at byte {f.offset})" if f is not None else ""
+        prefix = f"record {record}: " if record is not None else ""
+        return TapeFormatError(prefix + message + where)
+
+    def unpack(self, frame: Frame, use_list: bool) -> Any:
+        payload = frame.payload
+        lim = self.limits
+        try:
+            return msgpack.unpackb(
+                payload, raw=False, strict_map_key=True, use_list=use_list, object_pairs_hook=_pairs,
+                max_str_len=lim.max_string_bytes, max_bin_len=lim.max_string_bytes,
+                max_array_len=len(payload), max_map_len=len(payload), max_ext_len=0, ext_hook=_no_ext)
+        except Exception as exc:  # msgpack raises a dozen types (ValueError, StackError, UnicodeDecodeError...)
+            raise self.error(f"invalid msgpack: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+    # -- frames --
+    def take(self, frame: Frame) -> None:
+        self._frame = frame
+        self.frames += 1
+        tag = frame.tag
+        if self.header is None and tag != HEAD:
+            raise self.error("the first frame must be the HEAD frame")
+        if tag == DATA:
+            start = frame.offset + 8
+            self.data_starts.append(start)
+            self.data_ends.append(start + len(frame.payload))
+            return
+        self.limits.check("max_frame_bytes", len(frame.payload), f"the payload of frame {frame.index} "
+                                                                  f"({tag.decode()}) at byte {frame.offset}")
+        if tag == HEAD:
+            if self.header is not None:
+                raise self.error("a second HEAD frame")
+            self._head(self.unpack(frame, use_list=True))
+        elif tag == RECS:
+            self._recs(self.unpack(frame, use_list=False))
+        elif tag == VARS:
+            self._vars(self.unpack(frame, use_list=False))
+        elif tag == NAME:
+            self._names(self.unpack(frame, use_list=False))
+        elif tag == FOOT:
+            self._foot(self.unpack(frame, use_list=True))
+
+    def _map(self, obj: Any, what: str, required: Mapping[str, type]) -> dict[str, Any]:
+        if type(obj) is not dict:
+            raise self.error(f"the {what} must be a map, got {show(obj)}")
+        for key, kind in required.items():
+            if key not in obj:
+                raise self.error(f"the {what} lacks the key {key!r}")
+            if type(obj[key]) is not kind:
+                raise self.error(f"{what} key {key!r} must be a {kind.__name__}, got {show(obj[key])}")
+        extra = [k for k in obj if k not in required]
+        if extra and not self.newer:
+            raise self.error(f"unknown {what} key {show(extra[0])}")
+        return obj
+
+    def _head(self, obj: Any) -> None:
+        head = self._map(obj, "header", {"values": str, "metadata": dict})
+        if head["values"] not in VALUE_MODES:
+            raise self.error(f"header 'values' must be one of {VALUE_MODES}, got {show(head['values'])}")
+        try:
+            check_plain(head["metadata"], self.limits)
+        except TapegradError as exc:
+            raise self.error(str(exc)) from None
+        self.mode = head["values"]
+        self.header = head
+
+    def _foot(self, obj: Any) -> None:
+        foot = self._map(obj, "footer", {"frames": int, "records": int, "variables": int})
+        got = {"frames": self._frame.index if self._frame else 0, "records": len(self.records), "variables": len(self.ids)}
+        for key, count in got.items():
+            if foot[key] != count:
+                raise self.error(f"the footer counts {foot[key]} {key} but the tape has {count}")
+        if self.ids and max(self.ids) != len(self.ids) - 1:
+            raise self.error("variable ids of a complete tape must be 0..n-1")
+        self.complete = True
+
+    def _columns(self, obj: Any, what: str, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
+        if type(obj) is not dict:
+            raise self.error(f"a {what} frame must hold a map of columns, got {show(obj)}")
+        for key in required:
+            if key not in obj:
+                raise self.error(f"the {what} frame lacks the column {key!r}")
+        if not self.newer:
+            for key in obj:
+                if key not in required and key not in optional:
+                    raise self.error(f"unknown {what} column {show(key)}")
+        count = obj["count"]
+        if type(count) is not int or count < 0:
+            raise self.error(f"a {what} row count must be a non-negative integer, got {show(count)}")
+        return obj
+
+    def _column(self, cols: dict[str, Any], key: str, dtype: str, count: int) -> Any:
+        """A fixed-width little-endian integer column of `count` entries, as a numpy array."""
+        raw = cols[key]
+        itemsize = int(dtype[-1])
+        if type(raw) is not bytes or len(raw) != count * itemsize:
+            got = f"{len(raw)} bytes" if type(raw) is bytes else show(raw)
+            raise self.error(f"column {key!r} must be a bin of {count} x {itemsize} bytes, got {got}")
+        return np.frombuffer(raw, dtype=dtype)
+
+    def _index(self, column: Any, size: int, key: str) -> None:
+        if column.size and int(column.max()) >= size:
+            raise self.error(f"column {key!r} refers to entry {int(column.max())} of a table of {size}")
+
+    def _aval(self, dtype: Any, shape: Any, record: int | None) -> tuple[tuple[int, ...], np.dtype[Any], int, int]:
+        """(shape, dtype, elements, nbytes) of a stored type, checked against DTYPES and the limits."""
+        if type(dtype) is not str or dtype not in DTYPES:  # exact string match before any np.dtype call
+            raise self.error(f"dtype {show(dtype)} is not one of the allowed dtypes {sorted(DTYPES)}", record)
+        if type(shape) is not tuple:
+            raise self.error(f"a shape must be an array of integers, got {show(shape)}", record)
+        for d in shape:
+            if type(d) is not int or d < 0:
+                raise self.error(f"shape dimensions must be non-negative integers, got {show(d)}", record)
+        key = (dtype, shape)
+        hit = self._aval_cache.get(key)
+        if hit is not None:
+            return hit
+        lim = self.limits
+        lim.check("max_ndim", len(shape), "the number of dimensions of a variable")
+        elements = 1
+        for d in shape:
+            elements *= d  # Python ints: no overflow
+        lim.check("max_elements", elements, f"the number of elements of shape {shape}")
+        dt = DTYPES[dtype]
+        result = (shape, dt, elements, elements * dt.itemsize)
+        self._aval_cache[key] = result
+        return result
+
+    def _types(self, cols: dict[str, Any], count: int) -> tuple[list[tuple[tuple[int, ...], np.dtype[Any], int, int]], Any]:
+        """(avals by table index, type column) of a VARS/RECS frame, all checked."""
+        table = cols["types"]
+        if type(table) is not tuple:
+            raise self.error(f"'types' must be an array of [dtype, shape] pairs, got {show(table)}")
+        avals = []
+        for entry in table:
+            if type(entry) is not tuple or len(entry) != 2:
+                raise self.error(f"a 'types' entry must be a [dtype, shape] pair, got {show(entry)}")
+            avals.append(self._aval(entry[0], entry[1], None))
+        column = self._column(cols, "type", "<u4", count)
+        self._index(column, len(table), "type")
+        return avals, column
+
+    def _data(self, cols: dict[str, Any], count: int, avals: list[Any], types: Any) -> list[Any]:
+        """The stored arrays of a VARS/RECS frame (read-only views), checked against DATA frames."""
+        offsets = self._column(cols, "data", "<i8", count).tolist()
+        chunked: dict[int, Any] = {}
+        if "chunks" in cols:
+            pieces = cols["chunks"]
+            if type(pieces) is not tuple:
+                raise self.error(f"'chunks' must be an array of [row, pieces] pairs, got {show(pieces)}")
+            for item in pieces:
+                if type(item) is not tuple or len(item) != 2 or type(item[0]) is not int \
+                        or not 0 <= item[0] < count or item[0] in chunked or offsets[item[0]] != -2:
+                    raise self.error(f"a 'chunks' entry must be [row, [offset, length, ...]] for a row marked -2, "
+                                     f"got {show(item)}")
+                chunked[item[0]] = item[1]
+        if count:
+            self.limits.check("max_array_bytes", max(avals[t][3] for t in set(types.tolist())),
+                              "the payload of one array in bytes")
+        buf, starts, ends = self.buf, self.data_starts, self.data_ends
+        size = len(buf)
+        last = (starts[-1], ends[-1]) if starts else (0, -1)
+        arrays = []
+        for row, (off, t) in enumerate(zip(offsets, types.tolist(), strict=True)):
+            shape, dt, _, nbytes = avals[t]
+            if off > 0 and nbytes and not off % ALIGN and off + nbytes <= size:
+                if not last[0] <= off or off + nbytes > last[1]:  # usually the frame just before
+                    j = bisect.bisect_right(starts, off) - 1
+                    if j < 0 or off + nbytes > ends[j]:
+                        raise self._bad_reference(row, off, nbytes)
+                arrays.append(np.ndarray(shape, dtype=dt, buffer=buf, offset=off))
+            elif off == 0 and not nbytes:
+                empty = np.zeros(shape, dtype=dt)
+                empty.flags.writeable = False
+                arrays.append(empty)
+            elif off == -2:
+                if row not in chunked:
+                    raise self.error(f"row {row} is marked as chunked (-2) but has no 'chunks' entry")
+                arrays.append(self._array(chunked[row], avals[t], None))
+            else:
+                raise self._bad_reference(row, off, nbytes)
+        return arrays
+
+    def _bad_reference(self, row: int, off: int, nbytes: int) -> TapeFormatError:
+        return self.error(f"row {row}: the data reference {off} for {nbytes} bytes is not a 64-aligned range "
+                          f"inside an earlier DATA frame (nor 0 for an empty array)")
+
+    def _array(self, ref: Any, aval: tuple[tuple[int, ...], np.dtype[Any], int, int], record: int | None) -> Any:
+        """A value split over several DATA frames, copied once into a read-only array."""
+        shape, dt, _, nbytes = aval
+        if type(ref) is not tuple or len(ref) % 2 or not ref:
+            raise self.error(f"chunk pieces must be (offset, length) pairs, got {show(ref)}", record)
+        total = 0
+        for k in range(0, len(ref), 2):
+            off, n = ref[k], ref[k + 1]
+            if type(off) is not int or type(n) is not int or n <= 0 or off < 0:
+                raise self.error(f"a data chunk must be a non-negative offset and a positive length, got "
+                                 f"{show(off)}, {show(n)}", record)
+            if off % ALIGN:
+                raise self.error(f"array data at byte {off} is not aligned to {ALIGN} bytes", record)
+            j = bisect.bisect_right(self.data_starts, off) - 1
+            if j < 0 or off + n > self.data_ends[j]:
+                raise self.error(f"array data at bytes {off}..{off + n} is not inside an earlier DATA frame", record)
+            total += n
+        if total != nbytes:
+            raise self.error(f"an array of shape {shape} and dtype {dt.name} needs {nbytes} bytes, but its chunks "
+                             f"cover {total}", record)
+        flat = np.empty(nbytes, dtype=np.uint8)
+        pos = 0
+        for k in range(0, len(ref), 2):
+            off, n = ref[k], ref[k + 1]
+            flat[pos:pos + n] = np.frombuffer(self.buf, dtype=np.uint8, count=n, offset=off)
+            pos += n
+        arr = flat.view(dt).reshape(shape)
+        arr.flags.writeable = False
+        return arr
+
+    def _new_ids(self, ids: list[int]) -> None:
+        new = set(ids)
+        if len(new) != len(ids) or not self.ids.isdisjoint(new):
+            seen: set[int] = set()
+            for vid in ids:
+                if vid in seen or vid in self.ids:
+                    raise self.error(f"variable v{vid} is defined twice")
+                seen.add(vid)
+        self.ids |= new
+        self.limits.check("max_variables", len(self.ids), "the number of variables")
+
+    def _vars(self, obj: Any) -> None:
+        cols = self._columns(obj, "VARS", ("count", "id", "const", "types", "type", "names"),
+                             ("data", "chunks"))
+        count = cols["count"]
+        self.limits.check("max_variables", len(self.ids) + count, "the number of variables")
+        ids = self._column(cols, "id", "<u4", count).tolist()
+        const = cols["const"]
+        if type(const) is not bytes or len(const) != count or const.strip(b"\x00\x01"):
+            raise self.error(f"column 'const' must be {count} bytes of 0 or 1")
+        avals, types = self._types(cols, count)
+        stored = self.mode != "none"
+        if ("data" in cols) != stored:
+            raise self.error(f"leaves {'lack' if stored else 'have'} stored data but the tape stores values={self.mode!r}")
+        names = cols["names"]
+        if type(names) is not tuple:
+            raise self.error(f"'names' must be an array of [row, name] pairs, got {show(names)}")
+        for item in names:
+            if type(item) is not tuple or len(item) != 2 or type(item[0]) is not int or not 0 <= item[0] < count \
+                    or type(item[1]) is not str:
+                raise self.error(f"a 'names' entry must be [row, name], got {show(item)}")
+        self._new_ids(ids)
+        if stored:
+            self.values.update(zip(ids, self._data(cols, count, avals, types), strict=True))
+        else:
+            self.avals.update(zip(ids, [avals[t][:2] for t in types.tolist()], strict=True))
+        self.leaves.extend(ids)
+        self.consts.update(compress(ids, const))
+        self.names.update((ids[row], name) for row, name in names)
+
+    def _recs(self, obj: Any) -> None:
+        cols = self._columns(obj, "RECS", ("count", "ops", "op", "nin", "inputs", "output", "types", "type",
+                                           "attrs", "attr"), ("data", "chunks", "files", "file", "line"))
+        count = cols["count"]
+        self.limits.check("max_records", len(self.records) + count, "the number of records")
+        self.limits.check("max_variables", len(self.ids) + count, "the number of variables")
+        ops = cols["ops"]
+        if type(ops) is not tuple or not all(type(op) is str for op in ops):
+            raise self.error(f"'ops' must be an array of op names, got {show(ops)}")
+        op = self._column(cols, "op", "<u2", count)
+        self._index(op, len(ops), "op")
+        nin = self._column(cols, "nin", "<u4", count)
+        total = int(nin.sum(dtype=np.int64))
+        inputs = self._column(cols, "inputs", "<u4", total)
+        outs = self._column(cols, "output", "<u4", count).tolist()
+        avals, types = self._types(cols, count)
+        table = cols["attrs"]
+        if type(table) is not tuple or not all(type(a) is dict for a in table):
+            raise self.error(f"'attrs' must be an array of maps, got {show(table)}")
+        attr = self._column(cols, "attr", "<u4", count)
+        self._index(attr, len(table) + 1, "attr")
+        stored = self.mode == "all"
+        if ("data" in cols) != stored:
+            raise self.error(f"records {'lack' if stored else 'have'} stored data but the tape stores "
+                             f"values={self.mode!r}")
+        self._sources(cols, count)
+        self._new_ids(outs)
+        if stored:
+            self.values.update(zip(outs, self._data(cols, count, avals, types), strict=True))
+        else:
+            self.avals.update(zip(outs, [avals[t][:2] for t in types.tolist()], strict=True))
+        flat = inputs.tolist()
+        ends = np.cumsum(nin, dtype=np.int64)
+        spans = map(slice, (ends - nin).tolist(), ends.tolist())
+        attr_table = (None, *table)  # attribute-free records store None, like recorded ones
+        self.records.extend(zip(map(ops.__getitem__, op.tolist()), map(tuple, map(flat.__getitem__, spans)),
+                                zip(outs), map(attr_table.__getitem__, attr.tolist()), strict=False))
+
+    def _sources(self, cols: dict[str, Any], count: int) -> None:
+        """Optional source columns: each record's file (index into "files") and line."""
+        if not any(k in cols for k in ("files", "file", "line")):
+            self.lines = None  # a record without a source: the tape gets none
+            return
+        if not all(k in cols for k in ("files", "file", "line")):
+            raise self.error("the source columns 'files', 'file' and 'line' go together")
+        files = cols["files"]
+        if type(files) is not tuple or not all(type(f) is str for f in files):
+            raise self.error(f"'files' must be an array of file names, got {show(files)}")
+        index = self._column(cols, "file", "<u4", count)
+        self._index(index, len(files), "file")
+        lines = self._column(cols, "line", "<u4", count).tolist()
+        if self.lines is not None:
+            self.files.extend(map(files.__getitem__, index.tolist()))
+            self.lines.extend(lines)
+
+    def _names(self, obj: Any) -> None:
+        if type(obj) is not tuple:
+            raise self.error(f"a NAME frame must hold an array of [id, name] pairs, got {show(obj)}")
+        for item in obj:
+            if type(item) is not tuple or len(item) != 2:
+                raise self.error(f"a NAME entry must be an [id, name] pair, got {show(item)}")
+            vid, name = item
+            if type(vid) is not int or vid not in self.ids:
+                raise self.error(f"a NAME entry refers to {show(vid)}, which is not a variable defined before it")
+            name = self._name(name, None)
+            if name is None:
+                self.names.pop(vid, None)
+            else:
+                self.names[vid] = name
+
+    def _name(self, name: Any, record: int | None) -> str | None:
+        if name is not None and type(name) is not str:
+            raise self.error(f"a name must be a string or nil, got {show(name)}", record)
+        return name
+
+    def build(self) -> Tape:
+        assert self.header is not None
+        tape = Tape(self.mode, self.header["metadata"])
+        tape._records.extend(self.records)  # validate() checks the element types
+        tape._values.update(self.values)
+        tape._avals.update(self.avals)
+        tape._names.update(self.names)
+        tape._consts.update(self.consts)
+        tape._leaves.extend(self.leaves)
+        if self.lines and len(self.lines) == len(self.records):
+            tape._source_code.extend(self.files)  # file names and lines: what `Tape.source_of` reads
+            tape._source_pos.extend(self.lines)
+        return tape
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not part of the tape format")
+

@@ -1,0 +1,435 @@
+"""The tape format's API: exact round trips, determinism, pinned bytes, modes, files and streams."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import tapegrad as tg
+from tapegrad import tape_format as tf
+from tapegrad import tape_format_writer
+from tapegrad.dtypes import DTYPES
+from tapegrad.ops import REGISTRY
+from tapegrad.tape import Tape
+from test_format_helpers import OP_CASES, edit_frame, join_frames, pack, payload_of, preamble, split_frames, tiny_tape
+
+
+def same_tape(a: Tape, b: Tape, values: bool = True) -> None:
+    """Everything observable about two tapes is equal, stored arrays bit for bit."""
+    assert a.records == b.records
+    assert [dict(r.attrs) for r in a.records] == [dict(r.attrs) for r in b.records]
+    for ra, rb in zip(a.records, b.records, strict=True):  # bools stay bools, ints stay ints
+        assert [type(v) for v in ra.attrs.values()] == [type(v) for v in rb.attrs.values()]
+    assert dict(a.names) == dict(b.names)
+    assert a.inputs == b.inputs
+    assert a.values_mode == b.values_mode
+    assert a.metadata == b.metadata
+    da, db = a._dense(), b._dense()
+    assert {da[v] for v in a._consts} == {db[v] for v in b._consts}
+    for vid in a._internal():
+        assert a.shape_dtype(vid) == b.shape_dtype(b._internal()[da[vid]])
+    if values:
+        for vid, value in a._values.items():
+            other = b._values[b._internal()[da[vid]]]
+            assert other.dtype == value.dtype and other.shape == value.shape
+            assert other.tobytes() == value.tobytes()
+
+
+def test_exact_bytes_of_a_tiny_tape() -> None:
+    """The format cannot drift by accident: docs/FORMAT.md section 17 dissects these bytes."""
+    data = tf.dumps(tiny_tape())
+    assert len(data) == 773
+    assert data[:16].hex() == "8954415045" "0d0a1a" "01000000" "48454144"
+    assert hashlib.sha256(data).hexdigest() == "7617046fd0f0bc24ed5e67f546ec88ebe51f82e65f3698b8f35ab6e1c62ad69a"
+
+
+def test_round_trip_of_the_tiny_tape_and_its_listing() -> None:
+    tape = tiny_tape()
+    loaded = tf.loads(tf.dumps(tape))
+    same_tape(tape, loaded)
+    assert str(loaded) == str(tape)
+    assert loaded.recovery is None
+
+
+@pytest.mark.parametrize("mode", ["all", "inputs", "none"])
+def test_round_trip_in_every_values_mode(mode: str) -> None:
+    with tg.record(values=mode, metadata={"run": 7, "tags": ["a", "b"], "lr": 0.5, "ok": True}) as tape:
+        w = tg.Variable(np.linspace(-1.0, 1.0, 6).reshape(3, 2), name="w")
+        x = tg.Variable(np.arange(6.0).reshape(2, 3) / 6.0, name="x")
+        k = tg.Variable(np.array([1, 2], dtype=np.int32), name="k")
+        loss = tg.sum(tg.tanh(x @ w) * 2.0 * k, axis=(0, 1), keepdims=False)
+        loss.name = "loss"
+    loaded = tf.loads(tf.dumps(tape))
+    assert loaded.values_mode == mode
+    same_tape(tape, loaded, values=False)
+    leaves = set(loaded._leaves)
+    stored = set(loaded._values)
+    assert stored == {"all": set(loaded._internal()), "inputs": leaves, "none": set()}[mode]
+    for vid in stored:  # what is stored is stored exactly
+        assert loaded._values[vid].tobytes() == tape._values[tape._internal()[vid]].tobytes()
+    assert loaded.metadata == {"run": 7, "tags": ["a", "b"], "lr": 0.5, "ok": True}
+    if mode == "inputs":  # replay recomputes what was not stored
+        got = tg.replay.backward(loaded, of="loss", wrt=["w", "x"], inputs={})
+        want = tg.replay.backward(tape, of="loss", wrt=["w", "x"])
+        assert all(got[n].tobytes() == want[n].tobytes() for n in want)
+
+
+def test_dump_is_deterministic_and_redumps_identically(record_readme) -> None:
+    first, second = record_readme().tape, record_readme().tape
+    data = tf.dumps(first)
+    assert tf.dumps(second) == data  # same recording, same bytes
+    assert tf.dumps(first) == data
+    assert tf.dumps(tf.loads(data)) == data  # a loaded tape writes back byte for byte
+
+
+@pytest.mark.parametrize("op", sorted(OP_CASES))
+def test_every_registry_op_round_trips_and_replays_bit_for_bit(op: str) -> None:
+    tape = OP_CASES[op]()
+    assert op in {r.op for r in tape.records}
+    loaded = tf.loads(tf.dumps(tape))
+    same_tape(tape, loaded)
+    assert str(loaded) == str(tape)
+    want = tg.replay.backward(tape, of="out", wrt=["x", "y"])
+    got = tg.replay.backward(loaded, of="out", wrt=["x", "y"])
+    for name in want:
+        assert got[name].dtype == want[name].dtype and got[name].tobytes() == want[name].tobytes()
+
+
+def test_the_round_trip_cases_cover_the_whole_registry() -> None:
+    missing = sorted(set(REGISTRY) - set(OP_CASES))
+    assert not missing, f"add a recording for {missing} to OP_CASES in tests/test_format_helpers.py"
+
+
+def test_mlp_eager_gradients_equal_file_replay_bit_for_bit(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    params = {"w1": rng.standard_normal((4, 8)), "b1": rng.standard_normal(8),
+              "w2": rng.standard_normal((8, 3)), "b2": rng.standard_normal(3)}
+    xs, labels = rng.standard_normal((5, 4)), np.array([0, 2, 1, 1, 0])
+
+    def loss_of(vs: dict[str, tg.Variable]) -> tg.Variable:
+        h = tg.tanh(tg.Variable(xs, name="xs") @ vs["w1"] + vs["b1"])
+        logits = h @ vs["w2"] + vs["b2"]
+        picked = tg.log_softmax(logits, axis=1)[np.arange(5), labels]
+        return -tg.mean(picked)
+
+    eager = {n: tg.Variable(p.copy(), name=n) for n, p in params.items()}
+    loss_of(eager).backward()
+    with tg.record() as tape:
+        vs = {n: tg.Variable(p.copy(), name=n) for n, p in params.items()}
+        loss = loss_of(vs)
+        loss.name = "loss"
+    path = tmp_path / "mlp.tape"
+    tf.save(tape, path)
+    for loaded in (tf.load_path(path), tf.load_path(path, mmap=True)):
+        got = tg.replay.backward(loaded, of="loss", wrt=list(params))
+        for name, v in eager.items():
+            assert got[name].tobytes() == v.grad.tobytes()
+
+
+@pytest.mark.parametrize("name", sorted(DTYPES))
+def test_every_dtype_round_trips_exactly(name: str) -> None:
+    dt = DTYPES[name]
+    if dt.kind == "f":
+        values = np.array([0.0, -0.0, 1.5, np.inf, -np.inf, np.nan, np.finfo(dt).max, np.finfo(dt).tiny], dtype=dt)
+    elif dt.kind == "b":
+        values = np.array([True, False, True])
+    else:
+        info = np.iinfo(dt)
+        values = np.array([info.min, info.max, 0, 1], dtype=dt)
+    tape = Tape("all")
+    tape._add_leaf(0, values, "v", False)
+    loaded = tf.loads(tf.dumps(tape))
+    assert loaded.value("v").dtype == dt and loaded.value("v").tobytes() == values.tobytes()
+
+
+def test_zero_size_and_zero_d_arrays_and_special_floats_load() -> None:
+    tape = Tape("all")
+    arrays = [np.zeros((0,)), np.zeros((3, 0, 2), np.float32), np.array(5.0), np.array(True),
+              np.array([np.nan, np.inf, -np.inf]), np.zeros((0,), np.int8)]
+    for k, a in enumerate(arrays):
+        tape._add_leaf(k, a, f"a{k}", False)
+    loaded = tf.loads(tf.dumps(tape))
+    for k, a in enumerate(arrays):
+        got = loaded.value(f"a{k}")
+        assert got.shape == a.shape and got.dtype == a.dtype and got.tobytes() == a.tobytes()
+
+
+def test_big_endian_and_non_contiguous_values_are_stored_as_little_endian_c_order() -> None:
+    tape = Tape("all")
+    tape._add_leaf(0, np.arange(6, dtype=">f8").reshape(2, 3), "be", False)
+    tape._add_leaf(1, np.arange(12.0).reshape(3, 4)[:, ::2], "strided", False)
+    loaded = tf.loads(tf.dumps(tape))
+    assert loaded.value("be").dtype == np.dtype("<f8")
+    assert (loaded.value("be") == np.arange(6.0).reshape(2, 3)).all()
+    assert (loaded.value("strided") == np.arange(12.0).reshape(3, 4)[:, ::2]).all()
+
+
+def test_loaded_arrays_are_read_only_zero_copy_and_aligned(tmp_path) -> None:
+    tape = tiny_tape()
+    tape._add_leaf(4, np.arange(1000, dtype=np.float32), "big", False)
+    path = tmp_path / "t.tape"
+    tf.save(tape, path)
+    for loaded in (tf.load_path(path), tf.load_path(path, mmap=True), tf.loads(path.read_bytes())):
+        arrays = list(loaded._values.values())
+        for a in arrays:
+            assert not a.flags.writeable
+            with pytest.raises(ValueError):
+                a.flags.writeable = True  # the buffer itself is read-only
+            with pytest.raises(ValueError):
+                a[...] = 0
+        big = loaded._values[loaded.resolve("big")]
+        assert big.base is not None  # a view of the tape's bytes, not a copy
+        if not isinstance(loaded, bytes):
+            assert big.ctypes.data % 16 == 0
+    loaded = tf.load_path(path)
+    assert all(a.ctypes.data % 64 == 0 for a in loaded._values.values() if a.size)
+
+
+def test_a_loaded_array_copied_and_mutated_by_the_caller_changes_nothing_else() -> None:
+    data = tf.dumps(tiny_tape())
+    loaded = tf.loads(data)
+    x = loaded.value("x").copy()
+    x[...] = 100.0
+    assert (loaded.value("x") == [1.0, 2.0]).all()
+    assert tf.dumps(loaded) == data
+    grads = tg.replay.backward(loaded, of="y", wrt=["x"])
+    grads["x"][...] = -1.0  # gradients are the caller's own arrays
+    assert tg.replay.backward(loaded, of="y", wrt=["x"])["x"].tolist() == [3.0, 3.0]
+
+
+def test_arrays_larger_than_a_chunk_are_split_and_reassembled(monkeypatch) -> None:
+    monkeypatch.setattr(tape_format_writer, "CHUNK_BYTES", 256)
+    tape = Tape("all")
+    big = np.arange(300, dtype=np.float64)  # 2400 bytes: ten chunks
+    tape._add_leaf(0, big, "big", False)
+    tape._add_leaf(1, np.arange(7, dtype=np.int16), "small", False)
+    with tg.record() as rec:
+        v = tg.Variable(big.copy(), name="v")
+        s = tg.sum(v * v)
+        s.name = "s"
+    for t in (tape, rec):
+        data = tf.dumps(t)
+        frames = split_frames(data)[1]
+        assert sum(tag == b"DATA" for tag, _ in frames) >= 10
+        assert all(len(p) <= 256 for tag, p in frames if tag == b"DATA")
+        loaded = tf.loads(data)
+        same_tape(t, loaded)
+        for a in loaded._values.values():
+            assert not a.flags.writeable
+    assert tg.replay.backward(tf.loads(tf.dumps(rec)), of="s")["v"].tobytes() == (2 * big).tobytes()
+
+
+def test_save_load_path_and_file_objects(tmp_path) -> None:
+    tape = tiny_tape()
+    path = tmp_path / "sub" / "t.tape"
+    path.parent.mkdir()
+    tf.save(tape, path)
+    tf.save(tape, str(path))  # overwrite, str path
+    assert path.read_bytes() == tf.dumps(tape)
+    same_tape(tape, tf.load_path(path))
+    with open(path, "rb") as f:
+        same_tape(tape, tf.load(f))
+    same_tape(tape, tf.load(io.BytesIO(tf.dumps(tape))))
+    same_tape(tape, tf.loads(bytearray(tf.dumps(tape))))
+    same_tape(tape, tf.loads(memoryview(tf.dumps(tape))))
+    assert os.listdir(path.parent) == ["t.tape"]  # no temporary files left
+    buf = io.BytesIO(b"prefix")
+    buf.seek(0, io.SEEK_END)
+    tf.dump(tape, buf)  # offsets are relative to the tape's own start
+    buf.seek(6)
+    same_tape(tape, tf.load(buf))
+
+
+def test_load_from_a_pipe_reads_everything(tmp_path) -> None:
+    data = tf.dumps(tiny_tape())
+    read_end, write_end = os.pipe()
+    os.write(write_end, data)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        same_tape(tiny_tape(), tf.load(f))
+
+
+def test_streamed_recording_loads_as_the_recorded_tape(tmp_path) -> None:
+    path = tmp_path / "stream.tape"
+    with tg.record(path=path, flush_every=3) as tape:
+        x = tg.Variable(np.array([0.5, 1.5]), name="x")
+        y = x
+        for k in range(10):
+            y = tg.sin(y) * 1.5 if k % 2 else tg.exp(y) - x
+        y.name = "late"  # a name given after the record was flushed
+        x.name = "renamed"  # a leaf renamed after it was flushed
+    loaded = tf.load_path(path)
+    assert loaded.recovery is None
+    same_tape(tape, loaded)
+    assert str(loaded) == str(tape)
+    assert tf.dumps(loaded) == tf.dumps(tape)  # the same tape as a one-shot dump
+
+
+@pytest.mark.parametrize("mode", ["all", "inputs", "none"])
+def test_streaming_in_every_values_mode(tmp_path, mode: str) -> None:
+    path = tmp_path / f"{mode}.tape"
+    with tg.record(values=mode, path=path, flush_every=2, metadata={"m": mode}) as tape:
+        a = tg.Variable(np.ones((2, 2)), name="a")
+        b = tg.sum(a @ a + 1.0, axis=0)
+        b.name = "b"
+    same_tape(tf.loads(tf.dumps(tape)), tf.load_path(path), values=True)
+
+
+def test_a_stream_is_closed_with_a_footer_when_the_block_raises(tmp_path) -> None:
+    path = tmp_path / "raised.tape"
+    with pytest.raises(ZeroDivisionError), tg.record(path=path) as tape:
+        x = tg.Variable(np.array([1.0, 2.0]), name="x")
+        tg.exp(x)
+        raise ZeroDivisionError
+    same_tape(tape, tf.load_path(path))
+
+
+def test_stream_writer_used_directly(tmp_path) -> None:
+    tape = tiny_tape()  # a sink attached to a tape that already has content writes it first
+    writer = tf.StreamWriter(tmp_path / "w.tape", tape, flush_every=1)
+    writer.close()
+    writer.close()  # idempotent
+    same_tape(tape, tf.load_path(tmp_path / "w.tape"))
+    with pytest.raises(tg.TapegradError):
+        tf.StreamWriter(tmp_path / "bad.tape", tape, flush_every=0)
+
+
+def test_unstorable_tapes_are_refused_when_writing() -> None:
+    tape = tiny_tape()
+    tape.metadata["when"] = object()
+    with pytest.raises(tg.TapegradError, match="metadata"):
+        tf.dumps(tape)
+    tape = tiny_tape()
+    tape._records[1] = ("sum", (2,), (3,), {"axis": None, "keepdims": np.bool_(False)})
+    with pytest.raises(tg.TapegradError, match="plain data"):
+        tf.dumps(tape)
+    tape = Tape("all")
+    tape._add_leaf(0, np.array(["a"]), None, False)
+    with pytest.raises(tg.TapegradError, match="dtype"):
+        tf.dumps(tape)
+    tape = Tape("all")
+    tape._add_leaf(0, np.zeros(2, np.complex128), None, False)
+    with pytest.raises(tg.TapegradError, match="dtype"):
+        tf.dumps(tape)
+
+
+def test_strict_and_verify_options() -> None:
+    data = bytearray(tf.dumps(tiny_tape()))
+    data[64] ^= 1  # one bit of x's payload
+    with pytest.raises(tg.TapeFormatError, match="checksum mismatch in frame 1 \\(DATA\\)"):
+        tf.loads(bytes(data))
+    loaded = tf.loads(bytes(data), verify=False)  # structure still verified, payload not
+    assert loaded.value("x")[0] != 1.0
+
+
+def test_limits_name_the_limit_and_how_to_raise_it() -> None:
+    data = tf.dumps(tiny_tape())
+    with pytest.raises(tg.LimitError, match=r"max_records=1\b.*Limits\(max_records=\.\.\.\)"):
+        tf.loads(data, limits=tf.Limits(max_records=1))
+    for name, value in [("max_total_bytes", 100), ("max_frame_bytes", 50), ("max_elements", 1),
+                        ("max_variables", 3), ("max_total_elements", 4), ("max_ndim", 0),
+                        ("max_array_bytes", 8)]:
+        with pytest.raises(tg.LimitError, match=name):
+            tf.loads(data, limits=tf.Limits(**{name: value}))
+    assert tf.loads(data, limits=tf.DEFAULT_LIMITS.replace(max_records=2)).records
+    with pytest.raises(TypeError):
+        tf.Limits(max_records=True)
+
+
+def test_a_newer_minor_version_is_read_and_its_unknown_keys_and_frames_ignored() -> None:
+    tape = tiny_tape()
+    tape.values_mode = "none"  # no data offsets, so frames can be inserted without moving arrays
+    data = tf.dumps(tape)
+    pre, frames = split_frames(data)
+    head = pack({"values": "none", "metadata": {"note": "tiny"}, "future": [1, 2]})
+    foot = pack({"frames": len(frames), "records": 2, "variables": 4, "checksum": "sha3"})
+    recs = edit_frame(data, b"RECS", lambda cols: {**cols, "colour": b"red"})
+    rec_payload = payload_of(recs, b"RECS")
+    frames = [(b"HEAD", head), (b"zzzz", b"an optional frame from the future"),
+              *[(t, rec_payload if t == b"RECS" else p) for t, p in frames[1:-1]], (b"FOOT", foot)]
+    newer = join_frames(frames, preamble(1, 9))
+    same_tape(tape, tf.loads(newer), values=False)
+    with pytest.raises(tg.TapeFormatError, match="unknown header key 'future'"):
+        tf.loads(join_frames(frames, pre))
+    plain_head = split_frames(data)[1][0]
+    with pytest.raises(tg.TapeFormatError, match="unknown tag b'zzzz'"):
+        tf.loads(join_frames([plain_head, *frames[1:]], pre))
+    with pytest.raises(tg.TapeFormatError, match="unknown tag b'ZZZZ'"):  # uppercase: never optional
+        tf.loads(join_frames([(t if t != b"zzzz" else b"ZZZZ", p) for t, p in frames], preamble(1, 9)))
+
+
+def test_a_newer_major_version_is_refused_clearly() -> None:
+    data = tf.dumps(tiny_tape())
+    _, frames = split_frames(data)
+    with pytest.raises(tg.TapeFormatError, match=r"version 2\.0 is newer than this tapegrad.*upgrade"):
+        tf.loads(join_frames(frames, preamble(2, 0)))
+    with pytest.raises(tg.TapeFormatError, match=r"version 0\.3"):
+        tf.loads(join_frames(frames, preamble(0, 3)))
+
+
+def test_unknown_columns_in_a_current_version_file_are_errors() -> None:
+    data = tf.dumps(tiny_tape())
+    bad = edit_frame(data, b"RECS", lambda cols: {**cols, "extra": 1})
+    with pytest.raises(tg.TapeFormatError, match="unknown RECS column 'extra'"):
+        tf.loads(bad)
+
+
+def test_recovery_of_a_complete_tape_is_none_and_no_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tf.loads(tf.dumps(tiny_tape()), recover=True).recovery is None
+
+
+def test_structure_frames_are_split_to_stay_small(monkeypatch) -> None:
+    monkeypatch.setattr(tape_format_writer, "FRAME_TARGET", 2000)
+    tape = tiny_tape()
+    for k in range(200):
+        tape._add_leaf(10 + k, np.array(float(k)), f"leaf-{k:03d}-" + "n" * 40, k % 2 == 0)
+    data = tf.dumps(tape)
+    frames = split_frames(data)[1]
+    assert sum(tag == b"VARS" for tag, _ in frames) > 4
+    assert all(len(p) <= 2000 for tag, p in frames if tag != b"DATA")
+    same_tape(tape, tf.loads(data))
+    huge = tiny_tape()
+    huge._names[3] = "y" * (tf.DEFAULT_LIMITS.max_frame_bytes + 1)
+    with pytest.raises(tg.TapegradError, match="exceeds the frame limit"):
+        tf.dumps(huge)
+
+
+def test_memory_while_loading_is_bounded(tmp_path) -> None:
+    """About the file size for a read (nothing for a map), plus a little per record."""
+    tracemalloc = pytest.importorskip("tracemalloc")
+    with tg.record() as tape:
+        x = tg.Variable(np.zeros(2_500_000), name="x")  # 20 MB
+        y = tg.sum(x)
+        for _ in range(1000):
+            y = tg.sin(y)
+    path = tmp_path / "big.tape"
+    tf.save(tape, path, fsync=False)
+    size = path.stat().st_size
+    for use_mmap, bound in ((False, size + 4_000_000), (True, 4_000_000)):
+        tracemalloc.start()
+        try:
+            loaded = tf.load_path(path, mmap=use_mmap)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert len(loaded) == 1001
+        assert peak < bound, (use_mmap, peak, size)
+    # a hostile frame of tiny nested arrays: the transient stays within 64 x max_frame_bytes
+    limit = 1 << 16
+    payload = b"\xdc" + (limit // 3).to_bytes(2, "big") + b"\x91\x91\x90" * (limit // 3)
+    hostile = join_frames([(b"HEAD", pack({"values": "none", "metadata": {}})), (b"RECS", payload)])
+    tracemalloc.start()
+    try:
+        with pytest.raises(tg.TapeFormatError):
+            tf.loads(hostile, limits=tf.Limits(max_frame_bytes=len(payload)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * len(payload), peak

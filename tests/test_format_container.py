@@ -1,0 +1,286 @@
+"""Container-level damage (RELIABILITY.md, "Container"): magic, versions, frames, truncation, tails."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import struct
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+
+import tapegrad as tg
+from tapegrad import tape_format as tf
+from tapegrad.tape import Tape
+from tapegrad.tape_format_frames import MAGIC
+from test_format_helpers import join_frames, preamble, split_frames, tiny_tape
+
+
+def recording() -> Tape:
+    """A streamed-looking tape: several batches, names set late, values stored."""
+    with tg.record(values="all") as tape:
+        x = tg.Variable(np.array([0.25, 0.5, 0.75]), name="x")
+        y = x
+        for k in range(6):
+            y = tg.sin(y) * 2.0 if k % 2 else tg.exp(-y)
+        y.name = "y"
+    return tape
+
+
+def streamed_bytes(tmp_path, flush_every: int = 2) -> tuple[Tape, bytes]:
+    path = tmp_path / "stream.tape"
+    with tg.record(path=path, flush_every=flush_every) as tape:
+        x = tg.Variable(np.array([0.25, 0.5, 0.75]), name="x")
+        y = x
+        for k in range(6):
+            y = tg.sin(y) * 2.0 if k % 2 else tg.exp(-y)
+        y.name = "y"
+    return tape, path.read_bytes()
+
+
+def loads_quietly(data: bytes, **kw: object) -> Tape:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tf.TapeRecoveryWarning)
+        return tf.loads(data, **kw)  # type: ignore[arg-type]
+
+
+def test_empty_input() -> None:
+    with pytest.raises(tg.TruncatedTapeError, match="empty"):
+        tf.loads(b"")
+    with pytest.raises(tg.TruncatedTapeError):
+        tf.loads(b"", recover=True)
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_one_to_seven_bytes(n: int) -> None:
+    with pytest.raises(tg.TruncatedTapeError, match=f"ends at byte {n}"):
+        tf.loads(MAGIC[:n])  # a cut-off magic is a truncated tape
+    with pytest.raises(tg.TapeFormatError, match="bad magic"):
+        tf.loads(b"\x00garbage"[:n])
+
+
+def test_a_pickle_that_would_create_a_file_never_runs(tmp_path) -> None:
+    target = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):  # unpickling would call open(target, "w")
+            return (open, (str(target), "w"))
+
+    payload = pickle.dumps(Exploit(), protocol=pickle.HIGHEST_PROTOCOL)
+    for proto in range(0, pickle.HIGHEST_PROTOCOL + 1):
+        data = pickle.dumps(Exploit(), protocol=proto)
+        for recover in (False, True):
+            with pytest.raises(tg.TapeFormatError):
+                tf.loads(data, recover=recover)
+    path = tmp_path / "evil.tape"
+    path.write_bytes(payload)
+    with pytest.raises(tg.TapeFormatError, match="pickle"):
+        tf.load_path(path)
+    # even inside a valid tape, bytes are only ever bytes
+    tape = tiny_tape()
+    tape.metadata["blob"] = payload
+    loaded = tf.loads(tf.dumps(tape))
+    assert loaded.metadata["blob"] == payload
+    assert not target.exists()
+
+
+def test_the_loader_never_imports_pickle_or_evaluates_code() -> None:
+    import tapegrad
+
+    root = os.path.dirname(tapegrad.__file__)
+    names = ["tape_format.py", "tape_format_frames.py", "tape_format_reader.py", "tape_format_writer.py",
+             "tape_format_limits.py", "validate.py"]
+    for name in names:
+        with open(os.path.join(root, name), encoding="utf-8") as f:
+            source = f.read()
+        for banned in ("import pickle", "pickle.", "eval(", "exec(", "__import__", "importlib", "marshal"):
+            assert banned not in source, f"{banned!r} in {name}"
+
+
+def test_other_file_types_are_not_tapes(tmp_path) -> None:
+    npy = io.BytesIO()
+    np.save(npy, np.arange(3))
+    with pytest.raises(tg.TapeFormatError, match=r"\.npy"):
+        tf.loads(npy.getvalue())
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a.txt", "hello")
+    with pytest.raises(tg.TapeFormatError, match="zip"):
+        tf.loads(archive.getvalue())
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        with pytest.raises(tg.TapeFormatError, match="bad magic"):
+            tf.loads(b"\x00" + rng.bytes(int(rng.integers(0, 200))))
+
+
+def test_future_versions() -> None:
+    _, frames = split_frames(tf.dumps(tiny_tape()))
+    for major in (2, 7, 65535):
+        with pytest.raises(tg.TapeFormatError, match=f"version {major}\\.0 is newer"):
+            tf.loads(join_frames(frames, preamble(major, 0)), recover=True)
+    assert tf.loads(join_frames(frames, preamble(1, 65535))).records == tiny_tape().records
+
+
+def test_every_prefix_of_a_valid_tape(tmp_path) -> None:
+    """Truncating at every byte: strict mode reports it, recover mode keeps whole records."""
+    tape, data = streamed_bytes(tmp_path)
+    records = tape.records
+    ends = []  # the byte offsets where frames end
+    pos = 12
+    for _, payload in split_frames(data)[1]:
+        pos += 12 + len(payload)
+        ends.append(pos)
+    assert pos == len(data)
+    kept = []
+    for n in range(len(data)):
+        prefix = data[:n]
+        with pytest.raises(tg.TruncatedTapeError):
+            tf.loads(prefix)
+        try:
+            got = loads_quietly(prefix, recover=True)
+        except tg.TruncatedTapeError:
+            assert n < ends[0], f"a prefix of {n} bytes holds a whole header but was not recovered"
+            continue
+        assert got.records == records[:len(got.records)]  # a whole-record prefix, ids and all
+        assert got.recovery is not None and got.recovery.dropped_bytes == n - got.recovery.kept_bytes
+        assert got.recovery.kept_bytes in ends
+        kept.append(len(got.records))
+    assert kept == sorted(kept) and kept[0] == 0 and kept[-1] == len(records)
+    assert loads_quietly(data, recover=True).recovery is None
+
+
+def test_recover_mode_reports_what_it_dropped(tmp_path) -> None:
+    tape, data = streamed_bytes(tmp_path, flush_every=1)
+    cut = data[:len(data) // 2]
+    with pytest.warns(tf.TapeRecoveryWarning, match="recovered"):
+        got = tf.loads(cut, recover=True)
+    info = got.recovery
+    assert isinstance(info, tf.Recovery)
+    assert not info.complete and info.records == len(got.records) and 0 < info.records < len(tape.records)
+    assert info.kept_bytes + info.dropped_bytes == len(cut)
+    assert "byte" in info.reason
+
+
+def test_a_frame_length_of_0xffffffff_in_a_tiny_file() -> None:
+    data = tf.dumps(tiny_tape())
+    bad = data[:12] + b"HEAD" + struct.pack("<I", 0xFFFFFFFF) + data[20:60]
+    with pytest.raises(tg.TruncatedTapeError, match="needs 4,294,967,307 bytes"):
+        tf.loads(bad)
+    with pytest.raises(tg.TruncatedTapeError, match="nothing to recover"):
+        tf.loads(bad, recover=True)
+    # the same inside the tape (after good frames): recover keeps what came before
+    _, frames = split_frames(data)
+    good = join_frames(frames[:3])
+    bad = good + b"RECS" + struct.pack("<I", 0xFFFFFFFF) + b"\x00" * 10
+    with pytest.raises(tg.TruncatedTapeError):
+        tf.loads(bad)
+    assert loads_quietly(bad, recover=True).recovery.offset == len(good)
+
+
+def test_a_corrupted_checksum_or_payload_in_any_frame() -> None:
+    data = tf.dumps(recording())
+    pos = 12
+    for index, (tag, payload) in enumerate(split_frames(data)[1]):
+        end = pos + 12 + len(payload)
+        for where in (pos, pos + 4, pos + 8 + len(payload) // 2, end - 1):  # tag, length, payload, CRC
+            bad = bytearray(data)
+            bad[where] ^= 0x40
+            with pytest.raises(tg.TapeFormatError):
+                tf.loads(bytes(bad))
+            try:
+                got = loads_quietly(bytes(bad), recover=True)
+            except tg.TapeFormatError:
+                assert index == 0  # only a damaged header leaves nothing to recover
+                continue
+            if where != pos + 4:  # a damaged length may look like a longer frame
+                assert got.recovery is not None and got.recovery.offset == pos
+        pos = end
+
+
+def test_reordered_or_spliced_frames_fail_the_checksum_chain() -> None:
+    data = tf.dumps(recording())
+    pre, frames = split_frames(data)
+    raw = []
+    pos = 12
+    for _, payload in frames:
+        raw.append(data[pos:pos + 12 + len(payload)])
+        pos += 12 + len(payload)
+    swapped = pre + raw[0] + raw[2] + raw[1] + b"".join(raw[3:])
+    with pytest.raises(tg.TapeFormatError, match="checksum mismatch"):
+        tf.loads(swapped)
+    other = tf.dumps(tiny_tape())
+    _, other_frames = split_frames(other)
+    spliced = pre + raw[0] + other[12 + 12 + len(other_frames[0][1]):]
+    with pytest.raises(tg.TapeFormatError, match="checksum mismatch"):
+        tf.loads(spliced)
+    dropped = pre + raw[0] + b"".join(raw[2:])
+    with pytest.raises(tg.TapeFormatError, match="checksum mismatch"):
+        tf.loads(dropped)
+
+
+def test_bytes_after_the_end() -> None:
+    data = tf.dumps(tiny_tape())
+    for extra in (b"\x00", b"junk", data):
+        with pytest.raises(tg.TapeFormatError, match=f"{len(extra):,} unexpected bytes after the footer"):
+            tf.loads(data + extra)
+        got = loads_quietly(data + extra, recover=True)
+        assert got.records == tiny_tape().records
+        assert got.recovery.complete and got.recovery.dropped_bytes == len(extra)
+
+
+def test_missing_footer_means_the_writer_died(tmp_path) -> None:
+    tape, data = streamed_bytes(tmp_path)
+    _, frames = split_frames(data)
+    body = join_frames(frames[:-1])
+    with pytest.raises(tg.TruncatedTapeError, match="without a footer"):
+        tf.loads(body)
+    got = loads_quietly(body, recover=True)
+    assert got.records == tape.records and not got.recovery.complete
+
+
+def test_zero_filled_tail(tmp_path) -> None:
+    tape, data = streamed_bytes(tmp_path)
+    _, frames = split_frames(data)
+    body = join_frames(frames[:-3])
+    for zeros in (1, 7, 8, 100, 5000):
+        bad = body + bytes(zeros)
+        with pytest.raises(tg.TruncatedTapeError, match="zero-filled tail"):
+            tf.loads(bad)
+        got = loads_quietly(bad, recover=True)
+        assert got.records == tape.records[:len(got.records)]
+        assert "zero-filled" in got.recovery.reason
+
+
+def test_frames_must_start_with_a_header_and_end_with_one_footer() -> None:
+    _, frames = split_frames(tf.dumps(tiny_tape()))
+    with pytest.raises(tg.TapeFormatError, match="first frame must be the HEAD"):
+        tf.loads(join_frames(frames[1:]))
+    with pytest.raises(tg.TapeFormatError, match="second HEAD"):
+        tf.loads(join_frames([frames[0], *frames]))
+    with pytest.raises(tg.TapeFormatError, match="footer counts"):
+        tf.loads(join_frames([frames[0], frames[-1]]))  # the footer counts frames that are not there
+
+
+def test_non_regular_files_are_refused_without_blocking(tmp_path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(tg.TapeFormatError, match="not a regular file"):
+        tf.load_path(fifo)  # opening a FIFO for reading would block without O_NONBLOCK
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(tg.TapeFormatError, match="not a regular file"):
+            tf.load_path("/dev/zero")
+    with pytest.raises(IsADirectoryError):
+        tf.load_path(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        tf.load_path(tmp_path / "missing.tape")
+
+
+def test_an_empty_file_on_disk(tmp_path) -> None:
+    path = tmp_path / "empty.tape"
+    path.write_bytes(b"")
+    for use_mmap in (False, True):
+        with pytest.raises(tg.TruncatedTapeError, match="empty"):
+            tf.load_path(path, mmap=use_mmap)

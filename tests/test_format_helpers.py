@@ -1,0 +1,159 @@
+"""Shared builders for the tape-format tests (this module holds no tests).
+
+- `tiny_tape()`: a four-variable tape built by hand (independent of the tracer), the one whose
+  bytes `test_format.py` pins and docs/FORMAT.md dissects.
+- `split_frames(data)` / `join_frames(frames)`: take a tape apart into (tag, payload) frames and
+  put frames back together with a valid CRC chain, so tests can reach the layers behind the
+  checksums (msgpack, columns, graph) with exactly the damage they want.
+- `OP_CASES`: one small recording per registry op, for round-trip tests over the whole registry.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import numpy as np
+
+import tapegrad as tg
+from tapegrad.tape import Tape
+from tapegrad.tape_format_frames import MAGIC, PREAMBLE
+
+Frames = list[tuple[bytes, bytes]]
+
+
+def tiny_tape() -> Tape:
+    """x = [1, 2] (input "x"), the constant 3, v2 = x * 3, v3 = sum(v2) named "y"."""
+    t = Tape("all", {"note": "tiny"})
+    t._add_leaf(0, np.array([1.0, 2.0]), "x", False)
+    t._add_leaf(1, np.array(3.0), None, True)
+    t._records.append(("mul", (0, 1), (2,), {}))
+    t._values[2] = np.array([3.0, 6.0])
+    t._records.append(("sum", (2,), (3,), {"axis": None, "keepdims": False}))
+    t._values[3] = np.array(9.0)
+    t._names[3] = "y"
+    return t
+
+
+def split_frames(data: bytes) -> tuple[bytes, Frames]:
+    """(preamble, [(tag, payload), ...]) of a well-formed tape."""
+    pos = len(PREAMBLE)
+    frames: Frames = []
+    while pos < len(data):
+        tag, length = struct.unpack_from("<4sI", data, pos)
+        frames.append((tag, data[pos + 8:pos + 8 + length]))
+        pos += 12 + length
+    return data[:len(PREAMBLE)], frames
+
+
+def join_frames(frames: Frames, preamble: bytes = PREAMBLE) -> bytes:
+    """A tape made of `frames` with a valid CRC chain (whatever the payloads hold)."""
+    out = bytearray(preamble)
+    crc = zlib.crc32(preamble)
+    for tag, payload in frames:
+        head = struct.pack("<4sI", tag, len(payload))
+        crc = zlib.crc32(head + payload, crc)
+        out += head + payload + struct.pack("<I", crc)
+    return bytes(out)
+
+
+def payload_of(data: bytes, tag: bytes) -> bytes:
+    """The payload of the first frame tagged `tag`."""
+    return next(p for t, p in split_frames(data)[1] if t == tag)
+
+
+def preamble(major: int = 1, minor: int = 0) -> bytes:
+    return MAGIC + struct.pack("<HH", major, minor)
+
+
+def unpack(payload: bytes) -> Any:
+    return msgpack.unpackb(payload, raw=False, use_list=False, strict_map_key=False)
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def edit_frame(data: bytes, tag: bytes, edit: Callable[[Any], Any], nth: int = 0) -> bytes:
+    """The tape with the `nth` frame tagged `tag` decoded, edited by `edit`, re-encoded."""
+    pre, frames = split_frames(data)
+    seen = 0
+    for k, (t, payload) in enumerate(frames):
+        if t == tag:
+            if seen == nth:
+                obj = unpack(payload)
+                if isinstance(obj, dict):
+                    obj = dict(obj)
+                frames[k] = (t, pack(edit(obj)))
+                return join_frames(frames, pre)
+            seen += 1
+    raise LookupError(f"no frame {tag!r} #{nth}")
+
+
+def replace_payload(data: bytes, tag: bytes, payload: bytes, nth: int = 0) -> bytes:
+    """The tape with the raw payload of a frame replaced (CRCs recomputed)."""
+    pre, frames = split_frames(data)
+    seen = 0
+    for k, (t, _) in enumerate(frames):
+        if t == tag:
+            if seen == nth:
+                frames[k] = (t, payload)
+                return join_frames(frames, pre)
+            seen += 1
+    raise LookupError(f"no frame {tag!r} #{nth}")
+
+
+def u32(*values: int) -> bytes:
+    return np.array(values, dtype="<u4").tobytes()
+
+
+# ---- one small recording per registry op ----------------------------------------------------
+
+def _x(*shape: int) -> np.ndarray:
+    return np.linspace(0.2, 0.9, int(np.prod(shape)) or 1).reshape(shape) if shape else np.array(0.7)
+
+
+OP_CASES: dict[str, Callable[[], Tape]] = {}
+
+
+def _case(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(body: Callable[..., Any]) -> Callable[..., Any]:
+        def run() -> Tape:
+            with tg.record() as tape:
+                x = tg.Variable(_x(2, 3), name="x")
+                y = tg.Variable(_x(2, 3)[::-1].copy() + 0.5, name="y")
+                out = body(x, y)
+                out = tg.sum(out.astype(np.float64) if out.dtype.kind != "f" else out)
+                out.name = "out"
+            return tape
+        OP_CASES[name] = run
+        return body
+    return register
+
+
+for _name in ("add", "sub", "mul", "div", "pow", "maximum", "minimum"):
+    _case(_name)(lambda x, y, f=getattr(tg, _name): f(x, y))
+for _name in ("neg", "exp", "log", "sin", "cos", "tan", "tanh", "sqrt", "abs", "sign", "sigmoid", "relu"):
+    _case(_name)(lambda x, y, f=getattr(tg, _name): f(x - 0.5 if f is tg.relu or f is tg.abs else x))
+for _name in ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal"):
+    _case(_name)(lambda x, y, f=getattr(tg, _name): tg.where(f(x, y), x, y))
+for _name in ("sum", "mean", "max", "min", "logsumexp"):
+    _case(_name)(lambda x, y, f=getattr(tg, _name): f(x * y, axis=1, keepdims=True) + f(x))
+for _name in ("softmax", "log_softmax"):
+    _case(_name)(lambda x, y, f=getattr(tg, _name): f(x * y, axis=0))
+_case("where")(lambda x, y: tg.where(x > 0.5, x, y))
+_case("clip")(lambda x, y: tg.clip(x, 0.3, 0.8))
+_case("astype")(lambda x, y: tg.astype(x, np.float32) * 2.0)
+_case("reshape")(lambda x, y: tg.reshape(x, (3, 2)) @ y)
+_case("transpose")(lambda x, y: tg.transpose(x) @ y)
+_case("broadcast_to")(lambda x, y: tg.broadcast_to(x[0], (4, 3)))
+_case("sum_to")(lambda x, y: tg.sum_to(x, (1, 3)))
+_case("matmul")(lambda x, y: tg.matmul(x, tg.transpose(y)))
+_case("getitem")(lambda x, y: x[1, ::-1] + x[np.array([0, 1, 1]), np.array([2, 0, 2])] + x[..., None][0, :, 0])
+_case("scatter_add")(lambda x, y: tg.scatter_add(x, np.array([0, 2]), shape=(3, 3), index=(("array",),)))
+_case("concatenate")(lambda x, y: tg.concatenate([x, y, x], axis=1))
+_case("stack")(lambda x, y: tg.stack([x, y], axis=2))
+_case("guard")(lambda x, y: x * 2.0 if float(tg.sum(x)) > 1.0 else x)
