@@ -58,22 +58,27 @@ def numpy_chain_fair(n: int) -> tuple[np.ndarray, np.ndarray]:
     return g, gc_
 
 
+def chain(y: tg.Variable, c: tg.Variable, n: int) -> tg.Variable:
+    """The chain itself on Variables: add, mul, sin, exp, repeated."""
+    for i in range(n):
+        k = i % 4
+        if k == 0:
+            y = y + c
+        elif k == 1:
+            y = y * c
+        elif k == 2:
+            y = tg.sin(y)
+        else:
+            y = tg.exp(y)
+    return y
+
+
 def tapegrad_chain(n: int) -> tuple[np.ndarray, np.ndarray]:
     """The same chain with tapegrad: recorded forward, then backward()."""
     with tg.record():
         x = tg.Variable(X0)
         c = tg.Variable(C)
-        y = x
-        for i in range(n):
-            k = i % 4
-            if k == 0:
-                y = y + c
-            elif k == 1:
-                y = y * c
-            elif k == 2:
-                y = tg.sin(y)
-            else:
-                y = tg.exp(y)
+        y = chain(x, c, n)
     y.backward()
     return x.grad, c.grad
 

@@ -42,7 +42,7 @@ import numpy as np
 import tapegrad as tg
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import X0, C, numpy_chain_fair
+from overhead import X0, C, chain, numpy_chain_fair
 
 
 def _file_functions() -> tuple[Callable[[tg.Tape], bytes], Callable[[bytes], tg.Tape], str]:
@@ -172,18 +172,7 @@ CHAIN = 10_000
 
 def record_chain(n: int) -> tg.Tape:
     with tg.record(values="inputs") as tape:
-        y = tg.Variable(X0, name="x")
-        c = tg.Variable(C, name="c")
-        for i in range(n):
-            k = i % 4
-            if k == 0:
-                y = y + c
-            elif k == 1:
-                y = y * c
-            elif k == 2:
-                y = tg.sin(y)
-            else:
-                y = tg.exp(y)
+        y = chain(tg.Variable(X0, name="x"), tg.Variable(C, name="c"), n)
         y.name = "y"
     return tape
 
