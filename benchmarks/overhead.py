@@ -5,7 +5,7 @@ A chain of N elementwise ops on shape (4,) float64, cycling add/mul/sin/exp with
 numpy: a forward loop keeping the values it needs and a backward loop applying the derivative of
 each op.  Prints the median time of each and the ratio tapegrad / numpy (target: <= 2.0).
 
-Run: python benchmarks/overhead.py [--n 10000] [--repeat 15] [--no-gc-check]
+Run: python benchmarks/overhead.py [--n 10000] [--repeat 21]
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import argparse
 import gc
 import statistics
 import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -83,37 +82,46 @@ def tapegrad_chain(n: int) -> tuple[np.ndarray, np.ndarray]:
     return x.grad, c.grad
 
 
-def timeit(fn: Callable[[int], object], n: int, repeat: int) -> float:
-    times = []
+def paired(n: int, repeat: int) -> tuple[float, float, float]:
+    """Median times of numpy and tapegrad, run alternately, and the median of per-pair ratios.
+
+    Alternating the two in one loop cancels slow drift of the machine (shared cores, frequency
+    changes) that would otherwise land on one side only.
+    """
+    base, ours, ratios = [], [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        fn(n)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        numpy_chain_fair(n)
+        t1 = time.perf_counter()
+        tapegrad_chain(n)
+        t2 = time.perf_counter()
+        base.append(t1 - t0)
+        ours.append(t2 - t1)
+        ratios.append((t2 - t1) / (t1 - t0))
+    return statistics.median(base), statistics.median(ours), statistics.median(ratios)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--repeat", type=int, default=21)
     args = parser.parse_args()
     gx, gc_ = tapegrad_chain(args.n)
     hx, hc = numpy_chain_fair(args.n)
     assert np.allclose(gx, hx) and np.allclose(gc_, hc), "tapegrad and hand-written gradients differ"
+    print(f"chain of {args.n} tiny ops (shape (4,), add/mul/sin/exp), record + backward, "
+          f"median of {args.repeat} alternating pairs (target: ratio <= 2.0 with the collector on)")
     rows = []
     for label, collector in (("gc on", True), ("gc off", False)):
         if not collector:
             gc.disable()
         try:
-            base = timeit(numpy_chain_fair, args.n, args.repeat)
-            ours = timeit(tapegrad_chain, args.n, args.repeat)
+            rows.append((label, *paired(args.n, args.repeat)))
         finally:
             gc.enable()
-        rows.append((label, base, ours))
-    print(f"chain of {args.n} tiny ops (shape (4,), add/mul/sin/exp), record + backward, median of {args.repeat}")
-    for label, base, ours in rows:
-        print(f"  {label:7s} numpy {base * 1e3:8.2f} ms   tapegrad {ours * 1e3:8.2f} ms   ratio {ours / base:5.2f}x")
-    print(f"  gc cost for tapegrad: {rows[0][2] / rows[1][2]:.2f}x of collector-off")
+    for label, base, ours, ratio in rows:
+        print(f"  {label:7s} numpy {base * 1e3:8.2f} ms   tapegrad {ours * 1e3:8.2f} ms   ratio {ratio:5.2f}x")
+    print(f"  collector cost for tapegrad: {rows[0][2] / rows[1][2]:.2f}x of collector-off")
 
 
 if __name__ == "__main__":
