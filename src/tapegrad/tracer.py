@@ -40,12 +40,42 @@ EMPTY = None  # the stored attributes of attribute-free records (see tape.RawRec
 _ALLOWED_KINDS = frozenset("biuf")
 
 
-def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
-    """`spec` applied to one argument, with an inlined fast path for a Variable input.
+def _emit(name: str, attrs: Any, out: Any, tape: Tape | None, in_serials: tuple[int, ...],
+          inputs: tuple[Any, ...]) -> Variable:
+    """Wrap op result `out` in a new Variable and record it on `tape`, or link it (eager).
 
-    The fast path is `_apply` specialised to one attribute-free Variable input that is already
-    on the active tape (if any); everything else goes through `_apply`.
+    `inputs` (the Variables, and constants' arrays) are kept as the eager link; a recorded
+    result keeps no link, its history is the tape.
     """
+    if type(out) is not np.ndarray:
+        out = np.asarray(out)
+    v = _new_variable(Variable)
+    v.data = out
+    v.grad = None
+    v._name = None
+    v._tape = tape
+    s = v._tapegrad_serial = next(_serials)
+    rec = (name, in_serials, (s,), attrs)
+    if tape is None:
+        v._link = (rec, inputs)
+    else:
+        v._link = None
+        if tape.source:
+            f = _getframe(2)  # the op's caller: the user's code, unless tapegrad made the op
+            if f.f_code.co_filename in _PKG_FILES:
+                f = _user_frame(f)
+            tape._source_code.append(f.f_code)
+            tape._source_pos.append(f.f_lasti)
+        tape._records.append(rec)
+        tape._values[s] = out
+        if tape._sink is not None:
+            tape._sink.record(rec, out)
+    return v
+
+
+def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
+    """`spec` applied to one argument: a fast path for a Variable input already on the active
+    tape (if any), everything else through `_apply`."""
     forward, name = spec.forward, spec.name
 
     def op(x: Any) -> Variable:
@@ -53,42 +83,14 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
         if type(x) is not Variable or not _linking or x.data is None or (
                 x._tape is not tape and tape is not None and x._tapegrad_serial not in tape._values):
             return _apply(spec, (x,), EMPTY)
-        out = forward(x.data)
-        if type(out) is not np.ndarray:
-            out = np.asarray(out)
-        v = _new_variable(Variable)
-        v.data = out
-        v.grad = None
-        v._name = None
-        v._tape = tape
-        s = v._tapegrad_serial = next(_serials)
-        rec = (name, (x._tapegrad_serial,), (s,), EMPTY)
-        if tape is None:
-            v._link = (rec, (x,))
-        else:
-            v._link = None
-            if tape.source:
-                f = _getframe(1)
-                code = f.f_code
-                if code.co_filename in _PKG_FILES:  # an op made by tapegrad itself (a VJP rule, replay)
-                    f = _user_frame(f)
-                    code = f.f_code
-                tape._source_code.append(code)
-                tape._source_pos.append(f.f_lasti)
-            tape._records.append(rec)
-            tape._values[s] = out
-            if tape._sink is not None:
-                tape._sink.record(rec, out)
-        return v
+        return _emit(name, EMPTY, forward(x.data), tape, (x._tapegrad_serial,), (x,))
 
     return op
 
 
 def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Variable]:
-    """`spec` applied to two arguments (swapped when `reflected`, for `__radd__` and friends).
-
-    Inlined fast path for two Variables already on the active tape (if any), as `_unary_op`.
-    """
+    """`spec` applied to two arguments (swapped when `reflected`, for `__radd__` and friends):
+    a fast path for two Variables already on the active tape (if any), else `_apply`."""
     forward, name = spec.forward, spec.name
 
     def op(a: Any, b: Any) -> Variable:
@@ -101,32 +103,7 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
             out = forward(a.data, b.data)
         except (ValueError, TypeError):
             return _apply(spec, (a, b), EMPTY)  # raises the library's error
-        if type(out) is not np.ndarray:
-            out = np.asarray(out)
-        v = _new_variable(Variable)
-        v.data = out
-        v.grad = None
-        v._name = None
-        v._tape = tape
-        s = v._tapegrad_serial = next(_serials)
-        rec = (name, (a._tapegrad_serial, b._tapegrad_serial), (s,), EMPTY)
-        if tape is None:
-            v._link = (rec, (a, b))
-        else:
-            v._link = None
-            if tape.source:
-                f = _getframe(1)
-                code = f.f_code
-                if code.co_filename in _PKG_FILES:  # an op made by tapegrad itself (a VJP rule, replay)
-                    f = _user_frame(f)
-                    code = f.f_code
-                tape._source_code.append(code)
-                tape._source_pos.append(f.f_lasti)
-            tape._records.append(rec)
-            tape._values[s] = out
-            if tape._sink is not None:
-                tape._sink.record(rec, out)
-        return v
+        return _emit(name, EMPTY, out, tape, (a._tapegrad_serial, b._tapegrad_serial), (a, b))
 
     if reflected:
         def rop(a: Any, b: Any) -> Variable:
@@ -379,40 +356,18 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
     except (ValueError, TypeError, IndexError, ZeroDivisionError) as exc:
         shapes = " and ".join(str(np.shape(x)) for x in xs)
         raise TapegradError(f"{spec.name}: {exc} (input shapes {shapes})") from None
-    if type(out) is not np.ndarray:
-        out = np.asarray(out)
-    v = _new_variable(Variable)
-    v.data = out
-    v.grad = None
-    v._name = None
-    v._tape = tape
-    v._link = None
-    if not _linking:
-        v._tapegrad_serial = next(_serials)
-        return v
+    if not _linking:  # inside no_record(): a plain leaf
+        return Variable(np.asarray(out))
     consts = [k for k, i in enumerate(ids) if i < 0]
     for k in consts:  # a constant gets an id before the output does
         ids[k] = c = next(_serials)
         if tape is not None:
             xs[k] = np.array(xs[k], order="C", copy=True)
             tape._add_leaf(c, xs[k], None, True)
-    s = v._tapegrad_serial = next(_serials)
-    rec = (spec.name, tuple(ids), (s,), attrs)
-    if tape is None:  # eager: link inputs (constants by their arrays)
-        ins = list(args)
-        for k in consts:
-            ins[k] = xs[k]
-        v._link = (rec, tuple(ins))
-    else:
-        if tape.source:
-            f = _user_frame(_getframe(1))
-            tape._source_code.append(f.f_code)
-            tape._source_pos.append(f.f_lasti)
-        tape._records.append(rec)
-        tape._values[s] = out
-        if tape._sink is not None:
-            tape._sink.record(rec, out)
-    return v
+    links: tuple[Any, ...] = ()
+    if tape is None:  # eager: link the inputs, constants by their arrays
+        links = tuple(xs[k] if k in consts else a for k, a in enumerate(args))
+    return _emit(spec.name, attrs, out, tape, tuple(ids), links)
 
 
 _by_output = itemgetter(2)
