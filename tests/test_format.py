@@ -305,7 +305,7 @@ def test_unstorable_tapes_are_refused_when_writing() -> None:
     with pytest.raises(tg.TapegradError, match="metadata"):
         tf.dumps(tape)
     tape = tiny_tape()
-    tape._records[1] = ("sum", (2,), (3,), {"axis": None, "keepdims": np.bool_(False)})
+    tape._records[1] = ("sum", {"axis": None, "keepdims": np.bool_(False)}, 3, 2)
     with pytest.raises(tg.TapegradError, match="plain data"):
         tf.dumps(tape)
     tape = Tape("all")

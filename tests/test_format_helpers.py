@@ -30,9 +30,9 @@ def tiny_tape() -> Tape:
     t = Tape("all", {"note": "tiny"})
     t._add_leaf(0, np.array([1.0, 2.0]), "x", False)
     t._add_leaf(1, np.array(3.0), None, True)
-    t._records.append(("mul", (0, 1), (2,), {}))
+    t._records.append(("mul", {}, 2, 0, 1))  # (op, attrs, output, *inputs)
     t._values[2] = np.array([3.0, 6.0])
-    t._records.append(("sum", (2,), (3,), {"axis": None, "keepdims": False}))
+    t._records.append(("sum", {"axis": None, "keepdims": False}, 3, 2))
     t._values[3] = np.array(9.0)
     t._names[3] = "y"
     return t

@@ -32,7 +32,7 @@ def tape_of(leaves: list[tuple[tuple[int, ...], Any]], records: list[tuple[Any, 
         else:
             t._values[vid] = np.zeros(shape, dtype)
     for op, ins, out, attrs, shape, dtype in records:
-        t._records.append((op, ins, (out,), attrs))
+        t._records.append((op, attrs, out, *ins))
         if mode == "all":
             t._values[out] = np.zeros(shape, dtype)
         else:
@@ -77,11 +77,11 @@ def test_use_before_definition() -> None:
 
 def test_a_variable_defined_twice() -> None:
     twice = tape_of([X], [("sin", (0,), 1, {}, (3,), F64), ("cos", (0,), 2, {}, (3,), F64)])
-    twice._records[1] = ("cos", (0,), (1,), {})
+    twice._records[1] = ("cos", {}, 1, 0)
     refused(twice, "defined twice|not after the previous record", file=False)
     assert "defined twice" in tf_error(twice)
     leaf_again = tape_of([X], [("sin", (0,), 1, {}, (3,), F64)])
-    leaf_again._records[0] = ("sin", (0,), (0,), {})
+    leaf_again._records[0] = ("sin", {}, 0, 0)
     del leaf_again._avals[1]
     refused(leaf_again, "v0 is defined twice", file=False)
     assert "defined twice" in tf_error(leaf_again)

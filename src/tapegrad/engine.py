@@ -6,8 +6,7 @@ Contract:
   reverse pass is being recorded, or plan symbols when it is being compiled), sums each
   cotangent back to its input's shape and dtype, and adds cotangents of reused variables out
   of place (`F.add`), never in place.
-- Records are `(op, inputs, outputs, attrs)` tuples (see `tape.RawRecord`); every op has one
-  output.
+- Records are flat `(op, attrs, output, *inputs)` tuples (see `tape.RawRecord`).
 - This module imports neither the tracer nor the file format.
 """
 
@@ -32,10 +31,10 @@ _VJP = {name: spec.vjp or _no_vjp for name, spec in REGISTRY.items()}
 def active_set(records: Iterable[RawRecord], sources: Iterable[int]) -> set[int]:
     """Ids that depend on any of `sources` (forward sweep over the records)."""
     active = set(sources)
-    for _, ins, outs, _ in records:
-        for i in ins:
+    for rec in records:
+        for i in rec[3:]:
             if i in active:
-                active.update(outs)
+                active.add(rec[2])
                 break
     return active
 
@@ -55,25 +54,27 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
     vjps = _VJP
     pop = cot.pop
     get = cot.get
-    for op, ins, outs, attrs in reversed(records):
-        out_id = outs[0]
+    for rec in reversed(records):
+        out_id = rec[2]
         g = pop(out_id, None)
         if g is None:
             continue
         if out_id in want:
             found[out_id] = g
-        vjp = vjps[op]
-        if len(ins) == 1:  # registry contract: one-input rules return the input's shape and dtype
-            i = ins[0]
+        vjp = vjps[rec[0]]
+        if len(rec) == 4:  # registry contract: one-input rules return the input's shape and dtype
+            i = rec[3]
             if i in skip:
                 continue
-            gi = vjp(F, g, (values[i],), values[out_id], attrs, 0)
+            gi = vjp(F, g, (values[i],), values[out_id], rec[1], 0)
             if gi is not None:
                 prev = get(i)
                 cot[i] = gi if prev is None else F.add(prev, gi)
             continue
+        ins = rec[3:]
         xs = [values[i] for i in ins]
         out = values[out_id]
+        attrs = rec[1]
         for k, i in enumerate(ins):
             if i in skip:
                 continue

@@ -85,7 +85,7 @@ class Compiler:
                for a in args]
         shape, dtype = spec.infer([s.shape for s in ins], [s.dtype for s in ins], attrs or {})
         out = self.new(shape, dtype)
-        self.steps.append((spec.name, tuple(s.slot for s in ins), (out.slot,), attrs or None))
+        self.steps.append((spec.name, attrs or None, out.slot, *(s.slot for s in ins)))
         return out
 
     def _op(self, spec: OpSpec) -> Any:
@@ -231,7 +231,10 @@ class Plan:
         return "replay"
 
 
-def _step(op: str, in_slots: tuple[int, ...], out: int, attrs: Mapping[str, Any] | None) -> Step:
+def _step(rec: RawRecord) -> Step:
+    """The executable step of a record whose ids are slots."""
+    op, attrs, out = rec[0], rec[1], rec[2]
+    in_slots = rec[3:]
     fn = REGISTRY[op].forward
     if attrs:
         return (3, fn, in_slots, dict(attrs), out, ())
@@ -253,26 +256,26 @@ def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of
     slot_of = {vid: n for n, vid in enumerate(ids)}
     avals: list[Aval] = [tape.shape_dtype(vid) for vid in ids]
     records = tape._records
-    producer = {rec[2][0]: n for n, rec in enumerate(records)}
+    producer = {rec[2]: n for n, rec in enumerate(records)}
 
     # Which records the backward pass walks: those `of` depends on.
     needed: set[int] = set(outputs)
     if of is not None:
         needed.add(of)
-    needed.update(rec[2][0] for rec in records if rec[0] == "guard")  # control flow is always re-checked
+    needed.update(rec[2] for rec in records if rec[0] == "guard")  # control flow is always re-checked
     for rec in reversed(records):
-        if rec[2][0] in needed:
-            needed.update(rec[1])
-    live_records = [n for n, rec in enumerate(records) if rec[2][0] in needed]
+        if rec[2] in needed:
+            needed.update(rec[3:])
+    live_records = [n for n, rec in enumerate(records) if rec[2] in needed]
 
     # Forward: recompute what is missing or depends on a replaced input (guards included).
     stored = tape._values
     dirty = set(replaced)
     forward: list[int] = []
     for n in live_records:
-        _, ins, outs, _ = records[n]
-        if outs[0] not in stored or any(i in dirty for i in ins):
-            dirty.add(outs[0])
+        rec = records[n]
+        if rec[2] not in stored or any(i in dirty for i in rec[3:]):
+            dirty.add(rec[2])
             forward.append(n)
     missing = [vid for vid in needed if vid not in stored and vid not in dirty and vid not in producer]
     if missing:
@@ -290,20 +293,19 @@ def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of
         seed = comp.new(*avals[slot_of[of]])
         seed_slot = seed.slot
         symbols = {vid: comp.sym(slot_of[vid]) for vid in needed}
-        sub = [(op, tuple(slot_of[i] for i in ins), (slot_of[outs[0]],), attrs)
-               for op, ins, outs, attrs in (records[n] for n in live_records)]
+        sub = [_slotted(records[n], slot_of) for n in live_records]
         active = engine.active_set(sub, [slot_of[w] for w in wrt])
         skip = {slot_of[v] for v in needed if slot_of[v] not in active}
         sym_values = {slot_of[v]: s for v, s in symbols.items()}
         found = engine.reverse(sub, sym_values, {slot_of[of]: seed}, skip, {slot_of[w] for w in wrt}, comp.ops)
         grads = {w: (found[slot_of[w]].slot if slot_of[w] in found else None) for w in wrt}
 
-    steps: list[Step] = [_step(*_slotted(records[n], slot_of)) for n in forward]
+    steps: list[Step] = [_step(_slotted(records[n], slot_of)) for n in forward]
     step_records = list(forward)
     step_ops = [records[n][0] for n in forward]
-    steps += [_step(op, ins, outs[0], attrs) for op, ins, outs, attrs in comp.steps]
+    steps += [_step(rec) for rec in comp.steps]
     step_records += [-1] * len(comp.steps)
-    step_ops += [op for op, _, _, _ in comp.steps]
+    step_ops += [rec[0] for rec in comp.steps]
 
     initial: dict[int, Any] = {slot_of[v]: stored[v] for v in needed if v in stored and v not in dirty}
     initial.update(comp.consts)
@@ -341,12 +343,12 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
     out_slot = found[seed_slot].slot if seed_slot in found else -1
 
     n_fwd = base.n_forward
-    keep = [k for k, rec in enumerate(program) if rec[2][0] not in linear]
+    keep = [k for k, rec in enumerate(program) if rec[2] not in linear]
     steps: list[Step] = [(c, f, a, b, o, ()) for c, f, a, b, o, _ in base.steps[:n_fwd]]
-    steps += [_step(*_slotted_program(program[k])) for k in keep]
-    steps += [_step(op, ins, outs[0], attrs) for op, ins, outs, attrs in comp.steps]
+    steps += [_step(program[k]) for k in keep]
+    steps += [_step(rec) for rec in comp.steps]
     step_records = base.step_records[:n_fwd] + [-1] * (len(keep) + len(comp.steps))
-    step_ops = base.step_ops[:n_fwd] + [program[k][0] for k in keep] + [op for op, _, _, _ in comp.steps]
+    step_ops = base.step_ops[:n_fwd] + [program[k][0] for k in keep] + [rec[0] for rec in comp.steps]
     initial = dict(base.initial)
     initial.update(comp.consts)
     plan = Plan(tape, len(comp.avals), initial, steps, step_records, step_ops, base.inputs, {out_id: out_slot}, {}, None,
@@ -355,14 +357,9 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
     return plan
 
 
-def _slotted_program(rec: RawRecord) -> tuple[str, tuple[int, ...], int, Mapping[str, Any] | None]:
-    op, ins, outs, attrs = rec
-    return op, ins, outs[0], attrs
-
-
-def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> tuple[str, tuple[int, ...], int, Mapping[str, Any] | None]:
-    op, ins, outs, attrs = rec
-    return op, tuple(slot_of[i] for i in ins), slot_of[outs[0]], attrs
+def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> RawRecord:
+    """A tape record with its ids replaced by slots."""
+    return (rec[0], rec[1], slot_of[rec[2]], *(slot_of[i] for i in rec[3:]))
 
 
 def _step_inputs(step: Step) -> tuple[int, ...]:

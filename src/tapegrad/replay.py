@@ -92,7 +92,7 @@ def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: boo
 
 def _default_outputs(tape: Tape) -> list[int]:
     """Named results of records, plus the last record's output."""
-    produced = {rec[2][0] for rec in tape._records}
+    produced = {rec[2] for rec in tape._records}
     outs = [vid for vid in tape._internal() if vid in produced and vid in tape._names]
     if tape._records and tape._last_output() not in outs:
         outs.append(tape._last_output())
@@ -247,10 +247,10 @@ def jvp(tape: Tape, tangents: Mapping[Any, Any], *, inputs: Mapping[Any, Any] | 
 
 def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_ids: Sequence[int]) -> dict[int, Any]:
     """Run the needed records through the tracer; every tape input enters under its name."""
-    needed = set(out_ids) | {r[2][0] for r in tape._records if r[0] == "guard"}
+    needed = set(out_ids) | {r[2] for r in tape._records if r[0] == "guard"}
     for r in reversed(tape._records):
-        if r[2][0] in needed:
-            needed.update(r[1])
+        if r[2] in needed:
+            needed.update(r[3:])
     values: dict[int, Any] = {}
     for vid in tape._leaves:
         if vid not in needed:
@@ -265,10 +265,11 @@ def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_
                 raise TapegradError(f"cannot replay: the tape stores no value for input v{tape._dense()[vid]}; "
                                     "pass it in `inputs`")
             values[vid] = rec.input(np.array(value), tape._names.get(vid))
-    for n, (op, ins, outs, attrs) in enumerate(tape._records):
-        if outs[0] in needed:
+    for n, r in enumerate(tape._records):
+        op = r[0]
+        if r[2] in needed:
             try:
-                values[outs[0]] = rec.apply(op, [values[i] for i in ins], attrs)
+                values[r[2]] = rec.apply(op, [values[i] for i in r[3:]], r[1])
             except TapegradError as exc:
                 raise type(exc)(f"record {n} ({op}): {exc}") from None
     return values
@@ -277,7 +278,7 @@ def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_
 def _record_backward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], of_id: int, wrt_ids: Sequence[int],
                      seed: Any) -> list[Any]:
     values = _record_forward(rec, tape, replaced, [of_id])
-    needed = [r for r in tape._records if r[2][0] in values]
+    needed = [r for r in tape._records if r[2] in values]
     active = engine.active_set(needed, wrt_ids)
     skip = {v for v in values if v not in active}
     found = engine.reverse(needed, values, {of_id: seed}, skip, set(wrt_ids), rec.backend)

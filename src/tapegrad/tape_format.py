@@ -49,7 +49,8 @@ __all__ = [
     "TapeRecoveryWarning", "dump", "dumps", "load", "load_path", "loads", "save", "validate",
 ]
 
-_OP, _INS, _OUTS, _ATTRS = (itemgetter(k) for k in range(4))
+_OP, _ATTRS, _OUT = (itemgetter(k) for k in range(3))  # records are (op, attrs, output, *inputs)
+_INPUTS = itemgetter(slice(3, None))
 _FIRST = itemgetter(0)
 _SECOND = itemgetter(1)
 
@@ -99,8 +100,8 @@ def _columns(tape: Tape, leaves: list[int], records: list[RawRecord], dense: dic
             found = [avals[i] if v is None else v for i, v in zip(ids, found, strict=True)]
         return found
 
-    outs = list(map(_FIRST, map(_OUTS, records)))
-    ins = list(map(_INS, records))
+    outs = list(map(_OUT, records))
+    ins = list(map(_INPUTS, records))
     try:
         return {
             "leaf_ids": list(map(to_dense, leaves)),
@@ -324,7 +325,7 @@ class StreamWriter:
         leaves = tape._leaves[self._leaves_done:]
         records = tape._records[self._records_done:]
         dense = self._dense
-        fresh = sorted(chain(leaves, map(_FIRST, map(_OUTS, records))))
+        fresh = sorted(chain(leaves, map(_OUT, records)))
         dense.update(zip(fresh, range(len(dense), len(dense) + len(fresh)), strict=True))
         late: list[tuple[int, str | None]] = []
         if self._renamed:

@@ -188,7 +188,7 @@ class _Builder:
         self.header: dict[str, Any] | None = None
         self.mode = "none"
         self.complete = False
-        self.records: list[tuple[str, Any, tuple[int], dict[str, Any] | None]] = []
+        self.records: list[tuple[Any, ...]] = []  # (op, attrs, output, *inputs), as Tape stores them
         self.ids: set[int] = set()
         self.leaves: list[int] = []
         self.consts: set[int] = set()
@@ -498,8 +498,8 @@ class _Builder:
         ends = np.cumsum(nin, dtype=np.int64)
         spans = map(slice, (ends - nin).tolist(), ends.tolist())
         attr_table = (None, *table)  # attribute-free records store None, like recorded ones
-        self.records.extend(zip(map(ops.__getitem__, op.tolist()), map(tuple, map(flat.__getitem__, spans)),
-                                zip(outs), map(attr_table.__getitem__, attr.tolist()), strict=False))
+        self.records.extend((name, attrs, out, *flat[span]) for name, attrs, out, span in zip(
+            map(ops.__getitem__, op.tolist()), map(attr_table.__getitem__, attr.tolist()), outs, spans, strict=False))
 
     def _sources(self, cols: dict[str, Any], count: int) -> None:
         """Optional source columns: each record's file (index into "files") and line."""

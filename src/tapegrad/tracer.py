@@ -55,7 +55,7 @@ def _emit(name: str, attrs: Any, out: Any, tape: Tape | None, in_serials: tuple[
     v._name = None
     v._tape = tape
     s = v._tapegrad_serial = next(_serials)
-    rec = (name, in_serials, (s,), attrs)
+    rec = (name, attrs, s, *in_serials)
     if tape is None:
         v._link = (rec, inputs)
     else:
@@ -388,7 +388,7 @@ def _eager_plan(y: Variable, stop: set[int]) -> tuple[list[RawRecord], dict[int,
             continue
         rec, ins = link
         records.append(rec)
-        for s, u in zip(rec[1], ins, strict=True):
+        for s, u in zip(rec[3:], ins, strict=True):
             if s not in nodes:
                 nodes[s] = u
                 if type(u) is Variable:

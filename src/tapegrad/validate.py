@@ -40,6 +40,8 @@ __all__ = ["Limits", "explain", "show", "validate"]
 
 _SHAPE_DTYPE = attrgetter("shape", "dtype")
 _FIRST = itemgetter(0)
+_THIRD = itemgetter(2)
+_INPUTS = itemgetter(slice(3, None))
 _SECOND = itemgetter(1)
 _ATTR_TYPES = {dict, MappingProxyType, type(None)}  # None: a record without attributes
 
@@ -229,18 +231,16 @@ def _fast_records(records: Sequence[Any], tid: dict[int, int], table: list[Any],
                   leaf_set: set[int], values: Mapping[int, Any] | None, lim: Limits) -> set[int]:
     n = len(records)
     _only(records, tuple)
-    if set(map(len, records)) != {4}:
+    if min(map(len, records)) < 3:
         raise _Reject
-    ops, ins, outs, attrs = zip(*records, strict=True)
+    ops = list(map(_FIRST, records))  # records are (op, attrs, output, *inputs)
+    attrs = list(map(_SECOND, records))
+    out = list(map(_THIRD, records))
+    ins = list(map(_INPUTS, records))
     _only(ops, str)
     op_code = {op: k for k, op in enumerate(set(ops))}
     if not op_code.keys() <= REGISTRY.keys():
         raise _Reject
-    _only(ins, tuple)
-    _only(outs, tuple)
-    if set(map(len, outs)) != {1}:
-        raise _Reject
-    out = list(map(_FIRST, outs))
     _only(out, int)
     flat = list(chain.from_iterable(ins))
     _only(flat, int)
@@ -368,14 +368,13 @@ def _records(records: Any, types: dict[int, Any], defined: set[int], need_values
     memo: dict[Any, Any] = {}
     last = -1
     for n, rec in enumerate(records):
-        if type(rec) is not tuple or len(rec) != 4:
-            raise TapeFormatError(f"record {n}: not an (op, inputs, outputs, attrs) tuple")
-        op, ins, outs, attrs = rec
+        if type(rec) is not tuple or len(rec) < 3:
+            raise TapeFormatError(f"record {n}: not an (op, attrs, output, *inputs) tuple")
+        op, attrs, out = rec[0], rec[1], rec[2]
+        ins = rec[3:]
         spec = REGISTRY.get(op) if type(op) is str else None  # the only use of a file's op name
         if spec is None:
             raise _fail(n, op, f"unknown op {show(op)}; known ops are {', '.join(sorted(REGISTRY))}")
-        if type(ins) is not tuple:
-            raise _fail(n, op, "inputs are not a tuple of ids")
         arity = spec.arity
         if (arity >= 0 and len(ins) != arity) or (arity < 0 and not ins):
             want = f"{arity}" if arity >= 0 else "at least 1"
@@ -383,9 +382,8 @@ def _records(records: Any, types: dict[int, Any], defined: set[int], need_values
         for i in ins:
             if type(i) is not int or i not in defined:
                 raise _fail(n, op, f"input {'v' + str(i) if type(i) is int else show(i)} is used before it is defined")
-        if type(outs) is not tuple or len(outs) != 1 or type(outs[0]) is not int:
+        if type(out) is not int:
             raise _fail(n, op, "a record must have exactly one output id")
-        out = outs[0]
         if out in defined:
             raise _fail(n, op, f"output v{out} is defined twice")
         if out not in types:
