@@ -62,9 +62,11 @@ def _emit(name: str, attrs: Any, out: Any, tape: Tape | None, in_serials: tuple[
         v._link = None
         if tape.source:
             f = _getframe(2)  # the op's caller: the user's code, unless tapegrad made the op
-            if f.f_code.co_filename in _PKG_FILES:
+            code = f.f_code
+            if code.co_filename in _PKG_FILES:
                 f = _user_frame(f)
-            tape._source_code.append(f.f_code)
+                code = f.f_code
+            tape._source_code.append(code)
             tape._source_pos.append(f.f_lasti)
         tape._records.append(rec)
         tape._values[s] = out
