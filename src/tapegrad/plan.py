@@ -30,6 +30,7 @@ import numpy as np
 from . import engine
 from .errors import GuardError, TapegradError
 from .ops import REGISTRY, OpSpec
+from .ops.kernels import VIEW_OPS
 from .tape import RawRecord, Tape
 
 Aval = tuple[tuple[int, ...], np.dtype[Any]]
@@ -108,11 +109,8 @@ def _may_alias(op: str, in_aval: Aval, out_aval: Aval, attrs: Mapping[str, Any] 
         return True
     if op == "sum_to":
         return in_aval[0] == out_aval[0]
-    if op == "transpose":
-        assert attrs is not None
-        shape = in_aval[0]
-        moved = [p for p in attrs["axes"] if shape[p] != 1]
-        return moved == sorted(moved)
+    if op == "transpose":  # always a view (kernels.VIEW_OPS)
+        return True
     if op == "getitem" and attrs is not None and not any(i == ("array",) for i in attrs["index"]):
         return _basic_index_is_contiguous(in_aval[0], attrs["index"])
     return False
@@ -274,7 +272,7 @@ def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of
     forward: list[int] = []
     for n in live_records:
         rec = records[n]
-        if rec[2] not in stored or any(i in dirty for i in rec[3:]):
+        if rec[2] not in stored or rec[0] in VIEW_OPS or any(i in dirty for i in rec[3:]):
             dirty.add(rec[2])
             forward.append(n)
     missing = [vid for vid in needed if vid not in stored and vid not in dirty and vid not in producer]

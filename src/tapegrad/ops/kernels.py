@@ -1,8 +1,9 @@
 """numpy forward kernels that are more than one numpy call.
 
 Contract: every kernel takes arrays positionally and canonical attributes as keywords (record
-form), never mutates its inputs, and returns a C-contiguous array it owns (or a fresh numpy
-result), so that what is recorded, stored and replayed is the same bytes in the same layout.
+form), never mutates its inputs, and returns a C-contiguous array (or a fresh numpy result), so
+that what is recorded, stored and replayed is the same bytes in the same layout.  The one
+exception is `transpose`, which returns a view; ops in `VIEW_OPS` are recomputed on replay.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from .spec import AttrValue, decode_index
 
 Array = np.ndarray[Any, Any]
 
+VIEW_OPS = frozenset({"transpose"})
+"""Ops whose results are views in another layout than the C order files store: replay
+recomputes them (cheap) rather than reading the stored copy, to compute on the same layout."""
+
 
 def contiguous(a: Array) -> Array:
     """`a` itself when C-contiguous, else a C-ordered copy (keeps 0-d arrays 0-d)."""
@@ -27,7 +32,10 @@ def reshape(x: Array, shape: tuple[int, ...]) -> Array:
 
 
 def transpose(x: Array, axes: tuple[int, ...]) -> Array:
-    return contiguous(np.transpose(x, axes))
+    # A view, not a copy: matmul hands transposed operands to BLAS as they are, which is where
+    # the reverse pass of matmul spends its transposes.  Replay recomputes transposes from
+    # their inputs instead of loading the stored (C-ordered) copy, so results stay identical.
+    return np.transpose(x, axes)
 
 
 def broadcast_to(x: Array, shape: tuple[int, ...]) -> Array:
