@@ -39,6 +39,19 @@ def active_set(records: Iterable[RawRecord], sources: Iterable[int]) -> set[int]
     return active
 
 
+def needed_ids(records: Sequence[RawRecord], outputs: Iterable[int]) -> set[int]:
+    """`outputs`, every guard's output, and every id they depend on (backward sweep).
+
+    Guards are always included: a replay must re-check the branches the recording took.
+    """
+    needed = set(outputs)
+    needed.update(rec[2] for rec in records if rec[0] == "guard")
+    for rec in reversed(records):
+        if rec[2] in needed:
+            needed.update(rec[3:])
+    return needed
+
+
 def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict[int, Any],
             skip: set[int] | frozenset[int], want: set[int], F: Any = NUMPY) -> dict[int, Any]:
     """Run the reverse pass; return the cotangents of the ids in `want` that received one.

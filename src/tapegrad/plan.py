@@ -30,6 +30,7 @@ import numpy as np
 from . import engine
 from .errors import GuardError, TapegradError
 from .ops import REGISTRY, OpSpec
+from .ops.infer import expand_index
 from .ops.kernels import VIEW_OPS
 from .tape import RawRecord, Tape
 
@@ -119,11 +120,7 @@ def _may_alias(op: str, in_aval: Aval, out_aval: Aval, attrs: Mapping[str, Any] 
 def _basic_index_is_contiguous(shape: tuple[int, ...], index: Sequence[Any]) -> bool:
     """Whether `x[index]` (ints, slices, None, Ellipsis) of a C-contiguous x is C-contiguous."""
     strides = [math.prod(shape[i + 1:]) for i in range(len(shape))]
-    consumed = sum(1 for item in index if item is not None and item != "...")
-    items: list[Any] = []
-    for item in index:
-        items.extend([("slice", None, None, None)] * (len(shape) - consumed) if item == "..." else [item])
-    items.extend([("slice", None, None, None)] * (len(shape) - sum(1 for i in items if i is not None)))
+    items = expand_index("getitem", shape, index)
     dims: list[tuple[int, int]] = []
     axis = 0
     for item in items:
@@ -257,13 +254,7 @@ def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of
     producer = {rec[2]: n for n, rec in enumerate(records)}
 
     # Which records the backward pass walks: those `of` depends on.
-    needed: set[int] = set(outputs)
-    if of is not None:
-        needed.add(of)
-    needed.update(rec[2] for rec in records if rec[0] == "guard")  # control flow is always re-checked
-    for rec in reversed(records):
-        if rec[2] in needed:
-            needed.update(rec[3:])
+    needed = engine.needed_ids(records, [*outputs, *([] if of is None else [of])])
     live_records = [n for n, rec in enumerate(records) if rec[2] in needed]
 
     # Forward: recompute what is missing or depends on a replaced input (guards included).

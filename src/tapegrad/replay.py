@@ -247,10 +247,7 @@ def jvp(tape: Tape, tangents: Mapping[Any, Any], *, inputs: Mapping[Any, Any] | 
 
 def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_ids: Sequence[int]) -> dict[int, Any]:
     """Run the needed records through the tracer; every tape input enters under its name."""
-    needed = set(out_ids) | {r[2] for r in tape._records if r[0] == "guard"}
-    for r in reversed(tape._records):
-        if r[2] in needed:
-            needed.update(r[3:])
+    needed = engine.needed_ids(tape._records, out_ids)
     values: dict[int, Any] = {}
     for vid in tape._leaves:
         if vid not in needed:

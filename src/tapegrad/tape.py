@@ -213,13 +213,10 @@ class Tape:
         shape, dtype = self.shape_dtype(vid)
         producer = None
         kind = "const" if vid in self._consts else "input"
-        if vid not in self._leaves_set():
+        if vid not in self._leaves:
             kind = "op"
             producer = self._producer(vid)
         return VarInfo(d[vid], shape, dtype, self._names.get(vid), kind, producer)
-
-    def _leaves_set(self) -> set[int]:
-        return set(self._leaves)
 
     def value(self, ref: Any) -> Any:
         """The recorded value of a variable, read-only view."""
@@ -303,6 +300,6 @@ class Tape:
                 if value is not None and value.size <= 6:
                     shown = " " + np.array2string(value, threshold=6).replace("\n", " ")
                 lines.append(f"      {head(vid)} = const{shown}{note(vid)}")
-            elif vid in self._leaves_set():
+            else:  # every id is a record's output or a leaf
                 lines.append(f"      {head(vid)} = input{note(vid)}")
         return lines

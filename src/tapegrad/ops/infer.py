@@ -114,21 +114,25 @@ def matmul(spec: OpSpec, shapes: Sequence[Shape], dtypes: Sequence[DType], attrs
     return out, _dtype_by_surrogate(spec, dtypes, [len(a), len(b)], attrs)
 
 
-def index_shape(op: str, shape: Shape, index: Sequence[Any], array_shapes: Sequence[Shape]) -> Shape:
-    """Shape of `x[index]` for `x` of `shape` (stored index form, integer arrays by shape)."""
+def expand_index(op: str, shape: Shape, index: Sequence[Any]) -> list[Any]:
+    """A stored index with its ellipsis (or the implied trailing one) replaced by full slices."""
     consumed = sum(1 for item in index if item is not None and item != "...")
     if sum(1 for item in index if item == "...") > 1:
         raise TapegradError(f"{op}: an index can only have a single ellipsis")
     if consumed > len(shape):
         raise TapegradError(f"{op}: too many indices ({consumed}) for input of shape {shape}")
+    full = [("slice", None, None, None)] * (len(shape) - consumed)
     items: list[Any] = []
     for item in index:
-        if item == "...":
-            items.extend([("slice", None, None, None)] * (len(shape) - consumed))
-        else:
-            items.append(item)
+        items.extend(full if item == "..." else [item])
     if "..." not in index:
-        items.extend([("slice", None, None, None)] * (len(shape) - consumed))
+        items.extend(full)
+    return items
+
+
+def index_shape(op: str, shape: Shape, index: Sequence[Any], array_shapes: Sequence[Shape]) -> Shape:
+    """Shape of `x[index]` for `x` of `shape` (stored index form, integer arrays by shape)."""
+    items = expand_index(op, shape, index)
     arrays = iter(array_shapes)
     has_arrays = any(isinstance(item, tuple) and item[0] == "array" for item in items)
     dims: list[Any] = []  # ints are output dims; "ADV" marks an advanced-index position

@@ -50,6 +50,7 @@ from .spec import (
     ndim_of,
     normalize_axis,
     shape_of,
+    split_args,
 )
 
 # ---- helpers for rules (backend-generic) ---------------------------------------------------
@@ -111,7 +112,7 @@ def _concat_slice(ins: Sequence[Any], axis: int, k: int) -> tuple[Any, ...]:
 # ---- custom binders (public signature != record form) --------------------------------------
 
 def _bind_reshape(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    ins, attrs = _fixed(spec, args, kw, 1)
+    ins, attrs = split_args(spec, args, kw, 1)
     x, shape = ins[0], attrs["shape"]
     dims = list(shape if isinstance(shape, (tuple, list)) else (shape,))
     size = math.prod(shape_of(x))
@@ -128,7 +129,7 @@ def _bind_reshape(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tu
 
 
 def _bind_shape_to(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    ins, attrs = _fixed(spec, args, kw, 1)
+    ins, attrs = split_args(spec, args, kw, 1)
     shape = canon(spec.name, SHAPE, attrs["shape"], 0, ())
     src, dst = (shape_of(ins[0]), shape) if spec.name == "broadcast_to" else (shape, shape_of(ins[0]))
     assert isinstance(src, tuple) and isinstance(dst, tuple)
@@ -142,7 +143,7 @@ def _bind_shape_to(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> t
 
 
 def _bind_clip(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    ins, _ = _fixed(spec, args, kw, 3)
+    ins, _ = split_args(spec, args, kw, 3)
     x, lo, hi = ins
     dt = dtype_of(x)
     if lo is None or hi is None:
@@ -155,7 +156,7 @@ def _bind_clip(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple
 
 
 def _bind_getitem(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    ins, attrs = _fixed(spec, args, kw, 1)
+    ins, attrs = split_args(spec, args, kw, 1)
     index, arrays = encode_index("getitem", attrs["index"], _is_array)
     return (ins[0], *arrays), {"index": index}
 
@@ -178,23 +179,6 @@ def _bind_sequence(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> t
         raise TypeError(f"{spec.name}() got unexpected keyword arguments {sorted(kw)}")
     nd = ndim_of(xs[0]) + (1 if spec.name == "stack" else 0)
     return xs, {"axis": normalize_axis(spec.name, axis, nd, shape_of(xs[0]))}
-
-
-def _fixed(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any], n: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    names = [a.name for a in spec.attrs]
-    params = [f"_in{i}" for i in range(n)] + names
-    if len(args) > len(params):
-        raise TypeError(f"{spec.name}() got too many positional arguments")
-    given = dict(zip(params, args, strict=False))
-    for key, value in kw.items():
-        if key not in names or key in given:
-            raise TypeError(f"{spec.name}() got an unexpected or repeated argument {key!r}")
-        given[key] = value
-    defaults = {a.name: a.default for a in spec.attrs}
-    missing = [p for p in params if p not in given and p not in defaults]
-    if missing:
-        raise TypeError(f"{spec.name}() missing required argument(s) {missing}")
-    return tuple(given[p] for p in params[:n]), {k: given.get(k, defaults.get(k)) for k in names}
 
 
 def _is_array(x: Any) -> bool:

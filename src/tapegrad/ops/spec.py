@@ -102,14 +102,16 @@ class OpSpec:
         return default_binder(self, args, kwargs)
 
 
-def default_binder(spec: OpSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Fixed-arity ops: the first `arity` arguments are inputs, the rest attributes in order."""
-    n = spec.arity
+def split_args(spec: OpSpec, args: tuple[Any, ...], kwargs: dict[str, Any], n: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A public call -> (its first `n` positional arguments, every attribute by name).
+
+    Attributes come positionally after the inputs or by keyword; missing ones take their
+    defaults.  Misuse raises TypeError, as Python does for a bad call.
+    """
     if len(args) < n:
         raise TypeError(f"{spec.name}() takes {n} array argument(s), got {len(args)}")
     if len(args) > n + len(spec.attrs):
         raise TypeError(f"{spec.name}() got too many positional arguments")
-    ins = args[:n]
     given = dict(zip((a.name for a in spec.attrs), args[n:], strict=False))
     for key, value in kwargs.items():
         if key not in spec.attr_names:
@@ -117,14 +119,17 @@ def default_binder(spec: OpSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         if key in given:
             raise TypeError(f"{spec.name}() got multiple values for argument {key!r}")
         given[key] = value
-    ndim = ndim_of(ins[0]) if ins else 0
-    attrs: dict[str, Any] = {}
     for a in spec.attrs:
-        value = given.get(a.name, a.default)
-        if value is REQUIRED:
+        if given.setdefault(a.name, a.default) is REQUIRED:
             raise TypeError(f"{spec.name}() missing required argument {a.name!r}")
-        attrs[a.name] = canon(spec.name, a.kind, value, ndim, shape_of(ins[0]) if ins else ())
-    return ins, attrs
+    return args[:n], given
+
+
+def default_binder(spec: OpSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Fixed-arity ops: the first `arity` arguments are inputs, the rest attributes in order."""
+    ins, given = split_args(spec, args, kwargs, spec.arity)
+    ndim, shape = (ndim_of(ins[0]), shape_of(ins[0])) if ins else (0, ())
+    return ins, {a.name: canon(spec.name, a.kind, given[a.name], ndim, shape) for a in spec.attrs}
 
 
 def ndim_of(x: Any) -> int:
