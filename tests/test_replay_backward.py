@@ -21,6 +21,7 @@ import tapegrad as tg
 from tapegrad import tape_format
 from tapegrad.ops import REGISTRY
 from tapegrad.ops.spec import encode_index
+from test_op_gradients import away_from_zero, normal, positive
 
 RNG = np.random.default_rng(7)
 
@@ -47,16 +48,7 @@ def roundtrip(tape: tg.Tape) -> tg.Tape:
 # ---- inputs that keep each op away from its kinks, ties and domain edges -------------------
 
 
-def normal(*shape: int) -> np.ndarray:
-    return np.asarray(RNG.standard_normal(shape))
-
-
-def positive(*shape: int) -> np.ndarray:
-    return np.asarray(RNG.uniform(0.5, 2.0, shape))
-
-
-def away_from_zero(*shape: int) -> np.ndarray:
-    return np.asarray(RNG.choice([-1.0, 1.0], shape) * RNG.uniform(0.3, 2.0, shape))
+# normal, positive and away_from_zero come from the gradient sweep (imported above).
 
 
 def grid(*shape: int, offset: float = 0.25) -> np.ndarray:
