@@ -234,6 +234,21 @@ def test_every_record_carries_the_user_file_and_line() -> None:
     assert sources(tape) == {0: (HERE, first), 1: (HERE, first + 1), 2: (HERE, first + 1), 3: (HERE, first + 2)}
 
 
+def scaled(v: Any) -> Any:
+    return tg.exp(v) * 2.0  # marker: scaled
+
+
+def test_source_lines_follow_the_calls_between_functions() -> None:
+    with tg.record() as tape:
+        x = tg.Variable(np.array([1.0, 2.0]), name="x")
+        for _ in range(3):
+            x = tg.sin(x)  # marker: loop
+            x = scaled(x)
+        x = x + x  # marker: after
+    loop, helper, after = line_of("marker: loop"), line_of("marker: scaled"), line_of("marker: after")
+    assert sources(tape) == dict(enumerate([(HERE, line) for line in [loop, helper, helper] * 3 + [after]]))
+
+
 def test_source_line_is_the_callers_not_tapegrads() -> None:
     tape = record_branchy(0.5)
     found = sources(tape)

@@ -26,6 +26,7 @@ def _no_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, attrs: Any, k: int) ->
 
 
 _VJP = {name: spec.vjp or _no_vjp for name, spec in REGISTRY.items()}
+_ELEMENTWISE = frozenset(name for name, spec in REGISTRY.items() if spec.shape_rule is None)
 
 
 def active_set(records: Iterable[RawRecord], sources: Iterable[int]) -> set[int]:
@@ -65,6 +66,7 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
     cot = dict(seeds)
     found: dict[int, Any] = {}
     vjps = _VJP
+    elementwise = _ELEMENTWISE
     pop = cot.pop
     get = cot.get
     for rec in reversed(records):
@@ -85,20 +87,32 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
                 cot[i] = gi if prev is None else F.add(prev, gi)
             continue
         ins = rec[3:]
-        xs = [values[i] for i in ins]
         out = values[out_id]
         attrs = rec[1]
-        for k, i in enumerate(ins):
+        xs: Sequence[Any]
+        if len(ins) == 2:
+            a, b = xs = (values[ins[0]], values[ins[1]])
+            # Two inputs of one shape and dtype, also the output's, into an elementwise op:
+            # the cotangents come out shaped and typed like the inputs, so nothing is checked
+            # per input (reading ndarray attributes is a large part of this loop's cost).
+            plain = rec[0] in elementwise and a.shape == b.shape and a.dtype is b.dtype is out.dtype
+        else:
+            xs = [values[i] for i in ins]
+            plain = False
+        k = -1
+        for i in ins:
+            k += 1
             if i in skip:
                 continue
             gi = vjp(F, g, xs, out, attrs, k)
             if gi is None:
                 continue
-            x = xs[k]  # broadcasting and dtype promotion are undone here, once for all ops
-            if gi.shape != x.shape:
-                gi = F.sum_to(gi, tuple(x.shape))
-            if gi.dtype != x.dtype:
-                gi = F.astype(gi, x.dtype)
+            if not plain:  # broadcasting and dtype promotion are undone here, once for all ops
+                x = xs[k]
+                if gi.shape != x.shape:
+                    gi = F.sum_to(gi, tuple(x.shape))
+                if gi.dtype != x.dtype:
+                    gi = F.astype(gi, x.dtype)
             prev = get(i)
             cot[i] = gi if prev is None else F.add(prev, gi)
     for i in want:

@@ -15,8 +15,9 @@ Contract:
 from __future__ import annotations
 
 import os
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Mapping, Sequence
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
@@ -75,6 +76,9 @@ def aval(shape: Sequence[int], dtype: np.dtype[Any]) -> str:
 VALUE_MODES = ("all", "inputs", "none")
 
 
+_FIRST = itemgetter(0)
+
+
 def _output(rec: RawRecord) -> int:
     return int(rec[2])
 
@@ -112,11 +116,13 @@ class Tape:
         self._dense_cache: tuple[int, int, dict[int, int]] | None = None
         self._sink: TapeSink | None = None
         self._leaf_vars: dict[int, Any] = {}  # id -> the Variable that entered as an input
-        # Per record, where the user's code made it: code object and bytecode offset while
-        # recording (two flat lists: cheap to append, nothing for the collector to track), or
-        # file name and line once loaded; both empty when sources were not recorded.
-        self._source_code: list[Any] = []
+        # Where the user's code made each record: a bytecode offset per record in the code
+        # object of its run, while recording, or a line per record in the file named by its run,
+        # once loaded.  A run `(first record, code or file name)` starts wherever that changes,
+        # so recording appends one int per record.  Both lists are empty without sources.
         self._source_pos: list[int] = []
+        self._source_runs: list[tuple[int, Any]] = []
+        self._source_last: Any = None  # the code or file name of the last run
         self.recovery: Any = None  # set by a load with recover=True: what was dropped (a Recovery)
         self._plans: dict[Any, Any] = {}  # replay plans by request, valid while len(records) is unchanged
 
@@ -145,11 +151,31 @@ class Tape:
         n = bisect_left(records, vid, key=_output)
         return n if n < len(records) and records[n][2] == vid else None
 
+    def _add_sources(self, wheres: Sequence[Any], positions: Sequence[int]) -> None:
+        """Append per-record sources: code objects or file names, and offsets or lines."""
+        runs = self._source_runs
+        for n, where in enumerate(wheres, len(self._source_pos)):
+            if where is not self._source_last and where != self._source_last:
+                runs.append((n, where))
+                self._source_last = where
+        self._source_pos += positions
+
+    def _sources_between(self, start: int, stop: int) -> list[Any]:
+        """The code object or file name of each record start..stop-1 (all must have sources)."""
+        runs = self._source_runs
+        k = bisect_right(runs, start, key=_FIRST) - 1
+        found: list[Any] = []
+        while len(found) < stop - start:
+            end = runs[k + 1][0] if k + 1 < len(runs) else stop
+            found += [runs[k][1]] * (min(end, stop) - start - len(found))
+            k += 1
+        return found
+
     def source_of(self, n: int) -> tuple[str, int] | None:
         """(file, line) of the user code that made record `n`, if the tape recorded sources."""
-        if not 0 <= n < len(self._source_code):
+        if not 0 <= n < len(self._source_pos):
             return None
-        where, pos = self._source_code[n], self._source_pos[n]
+        where, pos = self._source_runs[bisect_right(self._source_runs, n, key=_FIRST) - 1][1], self._source_pos[n]
         if isinstance(where, str):
             return where, pos
         line = next((ln for start, end, ln in where.co_lines() if start <= pos < end and ln is not None),

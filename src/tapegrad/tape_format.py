@@ -62,10 +62,11 @@ def _sources(tape: Tape, start: int, count: int,
     Each distinct (code, position) is resolved once by `Tape.source_of` and remembered in `cache`
     (the tape keeps its code objects alive, so their ids stay unique while it is recorded).
     """
-    codes, positions = tape._source_code, tape._source_pos
-    if not count or len(codes) < start + count or len(positions) < start + count:
+    positions = tape._source_pos
+    if not count or len(positions) < start + count:
         return None
-    keys = list(zip(map(id, codes[start:start + count]), positions[start:start + count], strict=True))
+    codes = tape._sources_between(start, start + count)
+    keys = list(zip(map(id, codes), positions[start:start + count], strict=True))
     if not cache.keys() >= set(keys):
         first = dict(zip(reversed(keys), range(start + count - 1, start - 1, -1), strict=True))
         for key, n in first.items():

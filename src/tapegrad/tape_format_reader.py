@@ -548,8 +548,7 @@ class _Builder:
         tape._consts.update(self.consts)
         tape._leaves.extend(self.leaves)
         if self.lines and len(self.lines) == len(self.records):
-            tape._source_code.extend(self.files)  # file names and lines: what `Tape.source_of` reads
-            tape._source_pos.extend(self.lines)
+            tape._add_sources(self.files, self.lines)  # file names and lines: what `Tape.source_of` reads
         return tape
 
 

@@ -62,11 +62,8 @@ def _emit(name: str, attrs: Any, out: Any, tape: Tape | None, in_serials: tuple[
         v._link = None
         if tape.source:
             f = _getframe(2)  # the op's caller: the user's code, unless tapegrad made the op
-            code = f.f_code
-            if code.co_filename in _PKG_FILES:
-                f = _user_frame(f)
-                code = f.f_code
-            tape._source_code.append(code)
+            if f.f_code is not tape._source_last:
+                f = _source_frame(tape, f)
             tape._source_pos.append(f.f_lasti)
         tape._records.append(rec)
         tape._values[s] = out
@@ -74,6 +71,10 @@ def _emit(name: str, attrs: Any, out: Any, tape: Tape | None, in_serials: tuple[
             tape._sink.record(rec, out)
     return v
 
+
+# The fast paths of `_unary_op` and `_binary_op` repeat `_emit`'s body inline: a Python call
+# with a built input tuple costs ~1,000 machine instructions, 8% of a tiny recorded op plus its
+# backward (benchmarks/overhead.py).  Keep the three in step.
 
 def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
     """`spec` applied to one argument: a fast path for a Variable input already on the active
@@ -85,7 +86,30 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
         if type(x) is not Variable or not _linking or x.data is None or (
                 x._tape is not tape and tape is not None and x._tapegrad_serial not in tape._values):
             return _apply(spec, (x,), EMPTY)
-        return _emit(name, EMPTY, forward(x.data), tape, (x._tapegrad_serial,), (x,))
+        out = forward(x.data)
+        if type(out) is not np.ndarray:
+            out = np.asarray(out)
+        v = _new_variable(Variable)
+        v.data = out
+        v.grad = None
+        v._name = None
+        v._tape = tape
+        s = v._tapegrad_serial = next(_serials)
+        if tape is None:
+            v._link = ((name, EMPTY, s, x._tapegrad_serial), (x,))
+            return v
+        v._link = None
+        if tape.source:
+            f = _getframe(1)
+            if f.f_code is not tape._source_last:
+                f = _source_frame(tape, f)
+            tape._source_pos.append(f.f_lasti)
+        rec = (name, EMPTY, s, x._tapegrad_serial)
+        tape._records.append(rec)
+        tape._values[s] = out
+        if tape._sink is not None:
+            tape._sink.record(rec, out)
+        return v
 
     return op
 
@@ -105,7 +129,29 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
             out = forward(a.data, b.data)
         except (ValueError, TypeError):
             return _apply(spec, (a, b), EMPTY)  # raises the library's error
-        return _emit(name, EMPTY, out, tape, (a._tapegrad_serial, b._tapegrad_serial), (a, b))
+        if type(out) is not np.ndarray:
+            out = np.asarray(out)
+        v = _new_variable(Variable)
+        v.data = out
+        v.grad = None
+        v._name = None
+        v._tape = tape
+        s = v._tapegrad_serial = next(_serials)
+        if tape is None:
+            v._link = ((name, EMPTY, s, a._tapegrad_serial, b._tapegrad_serial), (a, b))
+            return v
+        v._link = None
+        if tape.source:
+            f = _getframe(1)
+            if f.f_code is not tape._source_last:
+                f = _source_frame(tape, f)
+            tape._source_pos.append(f.f_lasti)
+        rec = (name, EMPTY, s, a._tapegrad_serial, b._tapegrad_serial)
+        tape._records.append(rec)
+        tape._values[s] = out
+        if tape._sink is not None:
+            tape._sink.record(rec, out)
+        return v
 
     if reflected:
         def rop(a: Any, b: Any) -> Variable:
@@ -286,6 +332,16 @@ def _user_frame(frame: FrameType) -> FrameType:
             break
         frame = back
     return frame
+
+
+def _source_frame(tape: Tape, frame: FrameType) -> FrameType:
+    """The user's frame for an op called from `frame`; starts a new run of `tape`'s source
+    records when its code object differs from the last record's."""
+    user = _user_frame(frame)
+    if user.f_code is not tape._source_last:
+        tape._source_last = user.f_code
+        tape._source_runs.append((len(tape._source_pos), user.f_code))
+    return user
 
 
 def _observe(v: Variable, kind: str) -> bool | int | float:
