@@ -2,7 +2,9 @@
 
 The memory tests replay one step of a 20-layer tanh MLP (width 256, batch 128, float64), where
 array bytes dominate, and compare the peak that `tracemalloc` measures with `Plan.peak_bytes`
-(within 10%), and with eager tracing of the same step (record + `loss.backward()`).
+(within 10%), and with eager tracing of the same step (record + `loss.backward()`).  Long
+chains of 4 KiB values (left in their registers when they die) and 8 KiB values (released by
+steps of their own) check that registers are reused and that the model counts dead values.
 """
 
 from __future__ import annotations
@@ -226,3 +228,89 @@ def test_replayed_gradients_equal_eager_ones(deep_lean: tg.Tape) -> None:
     got = tg.replay.backward(deep_lean, of="loss", wrt=WRT, inputs={"x": X1})
     for k, w in enumerate(ws):
         np.testing.assert_array_equal(got[f"w{k}"], w.grad)
+
+
+# ---- registers: reuse, lingering small values, released big ones ------------------------------
+
+
+def chain_tape(n: int, size: int) -> tg.Tape:
+    """The chain of benchmarks/overhead.py (add, mul, sin, exp with a parameter c) on `size`
+    float64 elements, from a values="inputs" file."""
+    with tg.record(values="inputs") as tape:
+        y = tg.Variable(np.linspace(0.1, 0.4, size), name="x")
+        c = tg.Variable(np.full(size, 0.9), name="c")
+        for i in range(n):
+            y = y + c if i % 4 == 0 else y * c if i % 4 == 1 else tg.sin(y) if i % 4 == 2 else tg.exp(y)
+        y.name = "y"
+    return roundtrip(tape)
+
+
+def eager_chain(n: int, x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    xv, cv = tg.Variable(x), tg.Variable(c)
+    y = xv
+    for i in range(n):
+        y = y + cv if i % 4 == 0 else y * cv if i % 4 == 1 else tg.sin(y) if i % 4 == 2 else tg.exp(y)
+    y.backward()
+    return xv.grad, cv.grad
+
+
+@pytest.mark.parametrize("size", [512, 1024], ids=["4KiB-values-linger", "8KiB-values-are-released"])
+def test_forward_replay_of_a_long_chain_holds_a_few_values(size: int) -> None:
+    tape = chain_tape(400, size)
+    x = np.linspace(-0.2, 0.3, size)
+    tg.replay.forward(tape, inputs={"x": x})
+    p = tg.replay.plan(tape, inputs=["x"])
+    peak = measured_peak(lambda: tg.replay.forward(tape, inputs={"x": x}))
+    # Each step's result takes its input's register, so nothing piles up: two values of the
+    # chain (and some objects of a few hundred bytes that the model leaves out) at any time.
+    assert p.peak_bytes <= 2 * x.nbytes + 64
+    assert peak < 3 * x.nbytes
+
+
+@pytest.mark.parametrize("size", [512, 1024], ids=["4KiB-values-linger", "8KiB-values-are-released"])
+def test_backward_replay_of_a_long_chain_matches_eager_and_the_plan(size: int) -> None:
+    n = 400
+    tape = chain_tape(n, size)
+    rng = np.random.default_rng(5)
+    x, c = rng.uniform(-0.5, 0.5, size), rng.uniform(0.5, 1.0, size)
+    gx, gc_ = eager_chain(n, x, c)
+    got = tg.replay.backward(tape, of="y", wrt=["x", "c"], inputs={"x": x, "c": c})
+    np.testing.assert_array_equal(got["x"], gx)
+    np.testing.assert_array_equal(got["c"], gc_)
+    p = tg.replay.plan(tape, of="y", wrt=["x", "c"], inputs=["x", "c"])
+    peak = measured_peak(lambda: tg.replay.backward(tape, of="y", wrt=["x", "c"], inputs={"x": x, "c": c}))
+    check_within(peak, p.peak_bytes, "backward replay of a chain")
+    saved = 3 * n // 4 * x.nbytes  # the forward values the reverse pass reads: all alive when it starts
+    assert saved <= peak < 1.1 * saved  # dead values left in their registers do not add to the peak
+
+
+def test_a_failing_step_names_its_record_although_registers_are_reused() -> None:
+    with tg.record() as tape:
+        y = tg.Variable(np.array([0.5, 1.0]), name="x")
+        for _ in range(50):
+            y = tg.sin(y) * 1.5
+        if tg.sum(y) > 0:
+            y = y * 2.0
+        y.name = "y"
+    guard = [n for n, rec in enumerate(tape.records) if rec.op == "guard"]
+    assert guard == [102]
+    tg.replay.forward(tape, inputs={"x": np.array([0.2, 0.3])})  # same branch
+    with pytest.raises(tg.GuardError, match=r"record 102 \(guard\)"):
+        tg.replay.forward(tape, inputs={"x": np.array([-0.5, -1.0])})
+
+
+def test_small_dead_values_left_in_registers_count_in_the_peak() -> None:
+    """50 values of 4 KiB die at the stack that reads them; none is released by a step of its
+    own, so they stay in their registers while the next results are allocated, and the model
+    must count them (forgetting them would predict a third less than what is measured)."""
+    with tg.record(values="inputs") as tape:
+        x = tg.Variable(np.linspace(0.0, 1.0, 512), name="x")
+        s = tg.stack([x * k for k in range(50)])
+        loss = tg.sum(s * s + s)
+        loss.name = "loss"
+    tape = roundtrip(tape)
+    x1 = np.linspace(-1.0, 0.0, 512)
+    tg.replay.forward(tape, inputs={"x": x1})
+    p = tg.replay.plan(tape, inputs=["x"])
+    peak = measured_peak(lambda: tg.replay.forward(tape, inputs={"x": x1}))
+    check_within(peak, p.peak_bytes, "forward replay with dead values in registers")

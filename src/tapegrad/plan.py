@@ -7,10 +7,15 @@ Contract:
   and append a step instead of computing.  So compiled gradients perform exactly the numpy
   calls, in the same order on the same values, as `y.backward()` does: results are bit for bit
   those of eager differentiation.
-- A `Plan` runs its steps on a list of slots (one per tape variable, seed, constant and
-  temporary) and drops each slot right after its last use (liveness is computed once per plan),
-  so replay memory follows `Plan.peak_bytes`, which models every buffer a step allocates,
-  kernel scratch space, and results kept to the end.
+- Compilation works on slots (one per tape variable, seed, tangent, constant and temporary);
+  lowering then assigns the slots registers by liveness, once per plan.  A `Plan` runs its
+  steps, one `fn(*input registers)` call each with attributes bound at compile time, on a list
+  of registers.  A step's result takes the register of an input whose last use it is where
+  there is one, so storing it drops that input; a value of more than `_LINGER_BYTES` that dies
+  otherwise is dropped by a release step right after its last use, a smaller one when its
+  register is next written.  Replay memory follows `Plan.peak_bytes`, which models every
+  buffer a step allocates, kernel scratch space, dead values until their register is written
+  or released, and results kept to the end.
 - Forward steps recompute only what is needed and not already stored (or what depends on a
   replaced input); guard records are re-checked whenever they are recomputed.
 - Errors while running a step raise `TapegradError` (`GuardError` for a failed guard) naming
@@ -20,8 +25,10 @@ Contract:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -147,97 +154,120 @@ def _nbytes(aval: Aval) -> int:
     return math.prod(aval[0]) * aval[1].itemsize
 
 
-Step = tuple[int, Any, Any, Any, int, tuple[int, ...]]  # (code, fn, a, b, out, free)
+Step = tuple[Callable[..., Any], Any, Any, int]
+"""One executable step on registers: `(fn, a, None, out)` computes `fn(r[a])`, `(fn, a, b, out)`
+`fn(r[a], r[b])`, and `(fn, None, (a, b, c, ...), out)` `fn(r[a], r[b], r[c], ...)`; the result is
+stored in register `out`.  Attributes are bound into `fn` (`functools.partial`) at compile time."""
+
+_REVERSE = -1  # step_records entry of a step of the compiled reverse pass
+_RELEASE = -2  # step_records entry of a release step (drops a dead value's register)
+
+_LINGER_BYTES = 4096
+"""A dead value whose buffer is at most this big stays in its register until the register is
+next written; a bigger one is released by a step of its own right after its last use.  Release
+steps cost a loop iteration each, which is a sizeable share of a step on tiny arrays and
+negligible on big ones, while a lingering value costs at most this many bytes per register."""
+
+
+def _release(value: Any) -> None:
+    """The function of a release step: the register it writes then holds None."""
+    return None
+
+
+@dataclass
+class Program:
+    """A replay in slot form, before registers are assigned: one slot per tape variable, seed,
+    tangent, constant and temporary; `records` are `(op, attrs, out slot, *input slots)`.
+
+    `initial` maps slots to the stored values and constants a run starts from; `inputs` maps
+    the internal ids of replaceable inputs to their slots; `outputs` and `grads` map the
+    requested ids to the slots holding their values and gradients at the end (a gradient slot
+    of None: the gradient is zero; an output slot of -1: the value is zero).
+    """
+
+    tape: Tape
+    avals: list[Aval]  # slot -> (shape, dtype)
+    initial: dict[int, Any]
+    records: list[RawRecord]
+    origins: list[int]  # tape record index of each record (_REVERSE: compiled reverse pass)
+    inputs: dict[int, int]
+    outputs: dict[int, int]
+    grads: dict[int, int | None]
+    seed_slot: int | None = None
+    tangent_slots: list[int] = field(default_factory=list)
+
+    @property
+    def n_forward(self) -> int:
+        return sum(1 for r in self.origins if r >= 0)
 
 
 @dataclass
 class Plan:
-    """A compiled replay of one tape: which steps run, which slots hold what, and when to free.
+    """A compiled replay of one tape: the steps to run on a list of registers.
 
-    `inputs` maps dense ids of replaceable inputs to slots; `outputs` and `grads` map the
-    requested ids to the slots holding their values and gradients after `run()`.
+    `registers` is the register list a run starts from (stored values and constants in place);
+    `inputs` maps internal ids of replaceable inputs to registers; `outputs` and `grads` map the
+    requested ids to the registers holding their values and gradients after `run()` (as in
+    `Program`: None and -1 for zero results).  `step_records` gives, per step, the tape record
+    it recomputes, or _REVERSE / _RELEASE.
     """
 
     tape: Tape
-    n_slots: int
-    initial: dict[int, Any]  # slot -> stored value or constant, loaded before running
-    steps: list[Step]
-    step_records: list[int]  # record index of each step (-1 for compiled backward steps)
-    step_ops: list[str]
-    inputs: dict[int, int]  # internal id -> slot, for the inputs a caller may replace
-    outputs: dict[int, int]  # internal id -> slot
-    grads: dict[int, int | None]  # internal id -> slot (None: the gradient is zero)
-    seed_slot: int | None
-    avals: list[Aval]
-    program: list[RawRecord] = field(default_factory=list, repr=False)  # the compiled reverse pass, slot form
-    tangent_slots: list[int] = field(default_factory=list)
-    peak_bytes: int = 0
-    _records: list[RawRecord] = field(default_factory=list, repr=False)
+    steps: list[Step] = field(repr=False)
+    step_records: list[int] = field(repr=False)
+    registers: list[Any] = field(repr=False)
+    inputs: dict[int, int]
+    outputs: dict[int, int]
+    grads: dict[int, int | None]
+    seed_register: int | None
+    tangent_registers: list[int]
+    peak_bytes: int
 
     @property
     def n_forward(self) -> int:
+        """Number of tape records the replay recomputes."""
         return sum(1 for r in self.step_records if r >= 0)
 
     @property
     def n_backward(self) -> int:
-        return sum(1 for r in self.step_records if r < 0)
+        """Number of steps of the compiled reverse pass."""
+        return sum(1 for r in self.step_records if r == _REVERSE)
 
     def run(self, replaced: Mapping[int, Any], seed: Any = None, tangents: Sequence[Any] = ()) -> list[Any]:
-        """Execute with `replaced` input values (internal id -> array); returns the slot list."""
-        vals: list[Any] = [None] * self.n_slots
-        for slot, value in self.initial.items():
-            vals[slot] = value
+        """Execute with `replaced` input values (internal id -> array); returns the registers."""
+        vals = self.registers.copy()
         for vid, value in replaced.items():
             vals[self.inputs[vid]] = value
-        if self.seed_slot is not None:
-            vals[self.seed_slot] = seed
-        for slot, value in zip(self.tangent_slots, tangents, strict=True):
-            vals[slot] = value
-        out = -1
+        if self.seed_register is not None:
+            vals[self.seed_register] = seed
+        for reg, value in zip(self.tangent_registers, tangents, strict=True):
+            vals[reg] = value
+        steps = iter(self.steps)
         try:
-            for code, fn, a, b, out, free in self.steps:
-                if code == 2:
-                    vals[out] = fn(vals[a], vals[b])
-                elif code == 1:
+            for fn, a, b, out in steps:
+                if b is None:
                     vals[out] = fn(vals[a])
+                elif a is None:  # (a comprehension here would make `vals` a closure cell, slower to load)
+                    vals[out] = fn(*map(vals.__getitem__, b))
                 else:
-                    vals[out] = fn(*[vals[i] for i in a], **b)
-                if free:
-                    for s in free:
-                        vals[s] = None
+                    vals[out] = fn(vals[a], vals[b])
         except GuardError as exc:
-            raise GuardError(f"{self._where(out)}: {exc}; the replayed inputs take a different branch than the "
+            raise GuardError(f"{self._where(steps)}: {exc}; the replayed inputs take a different branch than the "
                              "recording did") from None
         except TapegradError as exc:
-            raise type(exc)(f"{self._where(out)}: {exc}") from None
+            raise type(exc)(f"{self._where(steps)}: {exc}") from None
         except (ValueError, TypeError, IndexError, ArithmeticError) as exc:
-            raise TapegradError(f"{self._where(out)}: {type(exc).__name__}: {exc}") from None
+            raise TapegradError(f"{self._where(steps)}: {type(exc).__name__}: {exc}") from None
         return vals
 
-    def _where(self, out_slot: int) -> str:
-        for (_, _, _, _, out, _), rec in zip(self.steps, self.step_records, strict=True):
-            if out == out_slot:
-                if rec < 0:
-                    return "in the reverse pass"
-                op = self._records[rec][0]
-                src = self.tape.source_of(rec)
-                at = f" at {src[0]}:{src[1]}" if src else ""
-                return f"record {rec} ({op}){at}"
-        return "replay"
-
-
-def _step(rec: RawRecord) -> Step:
-    """The executable step of a record whose ids are slots."""
-    op, attrs, out = rec[0], rec[1], rec[2]
-    in_slots = rec[3:]
-    fn = REGISTRY[op].forward
-    if attrs:
-        return (3, fn, in_slots, dict(attrs), out, ())
-    if len(in_slots) == 1:
-        return (1, fn, in_slots[0], None, out, ())
-    if len(in_slots) == 2:
-        return (2, fn, in_slots[0], in_slots[1], out, ())
-    return (3, fn, in_slots, {}, out, ())
+    def _where(self, rest: Iterator[Step]) -> str:
+        """Where the step that failed comes from; `rest` is the step iterator it stopped in."""
+        rec = self.step_records[len(self.steps) - operator.length_hint(rest) - 1]
+        if rec < 0:
+            return "in the reverse pass"
+        src = self.tape.source_of(rec)
+        at = f" at {src[0]}:{src[1]}" if src else ""
+        return f"record {rec} ({self.tape._records[rec][0]}){at}"
 
 
 def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of: int | None = None,
@@ -247,6 +277,12 @@ def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of
     `replaced` are the internal ids of inputs the caller will supply (everything downstream of
     them is recomputed); other values come from the tape when stored, else are recomputed.
     """
+    return _lower(_program(tape, outputs, wrt, of, replaced))
+
+
+def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | None,
+             replaced: Sequence[int]) -> Program:
+    """`compile_plan` in slot form."""
     ids = tape._internal()
     slot_of = {vid: n for n, vid in enumerate(ids)}
     avals: list[Aval] = [tape.shape_dtype(vid) for vid in ids]
@@ -289,22 +325,11 @@ def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of
         found = engine.reverse(sub, sym_values, {slot_of[of]: seed}, skip, {slot_of[w] for w in wrt}, comp.ops)
         grads = {w: (found[slot_of[w]].slot if slot_of[w] in found else None) for w in wrt}
 
-    steps: list[Step] = [_step(_slotted(records[n], slot_of)) for n in forward]
-    step_records = list(forward)
-    step_ops = [records[n][0] for n in forward]
-    steps += [_step(rec) for rec in comp.steps]
-    step_records += [-1] * len(comp.steps)
-    step_ops += [rec[0] for rec in comp.steps]
-
     initial: dict[int, Any] = {slot_of[v]: stored[v] for v in needed if v in stored and v not in dirty}
     initial.update(comp.consts)
-    input_slots = {v: slot_of[v] for v in replaced}
-    out_slots = {v: slot_of[v] for v in outputs}
-    pinned = set(out_slots.values()) | {s for s in grads.values() if s is not None}
-    plan = Plan(tape, len(comp.avals), initial, steps, step_records, step_ops, input_slots, out_slots, grads, seed_slot,
-                comp.avals, program=comp.steps, _records=records)
-    _schedule_frees(plan, pinned)
-    return plan
+    return Program(tape, comp.avals, initial, [_slotted(records[n], slot_of) for n in forward] + comp.steps,
+                   forward + [_REVERSE] * len(comp.steps), {v: slot_of[v] for v in replaced},
+                   {v: slot_of[v] for v in outputs}, grads, seed_slot)
 
 
 def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[int]) -> Plan:
@@ -313,10 +338,11 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
     The reverse program maps a seed u to J^T u; running the engine's reverse pass over that
     program, seeded with tangents v at the gradient slots, yields J v at the seed slot.
     """
-    base = compile_plan(tape, [], wrt, out_id, replaced)
+    base = _program(tape, [], wrt, out_id, replaced)
     assert base.seed_slot is not None
     seed_slot = base.seed_slot
-    program = base.program
+    n_fwd = base.n_forward
+    program = base.records[n_fwd:]
     comp = Compiler(list(base.avals))
     tangents = [comp.new(*base.avals[base.inputs[w]] if w in base.inputs else tape.shape_dtype(w)) for w in wrt]
     seeds: dict[int, Any] = {}
@@ -331,19 +357,11 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
     found = engine.reverse(program, symbols, seeds, skip, {seed_slot}, comp.ops)
     out_slot = found[seed_slot].slot if seed_slot in found else -1
 
-    n_fwd = base.n_forward
-    keep = [k for k, rec in enumerate(program) if rec[2] not in linear]
-    steps: list[Step] = [(c, f, a, b, o, ()) for c, f, a, b, o, _ in base.steps[:n_fwd]]
-    steps += [_step(program[k]) for k in keep]
-    steps += [_step(rec) for rec in comp.steps]
-    step_records = base.step_records[:n_fwd] + [-1] * (len(keep) + len(comp.steps))
-    step_ops = base.step_ops[:n_fwd] + [program[k][0] for k in keep] + [rec[0] for rec in comp.steps]
-    initial = dict(base.initial)
-    initial.update(comp.consts)
-    plan = Plan(tape, len(comp.avals), initial, steps, step_records, step_ops, base.inputs, {out_id: out_slot}, {}, None,
-                comp.avals, tangent_slots=[t.slot for t in tangents], _records=base._records)
-    _schedule_frees(plan, {out_slot})
-    return plan
+    keep = [rec for rec in program if rec[2] not in linear]
+    records = base.records[:n_fwd] + keep + comp.steps
+    origins = base.origins[:n_fwd] + [_REVERSE] * (len(keep) + len(comp.steps))
+    return _lower(Program(tape, comp.avals, {**base.initial, **comp.consts}, records, origins, base.inputs,
+                          {out_id: out_slot}, {}, tangent_slots=[t.slot for t in tangents]))
 
 
 def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> RawRecord:
@@ -351,51 +369,121 @@ def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> RawRecord:
     return (rec[0], rec[1], slot_of[rec[2]], *(slot_of[i] for i in rec[3:]))
 
 
-def _step_inputs(step: Step) -> tuple[int, ...]:
-    code, _, a, b, _, _ = step
-    if code == 1:
-        return (a,)
-    if code == 2:
-        return (a, b)
-    return tuple(a)
+def _step(rec: RawRecord, ins: Sequence[int], out: int) -> Step:
+    """The executable step of a slot-form record whose inputs and output are in these registers."""
+    op, attrs = rec[0], rec[1]
+    fn = REGISTRY[op].forward
+    if attrs:
+        fn = partial(fn, **attrs)
+    if len(ins) == 1:
+        return (fn, ins[0], None, out)
+    if len(ins) == 2:
+        return (fn, ins[0], ins[1], out)
+    return (fn, None, tuple(ins), out)
 
 
-def _schedule_frees(plan: Plan, pinned: set[int]) -> None:
-    """Attach to each step the slots whose last use it is, and predict the peak bytes."""
-    last: dict[int, int] = {}
-    for k, step in enumerate(plan.steps):
-        for s in _step_inputs(step):
-            last[s] = k
-    frees: list[list[int]] = [[] for _ in plan.steps]
-    for s, k in last.items():
-        if s not in pinned:
-            frees[k].append(s)
-    plan.steps = [(code, fn, a, b, out, tuple(frees[k])) for k, (code, fn, a, b, out, _) in enumerate(plan.steps)]
+class _Memory:
+    """The peak model: bytes of the buffers that steps allocate, alive while a register holds
+    them (views share their input's buffer); values supplied from outside are not counted."""
 
-    # Peak model: buffers allocated by steps (views share their input's buffer) while alive.
-    buffer_of: dict[int, int] = {}  # slot -> buffer id (the slot that allocated it)
-    users: dict[int, int] = {}  # buffer -> live slots using it
-    live = peak = 0
-    avals = plan.avals
-    for step, op in zip(plan.steps, plan.step_ops, strict=True):
-        code, _, _, b, out, free = step
-        ins = _step_inputs(step)
-        attrs = b if code == 3 else None
+    def __init__(self, avals: list[Aval]) -> None:
+        self.avals = avals
+        self.buffer_of: dict[int, int] = {}  # slot -> buffer (the slot that allocated it)
+        self.users: dict[int, int] = {}  # buffer -> slots held in registers that use it
+        self.live = self.peak = 0
+
+    def compute(self, rec: RawRecord) -> None:
+        """A step runs: its kernel's scratch space and its result are allocated."""
+        op, attrs, out, ins, avals = rec[0], rec[1], rec[2], rec[3:], self.avals
         scratch = _SCRATCH.get(op, 0) * max(_nbytes(avals[ins[0]]), _nbytes(avals[out]))
-        if ins and _may_alias(op, avals[ins[0]], avals[out], attrs):
-            buf = buffer_of.get(ins[0])
+        if _may_alias(op, avals[ins[0]], avals[out], attrs):
+            buf = self.buffer_of.get(ins[0])
             if buf is not None:
-                buffer_of[out] = buf
-                users[buf] += 1
+                self.buffer_of[out] = buf
+                self.users[buf] += 1
         else:
-            buffer_of[out] = out
-            users[out] = 1
-            live += _nbytes(avals[out])
-        peak = max(peak, live + scratch)
-        for s in free:
-            buf = buffer_of.pop(s, None)
-            if buf is not None:
-                users[buf] -= 1
-                if users[buf] == 0:
-                    live -= _nbytes(avals[buf])
-    plan.peak_bytes = peak + 8 * plan.n_slots
+            self.buffer_of[out] = out
+            self.users[out] = 1
+            self.live += _nbytes(avals[out])
+        self.peak = max(self.peak, self.live + scratch)
+
+    def held(self, slot: int) -> int:
+        """Bytes of the buffer that `slot`'s value keeps alive (0 if not counted)."""
+        buf = self.buffer_of.get(slot)
+        return 0 if buf is None else _nbytes(self.avals[buf])
+
+    def drop(self, slot: int | None) -> None:
+        """`slot`'s value leaves its register."""
+        buf = None if slot is None else self.buffer_of.pop(slot, None)
+        if buf is not None:
+            self.users[buf] -= 1
+            if self.users[buf] == 0:
+                self.live -= _nbytes(self.avals[buf])
+
+
+def _lower(prog: Program) -> Plan:
+    """Assign registers to slots by liveness, emit the executable steps, and predict the peak.
+
+    A step's result goes to the register of an input whose last use it is (the biggest such
+    input: storing the result drops it), else to the most recently freed register, else to a
+    new one.  Other values dying at a step stay in their registers until those are reused
+    (up to _LINGER_BYTES), or are released by a release step right after it.  Results
+    (outputs and gradients) keep their registers to the end.
+    """
+    avals, records = prog.avals, prog.records
+    pinned = {*prog.outputs.values(), *(s for s in prog.grads.values() if s is not None)}
+    last = {s: k for k, rec in enumerate(records) for s in rec[3:]}  # slot -> index of its last use
+    reg_of: dict[int, int] = {}
+    holder: list[int | None] = []  # register -> the slot whose value it holds (live or dead)
+    free: list[int] = []  # registers whose value is dead, most recently freed last
+    mem = _Memory(avals)
+    steps: list[Step] = []
+    step_records: list[int] = []
+
+    def place(slot: int, reg: int | None = None) -> None:
+        if reg is None:
+            reg = free.pop() if free else len(holder)
+        if reg == len(holder):
+            holder.append(None)
+        mem.drop(holder[reg])  # writing a register drops the (dead) value it held
+        holder[reg] = slot
+        reg_of[slot] = reg
+
+    def retire(slot: int) -> None:
+        reg = reg_of[slot]
+        if mem.held(slot) > _LINGER_BYTES:
+            steps.append((_release, reg, None, reg))
+            step_records.append(_RELEASE)
+            mem.drop(slot)
+            holder[reg] = None
+        free.append(reg)
+
+    preset = [*prog.initial, *prog.inputs.values(), *prog.tangent_slots]
+    if prog.seed_slot is not None:
+        preset.append(prog.seed_slot)
+    for s in preset:
+        place(s)
+    free.extend(reg_of[s] for s in preset if s not in last and s not in pinned)
+    for k, rec in enumerate(records):
+        out, ins = rec[2], rec[3:]
+        in_regs = [reg_of[s] for s in ins]
+        mem.compute(rec)
+        dying = sorted((s for s in dict.fromkeys(ins) if last[s] == k and s not in pinned), key=mem.held, reverse=True)
+        place(out, reg_of[dying[0]] if dying else None)
+        steps.append(_step(rec, in_regs, reg_of[out]))
+        step_records.append(prog.origins[k])
+        for s in dying[1:]:
+            retire(s)
+        if out not in last and out not in pinned:
+            retire(out)
+
+    registers: list[Any] = [None] * len(holder)
+    for s, value in prog.initial.items():
+        registers[reg_of[s]] = value
+    return Plan(prog.tape, steps, step_records, registers,
+                inputs={v: reg_of[s] for v, s in prog.inputs.items()},
+                outputs={v: reg_of[s] if s >= 0 else -1 for v, s in prog.outputs.items()},
+                grads={v: None if s is None else reg_of[s] for v, s in prog.grads.items()},
+                seed_register=None if prog.seed_slot is None else reg_of[prog.seed_slot],
+                tangent_registers=[reg_of[s] for s in prog.tangent_slots],
+                peak_bytes=mem.peak + 8 * len(holder))

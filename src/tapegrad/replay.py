@@ -12,8 +12,9 @@ Contract:
   `y.backward()` on the same values, and share memory with nothing else.
 - `jvp(tape, tangents=...)` returns output tangents (forward mode, by transposing the compiled
   reverse pass, so it agrees exactly with `backward`).
-- Plans (what to recompute, the compiled reverse pass, when to free each value) are compiled
-  once per request and cached on the tape (`plan()` returns them, with `.peak_bytes`).
+- Plans (what to recompute, the compiled reverse pass, which register holds each value and
+  when it is dropped) are compiled once per request and cached on the tape (`plan()` returns
+  them, with `.peak_bytes`).
 - Inside `record()`, replay computes with Variables through the tracer's hooks and returns
   Variables: the replayed tape's inputs enter the new tape under their own names, so the
   reverse pass itself is recorded and can be saved and differentiated again.
@@ -71,11 +72,10 @@ def _ref_key(tape: Tape, vid: int) -> Any:
 def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: bool) -> dict[int, Any]:
     """Replaced inputs by internal id, checked against the recorded shape and dtype."""
     out: dict[int, Any] = {}
-    leaves = set(tape._leaves)
     for ref, value in (inputs or {}).items():
         vid = tape.resolve(ref)
         label = f"input {ref!r} (v{tape._dense()[vid]})"
-        if vid not in leaves or vid in tape._consts:
+        if tape._producer(vid) is not None or vid in tape._consts:
             raise TapegradError(f"{label} is not an input of the tape; only inputs can be replaced")
         shape, dtype = tape.shape_dtype(vid)
         if recording and hasattr(value, "_tapegrad_serial"):
@@ -91,9 +91,8 @@ def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: boo
 
 
 def _default_outputs(tape: Tape) -> list[int]:
-    """Named results of records, plus the last record's output."""
-    produced = {rec[2] for rec in tape._records}
-    outs = [vid for vid in tape._internal() if vid in produced and vid in tape._names]
+    """Named results of records, plus the last record's output (found without a pass over the tape)."""
+    outs = sorted(vid for vid in tape._names if tape._producer(vid) is not None)
     if tape._records and tape._last_output() not in outs:
         outs.append(tape._last_output())
     return outs
