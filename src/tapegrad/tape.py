@@ -151,13 +151,17 @@ class Tape:
         n = bisect_left(records, vid, key=_output)
         return n if n < len(records) and records[n][2] == vid else None
 
+    def _source_run(self, where: Any, n: int) -> None:
+        """Record `n` and on come from `where` (a code object or file name): a new run starts
+        unless the last run's is the same."""
+        if where is not self._source_last and where != self._source_last:
+            self._source_runs.append((n, where))
+            self._source_last = where
+
     def _add_sources(self, wheres: Sequence[Any], positions: Sequence[int]) -> None:
         """Append per-record sources: code objects or file names, and offsets or lines."""
-        runs = self._source_runs
         for n, where in enumerate(wheres, len(self._source_pos)):
-            if where is not self._source_last and where != self._source_last:
-                runs.append((n, where))
-                self._source_last = where
+            self._source_run(where, n)
         self._source_pos += positions
 
     def _sources_between(self, start: int, stop: int) -> list[Any]:

@@ -338,9 +338,7 @@ def _source_frame(tape: Tape, frame: FrameType) -> FrameType:
     """The user's frame for an op called from `frame`; starts a new run of `tape`'s source
     records when its code object differs from the last record's."""
     user = _user_frame(frame)
-    if user.f_code is not tape._source_last:
-        tape._source_last = user.f_code
-        tape._source_runs.append((len(tape._source_pos), user.f_code))
+    tape._source_run(user.f_code, len(tape._source_pos))
     return user
 
 
