@@ -308,6 +308,10 @@ def test_unstorable_tapes_are_refused_when_writing() -> None:
     tape._records[1] = ("sum", {"axis": None, "keepdims": np.bool_(False)}, 3, 2)
     with pytest.raises(tg.TapegradError, match="plain data"):
         tf.dumps(tape)
+    tape = tiny_tape()
+    tape._records[1] = ("sum", {"axis": {0: 1}, "keepdims": False}, 3, 2)  # unhashable: no table key
+    with pytest.raises(tg.TapegradError, match=r"attributes of record 1: .*plain data"):
+        tf.dumps(tape)
     tape = Tape("all")
     tape._add_leaf(0, np.array(["a"]), None, False)
     with pytest.raises(tg.TapegradError, match="dtype"):

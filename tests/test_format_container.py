@@ -8,14 +8,16 @@ import pickle
 import struct
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
 
 import tapegrad as tg
 from tapegrad import tape_format as tf
+from tapegrad import tape_format_sources
 from tapegrad.tape import Tape
-from tapegrad.tape_format_frames import MAGIC
+from tapegrad.tape_format_frames import MAGIC, crc_shift, crc_shifter
 from test_format_helpers import join_frames, preamble, split_frames, tiny_tape
 
 
@@ -284,3 +286,80 @@ def test_an_empty_file_on_disk(tmp_path) -> None:
     for use_mmap in (False, True):
         with pytest.raises(tg.TruncatedTapeError, match="empty"):
             tf.load_path(path, mmap=use_mmap)
+
+
+def test_crcs_of_pieces_combine_into_the_crc_of_the_whole() -> None:
+    """The arithmetic that lets a file be checksummed piece by piece on several threads."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        a = rng.bytes(int(rng.integers(0, 300)))
+        b = rng.bytes(int(rng.integers(0, 300)))
+        seed = int(rng.integers(0, 2**32))
+        assert crc_shift(zlib.crc32(a), crc_shifter(len(b))) ^ zlib.crc32(b) == zlib.crc32(a + b)
+        assert crc_shift(seed, crc_shifter(len(b))) ^ zlib.crc32(b) == zlib.crc32(b, seed)
+        assert crc_shift(crc_shift(seed, crc_shifter(len(a))), crc_shifter(-len(a))) == seed  # shifts undo
+
+
+def big_payload_tape() -> Tape:
+    tape = Tape("all", {"k": 1})
+    tape._add_leaf(0, np.arange(5000, dtype=np.float64), "big", False)  # 40,000 bytes: many small pieces
+    tape._add_leaf(1, np.arange(7, dtype=np.int16), "small", False)
+    return tape
+
+
+@pytest.fixture
+def small_pieces(monkeypatch) -> int:
+    monkeypatch.setattr(tape_format_sources, "PIECE", 512)
+    return 512
+
+
+def test_files_read_in_pieces_check_every_byte(tmp_path, small_pieces: int) -> None:
+    data = tf.dumps(big_payload_tape())
+    path = tmp_path / "big.tape"
+    path.write_bytes(data)
+    assert len(data) > 60 * small_pieces
+    for use_fd in (True, False):  # positional reads from two threads, or one file object in order
+        with open(path, "rb", buffering=0) as f:
+            source = tape_format_sources.FileSource(f, len(data), True, f.fileno() if use_fd else None)
+            assert source.wait(len(data)) and not source.wait(len(data) + 1)
+            rng = np.random.default_rng(int(use_fd))
+            for _ in range(500):
+                lo = int(rng.integers(0, len(data)))
+                hi = int(rng.integers(lo, len(data) + 1))
+                seed = int(rng.integers(0, 2**32))
+                assert source.crc(lo, hi, seed) == zlib.crc32(data[lo:hi], seed), (lo, hi)
+            source.close()
+    loaded = tf.load_path(path)
+    assert loaded.value("big").tolist() == list(range(5000))
+    with open(path, "rb") as f:
+        assert tf.load(f).value("small").tolist() == list(range(7))
+    bad = bytearray(data)
+    bad[20_000] ^= 1  # inside the big array, far from the ends of its DATA frame
+    path.write_bytes(bytes(bad))
+    with pytest.raises(tg.TapeFormatError, match=r"checksum mismatch in frame 1 \(DATA\)"):
+        tf.load_path(path)
+    with open(path, "rb") as f, pytest.raises(tg.TapeFormatError, match="checksum mismatch"):
+        tf.load(f)
+    assert tf.load_path(path, verify=False).value("big").tolist() != list(range(5000))
+    path.write_bytes(data[:30_000])  # cut inside the DATA frame
+    with pytest.raises(tg.TruncatedTapeError):
+        tf.load_path(path)
+    assert loads_quietly(path.read_bytes(), recover=True).recovery.offset < 30_000
+
+
+def test_a_mapped_tape_checks_structure_but_never_reads_its_payloads(tmp_path) -> None:
+    """docs/FORMAT.md "Validation" and `load_path`: mapping checks every frame's CRC but the
+    DATA frames', whose pages it leaves untouched."""
+    data = bytearray(tf.dumps(big_payload_tape()))
+    _, frames = split_frames(bytes(data))
+    data[12 + 12 + len(frames[0][1]) + 8 + 1000] ^= 1  # a byte of the DATA payload
+    path = tmp_path / "mapped.tape"
+    path.write_bytes(bytes(data))
+    with pytest.raises(tg.TapeFormatError, match="checksum mismatch"):
+        tf.load_path(path)
+    mapped = tf.load_path(path, mmap=True)  # verify=True, but the payload pages are not read
+    assert mapped.value("big").tobytes() != np.arange(5000, dtype=np.float64).tobytes()
+    data[-10] ^= 1  # inside the footer's payload: structure is always checked
+    path.write_bytes(bytes(data))
+    with pytest.raises(tg.TapeFormatError, match="checksum mismatch in frame"):
+        tf.load_path(path, mmap=True)

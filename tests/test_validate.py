@@ -10,13 +10,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tapegrad as tg
 from tapegrad import tape_format as tf
 from tapegrad.ops.spec import OpSpec
 from tapegrad.tape import Tape
 from tapegrad.tape_format_limits import DEFAULT_LIMITS
-from tapegrad.validate import _fast, _Reject, explain, validate
+from tapegrad.validate import Reject, _fast, explain, group_rows, validate
 from test_format_helpers import OP_CASES, tiny_tape
 
 F64 = np.dtype("float64")
@@ -41,7 +43,7 @@ def tape_of(leaves: list[tuple[tuple[int, ...], Any]], records: list[tuple[Any, 
 
 
 def refused(tape: Tape, match: str, kind: type[Exception] = tg.TapeFormatError, file: bool = True) -> None:
-    with pytest.raises((_Reject, tg.LimitError)):  # the vectorised pass (big tapes) refuses it too
+    with pytest.raises((Reject, tg.LimitError)):  # the vectorised pass (big tapes) refuses it too
         _fast(tape, DEFAULT_LIMITS)
     with pytest.raises(kind, match=match):
         validate(tape)
@@ -154,6 +156,8 @@ def test_missing_unknown_and_ill_typed_attributes(op: str, attrs: dict[str, Any]
 def test_attributes_must_be_a_plain_mapping() -> None:
     refused(tape_of([X], [("sin", (0,), 1, [], (3,), F64)]), "attributes", file=False)
     refused(tape_of([X], [("sum", (0,), 1, None, (), F64)]), "missing attribute 'axis'")
+    refused(tape_of([X], [("sum", (0,), 1, {"axis": {0: 1}, "keepdims": False}, (), F64)]), "record 0 \\(sum\\)",
+            file=False)  # an unhashable value: the bulk pass cannot key it, the reference pass names it
 
 
 @pytest.mark.parametrize("record, match", [
@@ -243,3 +247,51 @@ def test_inference_runs_once_per_distinct_signature(monkeypatch) -> None:
     calls.clear()
     tf.loads(tf.dumps(tape))
     assert sorted(calls) == ["add", "exp", "mul", "sin"]
+
+
+def test_attribute_values_equal_under_eq_are_still_told_apart() -> None:
+    """`True == 1` and `0.0 == -0.0`: a bulk pass or a writer keying attributes by `==` would
+    check (or store) one record's attributes for another's."""
+    good = ("sum", (0,), 1, {"axis": None, "keepdims": True}, (1,), F64)
+    bad = ("sum", (0,), 2, {"axis": None, "keepdims": 1}, (1,), F64)
+    refused(tape_of([X], [good, bad]), r"record 1 \(sum\): attribute 'keepdims': expected a bool, got 1")
+    with tg.record() as tape:
+        x = tg.Variable(np.array([0.0, 1.0]), name="x")
+        for k in range(80):  # enough records for the bulk pass
+            float(tg.sum(x * (1.0 if k % 2 else -1.0)) * 0.0)  # guards observing 0.0 and -0.0
+    values = [r.attrs["value"] for r in tape.records if r.op == "guard"]
+    assert {str(v) for v in values} == {"0.0", "-0.0"}
+    loaded = tf.loads(tf.dumps(tape))
+    assert [str(r.attrs["value"]) for r in loaded.records if r.op == "guard"] == [str(v) for v in values]
+
+
+def test_long_tapes_of_mixed_arity_validate_in_bulk_and_name_the_bad_record() -> None:
+    with tg.record(values="none") as tape:
+        x = tg.Variable(np.ones((2, 3)), name="x")
+        y = x
+        for k in range(120):  # concatenations of 1 to 6 inputs, unary and binary ops between
+            y = tg.concatenate([y] * (k % 6 + 1), axis=0)[:2] if k % 3 else tg.sin(y) * x
+    loaded = tf.loads(tf.dumps(tape))
+    _fast(loaded, DEFAULT_LIMITS)
+    assert loaded.records == tape.records
+    n = next(k for k, rec in enumerate(tape._records) if k > 100 and rec[0] == "concatenate" and len(rec) > 6)
+    out = tape._records[n][2]
+    tape._avals[out] = ((5, 3), F64)  # the recorded type of one deep record no longer follows
+    tape._values.pop(out)
+    with pytest.raises(tg.TapeFormatError, match=rf"record {n} \(concatenate\): output v\d+ is recorded as"):
+        validate(tape)
+    with pytest.raises(tg.TapeFormatError, match=rf"record {n} \(concatenate\)"):
+        tf.loads(tf.dumps(tape))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2**40), st.sampled_from([0, 7, 2**62])), max_size=60))
+def test_group_rows_groups_like_a_dict(rows: list[tuple[int, int, int]]) -> None:
+    columns = [np.array([row[k] for row in rows], dtype=np.int64) for k in range(3)] if rows else \
+        [np.zeros(0, dtype=np.int64)] * 3
+    first, group = group_rows(columns)
+    firsts: dict[tuple[int, int, int], int] = {}
+    for k, row in enumerate(rows):
+        firsts.setdefault(row, k)
+    assert first.tolist() == list(firsts.values())  # groups in order of first appearance
+    assert group.tolist() == [list(firsts).index(row) for row in rows]

@@ -13,7 +13,8 @@ Contract (byte layout and versioning rules: docs/FORMAT.md):
   read (or of the mapped file).  Options: `recover=True` returns the whole-record prefix of a
   damaged or cut-off tape and reports what was dropped (`tape.recovery`, a `Recovery`, plus a
   `TapeRecoveryWarning`); `verify=False` skips the checksums of array payloads (structure is
-  always checked); `limits=Limits(...)` changes the safety limits.  Only `TapegradError`
+  always checked), and so does `mmap=True`, which never touches the payload pages when opening;
+  `limits=Limits(...)` changes the safety limits.  Only `TapegradError`
   subclasses escape for bad content, and `OSError` for the file itself.
 - `StreamWriter(path, tape, flush_every=256)` is the `TapeSink` that `record(path=...)` uses: it
   writes the header at once, then appends a batch of frames every `flush_every` records (and at
@@ -31,9 +32,12 @@ import contextlib
 import io
 import os
 import threading
-from itertools import chain, compress, repeat
-from operator import is_, itemgetter
+from bisect import bisect_right
+from itertools import chain, compress
+from operator import itemgetter
 from typing import IO, Any
+
+import numpy as np
 
 from .errors import TapegradError
 from .tape import RawRecord, Tape
@@ -41,7 +45,7 @@ from .tape_format_frames import MAGIC, MAJOR, MINOR
 from .tape_format_limits import DEFAULT_LIMITS, Limits
 from .tape_format_reader import Recovery, TapeRecoveryWarning, read
 from .tape_format_sources import memory_source, path_source, stream_source
-from .tape_format_writer import Encoder
+from .tape_format_writer import Encoder, LeafRows, RecordRows, Sources
 from .validate import no_gc, validate
 
 __all__ = [
@@ -50,73 +54,77 @@ __all__ = [
 ]
 
 _OP, _ATTRS, _OUT = (itemgetter(k) for k in range(3))  # records are (op, attrs, output, *inputs)
-_INPUTS = itemgetter(slice(3, None))
-_FIRST = itemgetter(0)
-_SECOND = itemgetter(1)
+_FIRST = _OP
+SourceCache = dict[int, tuple[str, dict[int, int]]]  # id of a code object -> (its file, position -> line)
 
 
-def _sources(tape: Tape, start: int, count: int,
-             cache: dict[Any, tuple[str, int]]) -> tuple[list[str], list[int], list[int]] | None:
-    """(file table, file index, line) of records start..start+count-1, or None unless all have one.
+def _sources(tape: Tape, start: int, count: int, cache: SourceCache) -> Sources | None:
+    """Source locations of records start..start+count-1, or None unless all have one.
 
-    Each distinct (code, position) is resolved once by `Tape.source_of` and remembered in `cache`
-    (the tape keeps its code objects alive, so their ids stay unique while it is recorded).
+    The tape keeps one position per record (a bytecode offset, or a line once loaded) and a run
+    (first record, code object or file name) wherever the code changes.  Each distinct position
+    of a code is resolved once by `Tape.source_of` and remembered in `cache` under the code's id
+    (the tape keeps its code objects alive).  The file table is in order of first use.
     """
-    positions = tape._source_pos
-    if not count or len(positions) < start + count:
+    runs, positions = tape._source_runs, tape._source_pos
+    stop = start + count
+    if not count or len(positions) < stop or not runs or runs[0][0] > start:
         return None
-    codes = tape._sources_between(start, start + count)
-    keys = list(zip(map(id, codes), positions[start:start + count], strict=True))
-    if not cache.keys() >= set(keys):
-        first = dict(zip(reversed(keys), range(start + count - 1, start - 1, -1), strict=True))
-        for key, n in first.items():
-            if key not in cache:
-                where = tape.source_of(n)
+    files: dict[str, int] = {}
+    file_index: list[int] = []
+    lines: list[int] = []
+    k = bisect_right(runs, start, key=_FIRST) - 1
+    a = start
+    while a < stop:
+        b = min(runs[k + 1][0], stop) if k + 1 < len(runs) else stop
+        segment = positions[a:b]
+        if segment:
+            code = id(runs[k][1])
+            file, line_of = cache.get(code, ("", {}))
+            for pos in set(segment) - line_of.keys():
+                where = tape.source_of(a + segment.index(pos))
                 if where is None:
                     return None
-                cache[key] = where
-    found = list(map(cache.__getitem__, keys))
-    files = {name: k for k, name in enumerate(dict.fromkeys(map(_FIRST, found)))}
-    return list(files), list(map(files.__getitem__, map(_FIRST, found))), list(map(_SECOND, found))
+                file, line_of[pos] = where
+            cache[code] = file, line_of
+            file_index += [files.setdefault(file, len(files))] * len(segment)
+            lines += map(line_of.__getitem__, segment)
+            a = b
+        k += 1
+    return list(files), file_index, lines
 
 
 def _columns(tape: Tape, leaves: list[int], records: list[RawRecord], dense: dict[int, int],
-             first_record: int, source_cache: dict[Any, tuple[str, int]]) -> dict[str, Any]:
-    """The `Encoder.batch` arguments for these leaves and records of `tape` (ids made dense).
+             first_record: int, source_cache: SourceCache) -> tuple[LeafRows, RecordRows]:
+    """The `Encoder.batch` rows of these leaves and records of `tape` (ids made dense).
 
     `records` are the tape's records from index `first_record` on (for their source lines).
     """
     values, avals, names, consts = tape._values, tape._avals, tape._names, tape._consts
-    store_leaves = tape.values_mode != "none"
-    store_records = tape.values_mode == "all"
     to_dense = dense.__getitem__
 
     def typed(ids: list[int], store: bool) -> list[Any]:
-        found = list(map(values.get, ids))
-        missing = list(compress(ids, map(is_, found, repeat(None))))  # `None in found` would compare arrays
-        if missing:
+        try:
+            return list(map(values.__getitem__, ids))
+        except KeyError as exc:
             if store:
-                raise TapegradError(f"cannot store v{dense[missing[0]]}: the tape has no value for it "
-                                    f"(values={tape.values_mode!r})")
-            found = [avals[i] if v is None else v for i, v in zip(ids, found, strict=True)]
-        return found
+                raise TapegradError(f"cannot store v{dense[exc.args[0]]}: the tape has no value for it "
+                                    f"(values={tape.values_mode!r})") from None
+        return [values[i] if i in values else avals[i] for i in ids]
 
     outs = list(map(_OUT, records))
-    ins = list(map(_INPUTS, records))
+    width = np.fromiter(map(len, records), dtype=np.int64, count=len(records))
+    starts = np.cumsum(width) - width
+    is_input = np.ones(int(width.sum()), dtype=bool)  # over all fields of all records, in order
+    for field in range(3):
+        is_input[starts + field] = False
     try:
-        return {
-            "leaf_ids": list(map(to_dense, leaves)),
-            "leaf_const": list(map(consts.__contains__, leaves)),
-            "leaf_names": list(map(names.get, leaves)),
-            "leaf_values": typed(leaves, store_leaves),
-            "ops": list(map(_OP, records)),
-            "nin": list(map(len, ins)),
-            "inputs": list(map(to_dense, chain.from_iterable(ins))),
-            "outs": list(map(to_dense, outs)),
-            "attrs": list(map(_ATTRS, records)),
-            "rec_values": typed(outs, store_records),
-            "sources": _sources(tape, first_record, len(records), source_cache),
-        }
+        return (LeafRows(ids=list(map(to_dense, leaves)), const=list(map(consts.__contains__, leaves)),
+                         names=list(map(names.get, leaves)), values=typed(leaves, tape.values_mode != "none")),
+                RecordRows(ops=list(map(_OP, records)), attrs=list(map(_ATTRS, records)), nin=width - 3,
+                           inputs=list(map(to_dense, compress(chain.from_iterable(records), is_input.tolist()))),
+                           outs=list(map(to_dense, outs)), values=typed(outs, tape.values_mode == "all"),
+                           sources=_sources(tape, first_record, len(records), source_cache)))
     except KeyError as exc:
         raise TapegradError(f"cannot store the tape: it refers to variable {exc.args[0]!r}, which it does not "
                             f"define") from None
@@ -130,7 +138,7 @@ def dump(tape: Tape, fileobj: IO[bytes]) -> None:
         leaf_set = set(tape._leaves)
         late: list[tuple[int, str | None]] = sorted((dense[v], n) for v, n in tape._names.items()
                                                     if v not in leaf_set)
-        enc.batch(**_columns(tape, tape._leaves, tape._records, dense, 0, {}), names=late)
+        enc.batch(*_columns(tape, tape._leaves, tape._records, dense, 0, {}), names=late)
         enc.footer()
 
 
@@ -246,10 +254,12 @@ def load_path(path: str | os.PathLike[str], *, recover: bool = False, mmap: bool
     """Read the tape file at `path` (a regular file); `mmap=True` maps it instead of reading it.
 
     A mapped tape's arrays are views of the mapping: the file must not be truncated or rewritten
-    in place while they are in use (`save` replaces files, which is safe).
+    in place while they are in use (`save` replaces files, which is safe).  Mapping reads only
+    the structure: it checks every frame's bounds and the CRC of every frame but the DATA frames,
+    whose pages it never touches (whatever `verify` says); load without `mmap` to check those.
     """
     lim = DEFAULT_LIMITS if limits is None else limits
-    return read(path_source(path, lim, mmap, verify), recover=recover, verify=verify, limits=lim)
+    return read(path_source(path, lim, mmap, verify), recover=recover, verify=verify and not mmap, limits=lim)
 
 
 # ---- streaming ---------------------------------------------------------------------------------
@@ -277,7 +287,7 @@ class StreamWriter:
         self._leaves_done = 0
         self._records_done = 0
         self._renamed: dict[int, None] = dict.fromkeys(tape._names)  # names the tape already has
-        self._where: dict[Any, tuple[str, int]] = {}  # resolved source locations
+        self._where: SourceCache = {}  # resolved source locations
         self._failed: BaseException | None = None
         self._closed = False
         self._file: IO[bytes] = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
@@ -336,7 +346,7 @@ class StreamWriter:
             self._renamed = {}
         try:
             with no_gc():
-                self._enc.batch(**_columns(tape, leaves, records, dense, self._records_done, self._where),
+                self._enc.batch(*_columns(tape, leaves, records, dense, self._records_done, self._where),
                                 names=late)
             self._enc.w.commit()
         except BaseException as exc:

@@ -8,23 +8,28 @@ Contract (byte layout in docs/FORMAT.md):
   file fails its check.
 - `FrameWriter` appends frames to a binary file object, tracking the offset (relative to the
   tape's first byte) and the CRC chain; small frames are batched into one `write`, large
-  payloads are written straight from the caller's buffers while their CRC is computed on
-  another thread.  It raises only what the file object raises (`OSError`).
-- `FrameScanner` walks the frames of a byte buffer (possibly still being filled by a reader
-  thread) and yields `Frame`s whose bounds are checked and whose CRC matched.  It stops at the
+  payloads are written straight from the caller's buffers (arrays that are not C-contiguous
+  are copied into C order) while their CRC is computed on another thread.  It raises only what
+  the file object raises (`OSError`).
+- `FrameScanner` walks the frames of a byte buffer (possibly still being filled by reader
+  threads) and yields `Frame`s whose bounds are checked and whose CRC matched.  It stops at the
   footer or at the first problem, which it describes in `scanner.stop` (`Stop`): the byte
   offset, a message, and whether it looks like a truncation (a writer that died) or corruption.
   It allocates nothing proportional to the lengths it reads.
+- `crc_shifter(n)` and `crc_shift(crc, shifter)` are CRC-32 arithmetic: `crc32(A + B) ==
+  crc_shift(crc32(A), crc_shifter(len(B))) ^ crc32(B)`, so pieces checksummed apart combine.
 """
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
+
+import numpy as np
 
 MAGIC = b"\x89TAPE\r\n\x1a"
 MAJOR = 1
@@ -34,6 +39,7 @@ PREAMBLE_SIZE = len(PREAMBLE)
 FRAME_HEAD = 8  # tag + u32 length
 FRAME_TAIL = 4  # u32 CRC-32
 ALIGN = 64  # array payloads start at offsets that are multiples of this
+CHUNKED = -2  # a data reference meaning: the value is split; its pieces are in the frame's "chunks" list
 
 HEAD, DATA, VARS, RECS, NAME, FOOT = b"HEAD", b"DATA", b"VARS", b"RECS", b"NAME", b"FOOT"
 TAGS = frozenset((HEAD, DATA, VARS, RECS, NAME, FOOT))
@@ -47,6 +53,47 @@ _BATCH = 1 << 20  # small frames are gathered into writes of about this size
 def preamble_seed(preamble: bytes | memoryview) -> int:
     """The CRC seed of the first frame."""
     return zlib.crc32(preamble)
+
+
+# CRC-32 arithmetic: crc32(A + B) == crc_shift(crc32(A), crc_shifter(len(B))) ^ crc32(B), so the
+# pieces of a payload can be checksummed separately (on several threads) and combined.  CRC
+# registers hold polynomials over GF(2) modulo the CRC polynomial P, in reflected bit order (bit
+# 31 is x**0, bit 0 is x**31); a shift over n bytes multiplies by x**(8n), and x**(2**32 - 1) is 1
+# modulo P, so shifts can be undone.
+_POLY = 0xEDB88320  # P = x**32 + x**26 + ... + 1, the CRC-32 (ISO-HDLC) polynomial, reflected
+_ORDER = (1 << 32) - 1  # x**_ORDER == 1 modulo P
+
+
+def _mulmod(a: int, b: int) -> int:
+    """a(x) * b(x) modulo P."""
+    product = 0
+    for bit in range(31, -1, -1):  # the terms x**0, x**1, ... of a; b becomes b * x**k
+        if a >> bit & 1:
+            product ^= b
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+    return product
+
+
+_X2N = [1 << 30]  # x**(2**k) modulo P, for k = 0, 1, ...
+for _ in range(31):
+    _X2N.append(_mulmod(_X2N[-1], _X2N[-1]))
+
+
+@functools.lru_cache(maxsize=256)
+def crc_shifter(nbytes: int) -> int:
+    """x**(8 * nbytes) modulo P, what `crc_shift` multiplies by to pass `nbytes` bytes (a
+    negative count undoes such a shift)."""
+    factor = 1 << 31  # x**0
+    exponent = 8 * nbytes % _ORDER
+    for k in range(32):
+        if exponent >> k & 1:
+            factor = _mulmod(_X2N[k], factor)
+    return factor
+
+
+def crc_shift(crc: int, shifter: int) -> int:
+    """The CRC register `crc` carried over the bytes that `shifter` (from `crc_shifter`) stands for."""
+    return _mulmod(shifter, crc)
 
 
 def _crc_parts(parts: Sequence[Any], seed: int) -> int:
@@ -77,8 +124,8 @@ class FrameWriter:
         if length < _BIG:
             try:
                 payload = b"".join(parts)  # bytes.join takes any C-contiguous buffer, ndarrays included
-            except TypeError as exc:  # a non-contiguous array: nothing was written yet
-                raise BufferError(str(exc)) from None
+            except TypeError:  # a non-contiguous array
+                payload = b"".join(map(_flat, parts))
             crc = zlib.crc32(payload, zlib.crc32(head, self.seed))
             pending = self._pending
             pending += head
@@ -87,10 +134,7 @@ class FrameWriter:
             if len(pending) >= _BATCH:
                 self.commit()
         else:
-            try:
-                parts = [memoryview(part).cast("B") for part in parts]  # fail before writing anything
-            except TypeError as exc:
-                raise BufferError(str(exc)) from None
+            parts = list(map(_flat, parts))
             result: list[int] = []
             worker = threading.Thread(target=lambda: result.append(_crc_parts(parts, zlib.crc32(head, self.seed))))
             worker.start()  # zlib releases the GIL on large buffers, and so does write()
@@ -125,18 +169,24 @@ class FrameWriter:
             view = view[n:]
 
 
-@dataclass(frozen=True)
-class Frame:
-    """One checked frame: its tag, index, offset of its header, and its payload (a view)."""
+def _flat(part: Any) -> memoryview:
+    """A buffer as flat bytes; an array that is not C-contiguous is copied into C order."""
+    try:
+        return memoryview(part).cast("B")
+    except TypeError:
+        return np.ascontiguousarray(part).data.cast("B")
+
+
+class Frame(NamedTuple):
+    """One checked frame: its tag, number, the offset of its header, and its payload (a view)."""
 
     tag: bytes
-    index: int
+    number: int  # frames are numbered from 0 (the HEAD frame)
     offset: int
     payload: memoryview
 
 
-@dataclass(frozen=True)
-class Stop:
+class Stop(NamedTuple):
     """Why scanning stopped early: byte `offset`, a message, and whether it is a truncation."""
 
     offset: int
@@ -148,17 +198,20 @@ class FrameScanner:
     """Iterate over the frames of `buf[:size]`, checking bounds and CRCs.
 
     `wait(n)` blocks until the first `n` bytes of `buf` are present and returns False if the
-    source ended before that (then `size()` is final).  With `verify_data=False` the CRCs of
-    DATA frames are not computed (structure frames are always checked).  `optional_ok` lets
+    source ended before that (then `size()` is final); `crc(lo, hi, seed)` is the CRC-32 of
+    `buf[lo:hi]` continuing from `seed` (a source may have checksummed pieces as it read them).
+    With `verify_data=False` the CRCs of DATA frames are not computed (structure frames are
+    always checked).  `optional_ok` lets
     unknown frames whose tag starts with a lowercase letter be skipped (files of a newer minor
     version).  After iteration, `stop` is None if the footer ended the tape exactly, else a `Stop`.
     """
 
-    def __init__(self, buf: memoryview, size: Callable[[], int], wait: Callable[[int], bool], *,
-                 verify_data: bool, optional_ok: bool) -> None:
+    def __init__(self, buf: memoryview, size: Callable[[], int], wait: Callable[[int], bool],
+                 crc: Callable[[int, int, int], int], *, verify_data: bool, optional_ok: bool) -> None:
         self.buf = buf
         self.size = size
         self.wait = wait
+        self.crc = crc
         self.verify_data = verify_data
         self.optional_ok = optional_ok
         self.stop: Stop | None = None
@@ -197,21 +250,11 @@ class FrameScanner:
             if end > self.size() and not self.wait(end):
                 self.stop = self._cut(index, tag, pos, length)
                 return
-            crc = zlib.crc32(buf[pos:start], seed)
-            check = tag != DATA or self.verify_data
-            step = 8 << 20
-            for lo in range(start, start + length, step):  # in steps, checking while the rest is read
-                hi = min(lo + step, start + length)
-                if not self.wait(hi):
-                    self.stop = self._cut(index, tag, pos, length)
-                    return
-                if check:
-                    crc = zlib.crc32(buf[lo:hi], crc)
             if not self.wait(end):
                 self.stop = self._cut(index, tag, pos, length)
                 return
             stored = _U32.unpack_from(buf, start + length)[0]
-            if check and crc != stored:
+            if (tag != DATA or self.verify_data) and self.crc(pos, start + length, seed) != stored:
                 self.stop = Stop(pos, f"checksum mismatch in frame {index} ({_tag(tag)}) at byte {pos}: "
                                       f"the tape is corrupted", False)
                 return

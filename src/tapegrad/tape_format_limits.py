@@ -4,8 +4,9 @@ Contract:
 - `Limits` is a frozen dataclass of upper bounds, every one an `int`; `DEFAULT_LIMITS` holds the
   documented defaults (see docs/FORMAT.md, "Limits").  Pass `Limits(max_records=...)` (or
   `DEFAULT_LIMITS.replace(...)`) to `load`, `loads`, `load_path` or `validate` to change them.
-- `Limits.check(name, value, what)` raises `LimitError` when `value` exceeds the limit `name`;
-  the message names the limit, the offending size and how to raise the limit.
+- `Limits.check(name, value, what, *args)` raises `LimitError` when `value` exceeds the limit
+  `name`; the message (`what.format(*args)`, formatted only then) names the limit, the offending
+  size and how to raise the limit.
 - Sizes are always Python ints (numpy products overflow silently), so checks cannot wrap.
 """
 
@@ -48,10 +49,12 @@ class Limits:
     max_string_bytes: int = 1 * MiB
     """One string or bytes value (names, metadata strings)."""
 
-    def check(self, name: str, value: int, what: str) -> None:
-        """Raise `LimitError` if `value` exceeds the limit called `name`."""
+    def check(self, name: str, value: int, what: str, *args: object) -> None:
+        """Raise `LimitError` if `value` exceeds the limit called `name`; `what` describes the
+        value, formatted with `args` (`str.format`) only then."""
         limit = getattr(self, name)
         if value > limit:
+            what = what.format(*args)
             raise LimitError(f"{what} is {value:,}, over the limit {name}={limit:,}; if you trust this "
                              f"tape, raise the limit: load(..., limits=Limits({name}=...))")
 

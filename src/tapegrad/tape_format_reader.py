@@ -3,7 +3,9 @@
 Contract:
 - `read(source, recover=, verify=, limits=)` parses the container (`tape_format_frames`), decodes
   every frame with msgpack under strict limits, builds a `Tape` and runs `validate.validate` on it
-  before returning it; nothing unvalidated ever leaves this module.
+  before returning it; nothing unvalidated ever leaves this module.  Frames are decoded into
+  numpy columns (ids, op, attribute and type codes into tape-wide tables), from which the records
+  are built a group of equal arity at a time and which `validate.check` validates in bulk.
 - Only `TapegradError` subclasses escape for bad content: `TruncatedTapeError` for a tape that
   ends early (strict mode), `LimitError` for a tape over a limit, `TapeFormatError` for anything
   else, each naming the byte offset (and record index where there is one).  msgpack's own
@@ -24,9 +26,9 @@ from __future__ import annotations
 
 import bisect
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, pairwise
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
@@ -34,9 +36,10 @@ import numpy as np
 
 from .dtypes import DTYPES
 from .errors import TapeFormatError, TapegradError, TruncatedTapeError
-from .tape import VALUE_MODES, Tape
+from .tape import VALUE_MODES, RawRecord, Tape
 from .tape_format_frames import (
     ALIGN,
+    CHUNKED,
     DATA,
     FOOT,
     HEAD,
@@ -52,7 +55,7 @@ from .tape_format_frames import (
 )
 from .tape_format_limits import DEFAULT_LIMITS, Limits
 from .tape_format_sources import Source
-from .validate import no_gc, show, validate
+from .validate import AvalTable, Graph, Ints, no_gc, show, validate
 
 
 class TapeRecoveryWarning(UserWarning):
@@ -90,7 +93,8 @@ def read(source: Source, *, recover: bool, verify: bool, limits: Limits | None) 
 def _read(source: Source, *, recover: bool, verify: bool, limits: Limits) -> Tape:
     try:
         minor = _preamble(source)
-        scanner = FrameScanner(source.buf, source.size, source.wait, verify_data=verify, optional_ok=minor > MINOR)
+        scanner = FrameScanner(source.buf, source.size, source.wait, source.crc, verify_data=verify,
+                               optional_ok=minor > MINOR)
         builder = _Builder(source.buf, limits, minor)
         for frame in scanner.frames():
             builder.take(frame)
@@ -103,14 +107,14 @@ def _read(source: Source, *, recover: bool, verify: bool, limits: Limits) -> Tap
             if builder.header is None:
                 raise (TruncatedTapeError if stop.truncated else TapeFormatError)(
                     f"nothing to recover: {stop.message}, before the header frame was complete")
-            recovery = Recovery(builder.complete, len(builder.records), len(builder.ids), scanner.end,
+            recovery = Recovery(builder.complete, builder.records, builder.variables, scanner.end,
                                 source.size() - scanner.end, stop.offset, stop.message)
         elif not builder.complete:  # pragma: no cover - the scanner only ends cleanly at a footer
             raise TruncatedTapeError("the tape has no footer")
     finally:
         source.close()
     tape = builder.build()
-    validate(tape, limits)
+    validate(tape, limits, graph=builder.graph())
     tape.recovery = recovery
     if recovery is not None:
         warnings.warn(TapeRecoveryWarning(f"recovered {recovery.records} records; dropped {recovery.dropped_bytes:,} "
@@ -179,7 +183,8 @@ def check_plain(value: Any, limits: Limits, depth: int = 0) -> None:
 
 
 class _Builder:
-    """Accumulates a tape from checked frames; `build()` makes the `Tape` (not yet validated)."""
+    """Accumulates a tape's columns from checked frames; `build()` makes the `Tape` (not yet
+    validated) and `graph()` the same graph as columns, for `validate.check`."""
 
     def __init__(self, buf: memoryview, limits: Limits, minor: int) -> None:
         self.buf = buf
@@ -188,25 +193,31 @@ class _Builder:
         self.header: dict[str, Any] | None = None
         self.mode = "none"
         self.complete = False
-        self.records: list[tuple[Any, ...]] = []  # (op, attrs, output, *inputs), as Tape stores them
-        self.ids: set[int] = set()
-        self.leaves: list[int] = []
-        self.consts: set[int] = set()
-        self.names: dict[int, str] = {}
-        self.files: list[str] = []  # source file and line of each record, while all records have one
-        self.lines: list[int] | None = []
-        self.values: dict[int, Any] = {}
-        self.avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}
         self.frames = 0
+        self.records = 0
+        self.variables = 0
         self.data_starts: list[int] = []
         self.data_ends: list[int] = []
-        self._aval_cache: dict[tuple[str, tuple[int, ...]], tuple[tuple[int, ...], np.dtype[Any], int, int]] = {}
+        self.types: AvalTable = []  # distinct (shape, dtype) of the whole tape; loaded avals share them
+        self._type_ids: dict[tuple[str, tuple[int, ...]], int] = {}
+        self._nbytes: list[int] = []  # bytes of a value of each type
+        self.ops: list[str] = []
+        self._op_ids: dict[str, int] = {}
+        self.attrs: list[Any] = [None]  # every frame's attribute table, concatenated; 0: none
+        self.ids: set[int] = set()  # the variables defined so far
+        self.leaf: dict[str, list[Any]] = {"id": [], "type": [], "const": [], "values": []}
+        self.rec: dict[str, list[Any]] = {"op": [], "attr": [], "nin": [], "inputs": [], "output": [], "type": [],
+                                          "values": []}
+        self.names: dict[int, str] = {}
+        self.files: list[str] = []  # source file and line of each record, while all records have one
+        self.lines: list[Ints] | None = []
+        self.cols: dict[str, Ints] = {}
         self._frame: Frame | None = None
 
     # -- errors --
     def error(self, message: str, record: int | None = None) -> TapeFormatError:
         f = self._frame
-        where = f" (frame {f.index} {f.tag.decode()} at byte {f.offset})" if f is not None else ""
+        where = f" (frame {f.number} {f.tag.decode()} at byte {f.offset})" if f is not None else ""
         prefix = f"record {record}: " if record is not None else ""
         return TapeFormatError(prefix + message + where)
 
@@ -233,8 +244,8 @@ class _Builder:
             self.data_starts.append(start)
             self.data_ends.append(start + len(frame.payload))
             return
-        self.limits.check("max_frame_bytes", len(frame.payload), f"the payload of frame {frame.index} "
-                                                                  f"({tag.decode()}) at byte {frame.offset}")
+        self.limits.check("max_frame_bytes", len(frame.payload), "the payload of frame {} ({}) at byte {}",
+                          frame.number, tag.decode(), frame.offset)
         if tag == HEAD:
             if self.header is not None:
                 raise self.error("a second HEAD frame")
@@ -274,7 +285,7 @@ class _Builder:
 
     def _foot(self, obj: Any) -> None:
         foot = self._map(obj, "footer", {"frames": int, "records": int, "variables": int})
-        got = {"frames": self._frame.index if self._frame else 0, "records": len(self.records), "variables": len(self.ids)}
+        got = {"frames": self._frame.number if self._frame else 0, "records": self.records, "variables": self.variables}
         for key, count in got.items():
             if foot[key] != count:
                 raise self.error(f"the footer counts {foot[key]} {key} but the tape has {count}")
@@ -297,60 +308,62 @@ class _Builder:
             raise self.error(f"a {what} row count must be a non-negative integer, got {show(count)}")
         return obj
 
-    def _column(self, cols: dict[str, Any], key: str, dtype: str, count: int) -> Any:
-        """A fixed-width little-endian integer column of `count` entries, as a numpy array."""
+    def _column(self, cols: dict[str, Any], key: str, dtype: str, count: int) -> Ints:
+        """A fixed-width little-endian integer column of `count` entries, as int64."""
         raw = cols[key]
         itemsize = int(dtype[-1])
         if type(raw) is not bytes or len(raw) != count * itemsize:
             got = f"{len(raw)} bytes" if type(raw) is bytes else show(raw)
             raise self.error(f"column {key!r} must be a bin of {count} x {itemsize} bytes, got {got}")
-        return np.frombuffer(raw, dtype=dtype)
+        return np.frombuffer(raw, dtype=dtype).astype(np.int64)
 
-    def _index(self, column: Any, size: int, key: str) -> None:
-        if column.size and int(column.max()) >= size:
-            raise self.error(f"column {key!r} refers to entry {int(column.max())} of a table of {size}")
+    def _lookup(self, table: Any, column: Ints, key: str) -> Any:
+        """`table[column]`: a column of indices into a frame's table, looked up (bounds checked)."""
+        try:
+            return table[column]
+        except IndexError:
+            raise self.error(f"column {key!r} refers to entry {int(column.max())} of a table of {len(table)}") from None
 
-    def _aval(self, dtype: Any, shape: Any, record: int | None) -> tuple[tuple[int, ...], np.dtype[Any], int, int]:
-        """(shape, dtype, elements, nbytes) of a stored type, checked against DTYPES and the limits."""
+    def _type_id(self, dtype: Any, shape: Any) -> int:
+        """The tape-wide index of a stored type, checked against DTYPES and the limits."""
         if type(dtype) is not str or dtype not in DTYPES:  # exact string match before any np.dtype call
-            raise self.error(f"dtype {show(dtype)} is not one of the allowed dtypes {sorted(DTYPES)}", record)
+            raise self.error(f"dtype {show(dtype)} is not one of the allowed dtypes {sorted(DTYPES)}")
         if type(shape) is not tuple:
-            raise self.error(f"a shape must be an array of integers, got {show(shape)}", record)
+            raise self.error(f"a shape must be an array of integers, got {show(shape)}")
         for d in shape:
             if type(d) is not int or d < 0:
-                raise self.error(f"shape dimensions must be non-negative integers, got {show(d)}", record)
+                raise self.error(f"shape dimensions must be non-negative integers, got {show(d)}")
         key = (dtype, shape)
-        hit = self._aval_cache.get(key)
-        if hit is not None:
-            return hit
+        found = self._type_ids.get(key)
+        if found is not None:
+            return found
         lim = self.limits
         lim.check("max_ndim", len(shape), "the number of dimensions of a variable")
         elements = 1
         for d in shape:
             elements *= d  # Python ints: no overflow
-        lim.check("max_elements", elements, f"the number of elements of shape {shape}")
+        lim.check("max_elements", elements, "the number of elements of shape {}", shape)
         dt = DTYPES[dtype]
-        result = (shape, dt, elements, elements * dt.itemsize)
-        self._aval_cache[key] = result
-        return result
+        self._type_ids[key] = found = len(self.types)
+        self.types.append((shape, dt))
+        self._nbytes.append(elements * dt.itemsize)
+        return found
 
-    def _types(self, cols: dict[str, Any], count: int) -> tuple[list[tuple[tuple[int, ...], np.dtype[Any], int, int]], Any]:
-        """(avals by table index, type column) of a VARS/RECS frame, all checked."""
+    def _types(self, cols: dict[str, Any], count: int) -> Ints:
+        """The type column of a VARS/RECS frame as tape-wide type indices, all checked."""
         table = cols["types"]
         if type(table) is not tuple:
             raise self.error(f"'types' must be an array of [dtype, shape] pairs, got {show(table)}")
-        avals = []
+        ids = []
         for entry in table:
             if type(entry) is not tuple or len(entry) != 2:
                 raise self.error(f"a 'types' entry must be a [dtype, shape] pair, got {show(entry)}")
-            avals.append(self._aval(entry[0], entry[1], None))
-        column = self._column(cols, "type", "<u4", count)
-        self._index(column, len(table), "type")
-        return avals, column
+            ids.append(self._type_id(entry[0], entry[1]))
+        return self._lookup(np.array(ids, dtype=np.int64), self._column(cols, "type", "<u4", count), "type")  # type: ignore[no-any-return]
 
-    def _data(self, cols: dict[str, Any], count: int, avals: list[Any], types: Any) -> list[Any]:
+    def _data(self, cols: dict[str, Any], count: int, types: Ints) -> list[Any]:
         """The stored arrays of a VARS/RECS frame (read-only views), checked against DATA frames."""
-        offsets = self._column(cols, "data", "<i8", count).tolist()
+        offsets = self._column(cols, "data", "<i8", count)
         chunked: dict[int, Any] = {}
         if "chunks" in cols:
             pieces = cols["chunks"]
@@ -358,20 +371,21 @@ class _Builder:
                 raise self.error(f"'chunks' must be an array of [row, pieces] pairs, got {show(pieces)}")
             for item in pieces:
                 if type(item) is not tuple or len(item) != 2 or type(item[0]) is not int \
-                        or not 0 <= item[0] < count or item[0] in chunked or offsets[item[0]] != -2:
+                        or not 0 <= item[0] < count or item[0] in chunked or offsets[item[0]] != CHUNKED:
                     raise self.error(f"a 'chunks' entry must be [row, [offset, length, ...]] for a row marked -2, "
                                      f"got {show(item)}")
                 chunked[item[0]] = item[1]
+        sizes = self._nbytes
         if count:
-            self.limits.check("max_array_bytes", max(avals[t][3] for t in set(types.tolist())),
+            self.limits.check("max_array_bytes", max(sizes[t] for t in set(types.tolist())),
                               "the payload of one array in bytes")
-        buf, starts, ends = self.buf, self.data_starts, self.data_ends
-        size = len(buf)
+        buf, avals, starts, ends = self.buf, self.types, self.data_starts, self.data_ends
         last = (starts[-1], ends[-1]) if starts else (0, -1)
         arrays = []
-        for row, (off, t) in enumerate(zip(offsets, types.tolist(), strict=True)):
-            shape, dt, _, nbytes = avals[t]
-            if off > 0 and nbytes and not off % ALIGN and off + nbytes <= size:
+        for row, (off, t) in enumerate(zip(offsets.tolist(), types.tolist(), strict=True)):
+            shape, dt = avals[t]
+            nbytes = sizes[t]
+            if off > 0 and nbytes and not off % ALIGN:  # an aligned range inside an earlier DATA frame
                 if not last[0] <= off or off + nbytes > last[1]:  # usually the frame just before
                     j = bisect.bisect_right(starts, off) - 1
                     if j < 0 or off + nbytes > ends[j]:
@@ -381,10 +395,10 @@ class _Builder:
                 empty = np.zeros(shape, dtype=dt)
                 empty.flags.writeable = False
                 arrays.append(empty)
-            elif off == -2:
+            elif off == CHUNKED:
                 if row not in chunked:
                     raise self.error(f"row {row} is marked as chunked (-2) but has no 'chunks' entry")
-                arrays.append(self._array(chunked[row], avals[t], None))
+                arrays.append(self._array(chunked[row], shape, dt, nbytes))
             else:
                 raise self._bad_reference(row, off, nbytes)
         return arrays
@@ -393,26 +407,25 @@ class _Builder:
         return self.error(f"row {row}: the data reference {off} for {nbytes} bytes is not a 64-aligned range "
                           f"inside an earlier DATA frame (nor 0 for an empty array)")
 
-    def _array(self, ref: Any, aval: tuple[tuple[int, ...], np.dtype[Any], int, int], record: int | None) -> Any:
+    def _array(self, ref: Any, shape: tuple[int, ...], dt: np.dtype[Any], nbytes: int) -> Any:
         """A value split over several DATA frames, copied once into a read-only array."""
-        shape, dt, _, nbytes = aval
         if type(ref) is not tuple or len(ref) % 2 or not ref:
-            raise self.error(f"chunk pieces must be (offset, length) pairs, got {show(ref)}", record)
+            raise self.error(f"chunk pieces must be (offset, length) pairs, got {show(ref)}")
         total = 0
         for k in range(0, len(ref), 2):
             off, n = ref[k], ref[k + 1]
             if type(off) is not int or type(n) is not int or n <= 0 or off < 0:
                 raise self.error(f"a data chunk must be a non-negative offset and a positive length, got "
-                                 f"{show(off)}, {show(n)}", record)
+                                 f"{show(off)}, {show(n)}")
             if off % ALIGN:
-                raise self.error(f"array data at byte {off} is not aligned to {ALIGN} bytes", record)
+                raise self.error(f"array data at byte {off} is not aligned to {ALIGN} bytes")
             j = bisect.bisect_right(self.data_starts, off) - 1
             if j < 0 or off + n > self.data_ends[j]:
-                raise self.error(f"array data at bytes {off}..{off + n} is not inside an earlier DATA frame", record)
+                raise self.error(f"array data at bytes {off}..{off + n} is not inside an earlier DATA frame")
             total += n
         if total != nbytes:
             raise self.error(f"an array of shape {shape} and dtype {dt.name} needs {nbytes} bytes, but its chunks "
-                             f"cover {total}", record)
+                             f"cover {total}")
         flat = np.empty(nbytes, dtype=np.uint8)
         pos = 0
         for k in range(0, len(ref), 2):
@@ -423,27 +436,32 @@ class _Builder:
         arr.flags.writeable = False
         return arr
 
-    def _new_ids(self, ids: list[int]) -> None:
-        new = set(ids)
-        if len(new) != len(ids) or not self.ids.isdisjoint(new):
-            seen: set[int] = set()
-            for vid in ids:
-                if vid in seen or vid in self.ids:
-                    raise self.error(f"variable v{vid} is defined twice")
-                seen.add(vid)
-        self.ids |= new
-        self.limits.check("max_variables", len(self.ids), "the number of variables")
+    def _define(self, ids: Ints) -> None:
+        """Record the variables a frame defines: each exactly once (single assignment)."""
+        new = ids.tolist()
+        size = len(self.ids)
+        if self.ids.isdisjoint(new):
+            self.ids.update(new)
+            if len(self.ids) == size + len(new):
+                self.variables = len(self.ids)
+                return
+            self.ids.difference_update(new)  # an id twice within the frame: undo, then name it
+        seen: set[int] = set()
+        for vid in new:
+            if vid in seen or vid in self.ids:
+                raise self.error(f"variable v{vid} is defined twice")
+            seen.add(vid)
 
     def _vars(self, obj: Any) -> None:
         cols = self._columns(obj, "VARS", ("count", "id", "const", "types", "type", "names"),
                              ("data", "chunks"))
         count = cols["count"]
-        self.limits.check("max_variables", len(self.ids) + count, "the number of variables")
-        ids = self._column(cols, "id", "<u4", count).tolist()
+        self.limits.check("max_variables", self.variables + count, "the number of variables")
+        ids = self._column(cols, "id", "<u4", count)
         const = cols["const"]
         if type(const) is not bytes or len(const) != count or const.strip(b"\x00\x01"):
             raise self.error(f"column 'const' must be {count} bytes of 0 or 1")
-        avals, types = self._types(cols, count)
+        types = self._types(cols, count)
         stored = self.mode != "none"
         if ("data" in cols) != stored:
             raise self.error(f"leaves {'lack' if stored else 'have'} stored data but the tape stores values={self.mode!r}")
@@ -454,52 +472,60 @@ class _Builder:
             if type(item) is not tuple or len(item) != 2 or type(item[0]) is not int or not 0 <= item[0] < count \
                     or type(item[1]) is not str:
                 raise self.error(f"a 'names' entry must be [row, name], got {show(item)}")
-        self._new_ids(ids)
         if stored:
-            self.values.update(zip(ids, self._data(cols, count, avals, types), strict=True))
-        else:
-            self.avals.update(zip(ids, [avals[t][:2] for t in types.tolist()], strict=True))
-        self.leaves.extend(ids)
-        self.consts.update(compress(ids, const))
-        self.names.update((ids[row], name) for row, name in names)
+            self.leaf["values"] += self._data(cols, count, types)
+        self._define(ids)
+        self.leaf["id"].append(ids)
+        self.leaf["type"].append(types)
+        self.leaf["const"].append(np.frombuffer(const, dtype=np.uint8))
+        self.names.update((int(ids[row]), name) for row, name in names)
 
     def _recs(self, obj: Any) -> None:
         cols = self._columns(obj, "RECS", ("count", "ops", "op", "nin", "inputs", "output", "types", "type",
                                            "attrs", "attr"), ("data", "chunks", "files", "file", "line"))
         count = cols["count"]
-        self.limits.check("max_records", len(self.records) + count, "the number of records")
-        self.limits.check("max_variables", len(self.ids) + count, "the number of variables")
+        self.limits.check("max_records", self.records + count, "the number of records")
+        self.limits.check("max_variables", self.variables + count, "the number of variables")
         ops = cols["ops"]
         if type(ops) is not tuple or not all(type(op) is str for op in ops):
             raise self.error(f"'ops' must be an array of op names, got {show(ops)}")
-        op = self._column(cols, "op", "<u2", count)
-        self._index(op, len(ops), "op")
+        op = self._lookup(np.array([self._op_id(name) for name in ops], dtype=np.int64),
+                          self._column(cols, "op", "<u2", count), "op")
         nin = self._column(cols, "nin", "<u4", count)
-        total = int(nin.sum(dtype=np.int64))
-        inputs = self._column(cols, "inputs", "<u4", total)
-        outs = self._column(cols, "output", "<u4", count).tolist()
-        avals, types = self._types(cols, count)
+        inputs = self._column(cols, "inputs", "<u4", int(nin.sum()))
+        output = self._column(cols, "output", "<u4", count)
+        types = self._types(cols, count)
         table = cols["attrs"]
         if type(table) is not tuple or not all(type(a) is dict for a in table):
             raise self.error(f"'attrs' must be an array of maps, got {show(table)}")
-        attr = self._column(cols, "attr", "<u4", count)
-        self._index(attr, len(table) + 1, "attr")
+        into = np.arange(len(self.attrs) - 1, len(self.attrs) + len(table))  # into the tape-wide table
+        into[0] = 0
+        attr = self._lookup(into, self._column(cols, "attr", "<u4", count), "attr")
         stored = self.mode == "all"
         if ("data" in cols) != stored:
             raise self.error(f"records {'lack' if stored else 'have'} stored data but the tape stores "
                              f"values={self.mode!r}")
         self._sources(cols, count)
-        self._new_ids(outs)
         if stored:
-            self.values.update(zip(outs, self._data(cols, count, avals, types), strict=True))
-        else:
-            self.avals.update(zip(outs, [avals[t][:2] for t in types.tolist()], strict=True))
-        flat = inputs.tolist()
-        ends = np.cumsum(nin, dtype=np.int64)
-        spans = map(slice, (ends - nin).tolist(), ends.tolist())
-        attr_table = (None, *table)  # attribute-free records store None, like recorded ones
-        self.records.extend((name, attrs, out, *flat[span]) for name, attrs, out, span in zip(
-            map(ops.__getitem__, op.tolist()), map(attr_table.__getitem__, attr.tolist()), outs, spans, strict=False))
+            self.rec["values"] += self._data(cols, count, types)
+        self._define(output)
+        self.records += count
+        rec = self.rec
+        rec["op"].append(op)
+        rec["attr"].append(attr)
+        self.attrs += table
+        rec["nin"].append(nin)
+        rec["inputs"].append(inputs)
+        rec["output"].append(output)
+        rec["type"].append(types)
+
+    def _op_id(self, name: str) -> int:
+        """The tape-wide index of an op name (names are only ever keys; `validate` looks them up)."""
+        found = self._op_ids.get(name)
+        if found is None:
+            self._op_ids[name] = found = len(self.ops)
+            self.ops.append(name)
+        return found
 
     def _sources(self, cols: dict[str, Any], count: int) -> None:
         """Optional source columns: each record's file (index into "files") and line."""
@@ -511,12 +537,11 @@ class _Builder:
         files = cols["files"]
         if type(files) is not tuple or not all(type(f) is str for f in files):
             raise self.error(f"'files' must be an array of file names, got {show(files)}")
-        index = self._column(cols, "file", "<u4", count)
-        self._index(index, len(files), "file")
-        lines = self._column(cols, "line", "<u4", count).tolist()
+        names = self._lookup(_objects(files), self._column(cols, "file", "<u4", count), "file")
+        lines = self._column(cols, "line", "<u4", count)
         if self.lines is not None:
-            self.files.extend(map(files.__getitem__, index.tolist()))
-            self.lines.extend(lines)
+            self.files += names.tolist()
+            self.lines.append(lines)
 
     def _names(self, obj: Any) -> None:
         if type(obj) is not tuple:
@@ -527,29 +552,85 @@ class _Builder:
             vid, name = item
             if type(vid) is not int or vid not in self.ids:
                 raise self.error(f"a NAME entry refers to {show(vid)}, which is not a variable defined before it")
-            name = self._name(name, None)
+            if name is not None and type(name) is not str:
+                raise self.error(f"a name must be a string or nil, got {show(name)}")
             if name is None:
                 self.names.pop(vid, None)
             else:
                 self.names[vid] = name
 
-    def _name(self, name: Any, record: int | None) -> str | None:
-        if name is not None and type(name) is not str:
-            raise self.error(f"a name must be a string or nil, got {show(name)}", record)
-        return name
-
+    # -- the tape --
     def build(self) -> Tape:
+        """The tape of the frames taken (not validated yet)."""
         assert self.header is not None
+        leaf, rec = self.leaf, self.rec
+        cols = self.cols
+        for key in ("id", "type", "const"):
+            cols["leaf_" + key] = _cat(leaf[key])
+        for key in ("op", "attr", "nin", "inputs", "output", "type"):
+            cols[key] = _cat(rec[key])
         tape = Tape(self.mode, self.header["metadata"])
-        tape._records.extend(self.records)  # validate() checks the element types
-        tape._values.update(self.values)
-        tape._avals.update(self.avals)
+        leaves = cols["leaf_id"].tolist()
+        outs = cols["output"].tolist()
+        tape._leaves += leaves
+        tape._consts.update(compress(leaves, cols["leaf_const"].tolist()))
+        if outs:
+            tape._records += _assemble(_objects(self.ops)[cols["op"]], _objects(self.attrs)[cols["attr"]], outs,
+                                       cols["inputs"], cols["nin"])
+        if self.mode == "none":
+            tape._avals.update(zip(leaves, _objects(self.types)[cols["leaf_type"]].tolist(), strict=True))
+        else:
+            tape._values.update(zip(leaves, leaf["values"], strict=True))
+        if self.mode == "all":
+            tape._values.update(zip(outs, rec["values"], strict=True))
+        elif outs:
+            tape._avals.update(zip(outs, _objects(self.types)[cols["type"]].tolist(), strict=True))
         tape._names.update(self.names)
-        tape._consts.update(self.consts)
-        tape._leaves.extend(self.leaves)
-        if self.lines and len(self.lines) == len(self.records):
-            tape._add_sources(self.files, self.lines)  # file names and lines: what `Tape.source_of` reads
+        if self.lines is not None and self.records and len(self.files) == self.records:
+            tape._add_sources(self.files, _cat(self.lines).tolist())  # what `Tape.source_of` reads
         return tape
+
+    def graph(self) -> Graph:
+        """The graph of the tape `build` made, as columns."""
+        c = self.cols
+        return Graph(types=self.types, leaf_ids=c["leaf_id"], leaf_type=c["leaf_type"], ops=self.ops, op=c["op"],
+                     attrs=self.attrs, attr=c["attr"], nin=c["nin"], inputs=c["inputs"], output=c["output"],
+                     out_type=c["type"])
+
+
+def _cat(parts: list[Ints]) -> Ints:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else _NONE
+
+
+_NONE: Ints = np.zeros(0, dtype=np.int64)
+
+
+def _objects(items: Sequence[Any]) -> Any:
+    """A numpy object array holding the items themselves (gathering from it is fast)."""
+    return np.fromiter(items, dtype=object, count=len(items))
+
+
+def _assemble(names: Any, attrs: Any, outs: list[int], inputs: Ints, nin: Ints) -> list[RawRecord]:
+    """Records (op, attrs, output, *inputs) from per-record columns (`names`, `attrs`: object
+    arrays) and the flat `inputs`, built by `zip` over columns, one group of equal arity at a time."""
+    n = len(outs)
+    if not n:
+        return []
+    widest = int(nin.max())
+    if int(nin.min()) == widest:  # the usual case for a frame of one op kind, or of all-unary ops
+        return list(zip(names.tolist(), attrs.tolist(), outs, *inputs.reshape(n, widest).T.tolist(), strict=True))
+    starts = np.cumsum(nin) - nin
+    order = np.argsort(nin.astype(np.uint16) if widest < 1 << 16 else nin, kind="stable")  # a radix sort
+    arity = nin[order]
+    edges = [0, *(np.flatnonzero(arity[1:] != arity[:-1]) + 1).tolist(), n]
+    out_objects = _objects(outs)
+    records = np.empty(n, dtype=object)
+    for lo, hi in pairwise(edges):
+        rows = order[lo:hi]
+        block = inputs[starts[rows, None] + np.arange(int(arity[lo]))]  # one row of input ids per record
+        records[rows] = np.fromiter(zip(names[rows].tolist(), attrs[rows].tolist(), out_objects[rows].tolist(),
+                                        *block.T.tolist(), strict=True), dtype=object, count=hi - lo)
+    return records.tolist()  # type: ignore[no-any-return]
 
 
 def _no_ext(code: int, data: bytes) -> Any:

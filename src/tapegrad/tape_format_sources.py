@@ -2,13 +2,14 @@
 
 Contract:
 - A `Source` exposes the tape as one read-only buffer (`buf`), with `wait(n)` blocking until its
-  first `n` bytes are present (False if the source ends first) and `size()` (final once a wait
-  returned False).  `close()` releases what the source holds open (not the buffer, which the
-  loaded arrays keep alive).
+  first `n` bytes are present (False if the source ends first), `size()` (final once a wait
+  returned False) and `crc(lo, hi, seed)`, the CRC-32 of present bytes.  `close()` releases what
+  the source holds open (not the buffer, which the loaded arrays keep alive).
 - Buffers are page-aligned numpy arrays made read-only after filling (so no view of them can be
   made writeable), caller-owned `bytes` used in place, or read-only memory maps.  Regular files
-  are read by a thread in 8 MiB steps, so the parser can checksum what has arrived while the
-  rest is being read.
+  and seekable file objects are read in `PIECE`-byte pieces by a worker thread and by the parser
+  while it waits (two at once where `os.preadv` exists), each piece checksummed as it arrives,
+  so reading, checksumming and parsing overlap.
 - Sizes are checked against `max_total_bytes` before anything is allocated.  `path_source`
   accepts only regular files (a FIFO or a device is refused without blocking) and raises
   `OSError` for the path itself.
@@ -21,14 +22,18 @@ import mmap as mmap_module
 import os
 import stat
 import threading
-from typing import IO, Any
+import zlib
+from collections.abc import Callable
+from typing import IO, Any, cast
 
 import numpy as np
 
 from .errors import TapeFormatError
+from .tape_format_frames import crc_shift, crc_shifter
 from .tape_format_limits import Limits
 
-_READ_CHUNK = 8 << 20
+_READ_CHUNK = 8 << 20  # reads of streams of unknown size
+PIECE = 2 << 20  # files are read and checksummed in pieces of this size
 
 
 class Source:
@@ -43,6 +48,10 @@ class Source:
 
     def wait(self, n: int) -> bool:
         return n <= self._size
+
+    def crc(self, lo: int, hi: int, seed: int) -> int:
+        """CRC-32 of `buf[lo:hi]` continuing from `seed` (the bytes must be present)."""
+        return zlib.crc32(self.buf[lo:hi], seed)
 
     def close(self) -> None:
         pass
@@ -78,63 +87,157 @@ def memory_source(data: Any) -> Source:
 
 
 class FileSource(Source):
-    """The first `size` bytes of a readable binary file, read by a thread while parsing proceeds."""
+    """The first `size` bytes of a readable binary file, read in `PIECE`-byte pieces while
+    parsing proceeds: by a worker thread, and by the parsing thread whenever it waits for bytes.
 
-    def __init__(self, f: Any, size: int, threaded: bool) -> None:
+    With a descriptor (`fd`), pieces are read with `os.preadv`, so both threads read at once; a
+    file object is read in order (its position is shared), one piece at a time.  With `verify`,
+    each piece's CRC-32 is computed right after it is read (while it is in the cache), and `crc`
+    combines those of the whole pieces in a range.  A file that turns out shorter than `size`
+    ends the source where its data ends.  `owned`: `close()` also closes `f`.
+    """
+
+    def __init__(self, f: Any, size: int, verify: bool, fd: int | None = None, owned: bool = False) -> None:
         self._array = aligned_buffer(size)
         self._write = self._array.data
         super().__init__(self._write.toreadonly())
         self._size = size
-        self._avail = 0
-        self._done = False
-        self._cancel = False
+        self._f = f
+        self._owned = owned
+        self._pread = _preader(fd)
+        self._verify = verify
+        self._pieces: list[int | None] = [None] * -(-size // PIECE)  # each read piece's CRC-32 (0 unverified)
+        self._claimed = 0
+        self._busy = 0  # pieces being read
+        self._stopped = False  # no piece will be claimed any more (a short read, an error, close())
+        self._ready = 0  # leading pieces read
+        self._avail = 0  # leading bytes read
+        self._wanted = 0  # what the parser waits for
         self._error: BaseException | None = None
         self._cond = threading.Condition()
-        self._f = f
         self._thread: threading.Thread | None = None
-        if not threaded or size <= 2 * _READ_CHUNK:
-            self._fill(size)
-        else:
-            self._thread = threading.Thread(target=self._fill, args=(_READ_CHUNK,), name="tapegrad-read", daemon=True)
+        if len(self._pieces) > 2 and (verify or self._pread is not None):  # work for a second thread
+            self._thread = threading.Thread(target=self._run, name="tapegrad-read", daemon=True)
             self._thread.start()
 
-    def _fill(self, step: int) -> None:
-        pos = 0
+    def _run(self) -> None:
         try:
-            while pos < self._size and not self._cancel:
-                n = self._f.readinto(self._write[pos:pos + step])
-                if not n:
-                    break
-                pos += n
-                with self._cond:
-                    self._avail = pos
-                    self._cond.notify_all()
+            while self._step():
+                pass
         except BaseException as exc:  # handed to the parsing thread, which raises it
-            self._error = exc
-        finally:
-            lock(self._array)
             with self._cond:
-                self._avail = pos
-                self._done = True
+                self._error = exc
                 self._cond.notify_all()
 
+    def _step(self) -> bool:
+        """Claim, read and checksum the next piece; False if there is none left."""
+        with self._cond:
+            k = self._claimed
+            lo = k * PIECE
+            if self._stopped or lo >= self._size:
+                return False
+            self._claimed += 1
+            self._busy += 1
+            view = self._write[lo:min(lo + PIECE, self._size)]
+            n = 0
+            try:
+                if self._pread is None:  # a shared file position: read in order, under the lock
+                    n = _fill(self._readinto, view, lo)
+            except BaseException:
+                self._stopped = True
+                self._busy -= 1
+                raise
+        try:
+            if self._pread is not None:
+                n = _fill(self._pread, view, lo)
+            crc = zlib.crc32(view[:n]) if self._verify else 0
+        finally:
+            with self._cond:
+                self._busy -= 1
+                if n < len(view):  # an error, or a file shorter than it was: it ends here
+                    self._stopped = True
+                    self._size = min(self._size, lo + n)
+                else:
+                    self._pieces[k] = crc
+                while self._ready < len(self._pieces) and self._pieces[self._ready] is not None:
+                    self._ready += 1
+                self._avail = min(self._ready * PIECE, self._size)
+                if self._done():
+                    lock(self._array)
+                if self._avail >= self._wanted or self._done():  # wake the parser only when it can go on
+                    self._cond.notify_all()
+        return True
+
+    def _done(self) -> bool:
+        """All reading is over (call with the lock held)."""
+        return not self._busy and (self._stopped or self._claimed * PIECE >= self._size)
+
+    def _readinto(self, view: memoryview, offset: int) -> int | None:
+        return self._f.readinto(view)  # type: ignore[no-any-return]  # (reads are in order)
+
     def size(self) -> int:
-        return self._avail if self._done else self._size
+        return self._avail if self._done() else self._size
 
     def wait(self, n: int) -> bool:
-        if n <= self._avail:
-            return True
+        while self._avail < n and self._error is None and self._step():  # help read what is missing
+            pass
         with self._cond:
-            while self._avail < n and not self._done:
+            self._wanted = n
+            while self._avail < n and not self._done() and self._error is None:
                 self._cond.wait()
         if self._error is not None:
             raise self._error
         return n <= self._avail
 
+    def crc(self, lo: int, hi: int, seed: int) -> int:
+        if not self._verify or hi - lo < 2 * PIECE:
+            return zlib.crc32(self.buf[lo:hi], seed)
+        first, last = -(-lo // PIECE), hi // PIECE  # the whole pieces inside lo..hi
+        crc = self._part(first - 1, lo, first * PIECE, seed) if lo < first * PIECE else seed
+        shifter = crc_shifter(PIECE)
+        for k in range(first, last):
+            crc = crc_shift(crc, shifter) ^ cast(int, self._pieces[k])
+        return self._part(last, last * PIECE, hi, crc) if hi > last * PIECE else crc
+
+    def _part(self, k: int, lo: int, hi: int, seed: int) -> int:
+        """CRC-32 of the bytes lo..hi of piece `k` continuing from `seed`: from the piece's CRC
+        and the bytes around the part when they are fewer (a CRC is linear in its input)."""
+        start, end = k * PIECE, min((k + 1) * PIECE, self._size)
+        if (lo - start) + (end - hi) >= hi - lo:
+            return zlib.crc32(self.buf[lo:hi], seed)
+        before = zlib.crc32(self.buf[start:lo])
+        after = zlib.crc32(self.buf[hi:end])
+        back = crc_shift(cast(int, self._pieces[k]) ^ after, crc_shifter(hi - end))
+        return crc_shift(seed ^ before, crc_shifter(hi - lo)) ^ back
+
     def close(self) -> None:
-        self._cancel = True
+        with self._cond:
+            self._stopped = True
         if self._thread is not None:
             self._thread.join()
+        lock(self._array)  # nothing reads into it any more (a recovered prefix may stop early)
+        if self._owned:
+            self._f.close()
+
+
+def _fill(read: Callable[[memoryview, int], int | None], view: memoryview, offset: int) -> int:
+    """Read file bytes from `offset` on into all of `view` with `read(part, offset)` (which may
+    read less); return the bytes read (fewer at the end of the file)."""
+    done = 0
+    while done < len(view):
+        n = read(view[done:], offset + done)
+        if not n:
+            break
+        done += n
+    return done
+
+
+def _preader(fd: int | None) -> Callable[[memoryview, int], int] | None:
+    """`os.preadv` on `fd` (positional reads, safe from several threads at once), if available."""
+    preadv = getattr(os, "preadv", None)
+    if fd is None or preadv is None:
+        return None
+    return lambda view, offset: int(preadv(fd, [view], offset))
 
 
 def stream_source(f: IO[bytes], limits: Limits, verify: bool) -> Source:
@@ -142,7 +245,7 @@ def stream_source(f: IO[bytes], limits: Limits, verify: bool) -> Source:
     size = _remaining(f)
     if size is not None and hasattr(f, "readinto"):
         limits.check("max_total_bytes", size, "the tape's size in bytes")
-        return FileSource(f, size, threaded=verify)
+        return FileSource(f, size, verify)
     parts: list[bytes] = []
     total = 0
     while True:
@@ -185,37 +288,14 @@ def path_source(path: str | os.PathLike[str], limits: Limits, use_mmap: bool, ve
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
         if not stat.S_ISREG(st.st_mode):
             raise TapeFormatError(f"{os.fspath(path)!r} is not a regular file; tapes are read only from regular files")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
         limits.check("max_total_bytes", st.st_size, "the tape's size in bytes")
         if use_mmap and st.st_size > 0:
-            mapped = mmap_module.mmap(fd, 0, access=mmap_module.ACCESS_READ)
-            return Source(memoryview(mapped))
+            return Source(memoryview(mmap_module.mmap(fd, 0, access=mmap_module.ACCESS_READ)))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
         f = os.fdopen(fd, "rb", buffering=0, closefd=True)
         fd = -1
-        source = FileSource(f, st.st_size, threaded=verify)  # overlap reading with checksumming
-        return _ClosingSource(source, f)
+        return FileSource(f, st.st_size, verify, f.fileno(), owned=True)
     finally:
         if fd >= 0:
             os.close(fd)
-
-
-class _ClosingSource(Source):
-    """A `FileSource` that also closes its file when parsing is over."""
-
-    def __init__(self, inner: FileSource, f: IO[bytes]) -> None:
-        super().__init__(inner.buf)
-        self._inner = inner
-        self._f = f
-
-    def size(self) -> int:
-        return self._inner.size()
-
-    def wait(self, n: int) -> bool:
-        return self._inner.wait(n)
-
-    def close(self) -> None:
-        try:
-            self._inner.close()
-        finally:
-            self._f.close()

@@ -1,13 +1,16 @@
 """Encoding tapes: columns of definitions -> HEAD, DATA, VARS, RECS, NAME and FOOT frames.
 
 Contract:
-- `Encoder(out, mode, metadata)` writes the preamble and the HEAD frame; each `batch(...)` call
-  writes one batch of definitions (the DATA frames holding its arrays, then a VARS frame for its
-  leaves, a RECS frame for its records and a NAME frame for late names); `footer()` ends the
-  tape.  Ids passed in are the dense ids the file stores.
-- Definitions are encoded as columns (fixed-width little-endian integers in msgpack bins, with
-  small tables of distinct op names, types and attribute maps), built with C-level `map`/`zip`
-  and numpy so that the cost per record stays far below a microsecond.
+- `Encoder(out, mode, metadata)` writes the preamble and the HEAD frame; each `batch(leaves,
+  records, names)` call writes one batch of definitions (the DATA frames holding its arrays, then
+  VARS frames for its leaves, RECS frames for its records and NAME frames for late names);
+  `footer()` ends the tape.  Ids passed in are the dense ids the file stores.
+- A batch is encoded in bulk: its op names, attribute maps (told apart by `validate.attrs_key`,
+  so `True` is never stored for `1`) and types are interned once into batch-wide tables and code
+  columns, which each frame of the batch slices (and renumbers into its own small tables when the
+  batch needs several frames).  Columns become bytes through `array`, which checks their range.
+  Frames are sized from the column widths, so no frame is encoded twice, except when huge tables
+  overflow the estimate.
 - Arrays are written as raw C-order little-endian bytes at 64-byte-aligned offsets inside DATA
   frames, straight from the arrays' memory; an array larger than `CHUNK_BYTES` (or a batch whose
   arrays do not fit one frame) is split over several DATA frames.
@@ -20,18 +23,33 @@ from __future__ import annotations
 import sys
 from array import array
 from collections.abc import Callable, Sequence
-from itertools import accumulate, chain, compress
-from operator import attrgetter
-from typing import IO, Any
+from itertools import chain
+from math import prod
+from operator import attrgetter, itemgetter
+from typing import IO, Any, NamedTuple
 
 import msgpack  # type: ignore[import-untyped]
 import numpy as np
 
 from .dtypes import dtype_name
 from .errors import TapegradError
-from .tape_format_frames import ALIGN, DATA, FOOT, FRAME_HEAD, FRAME_TAIL, HEAD, NAME, PREAMBLE, RECS, VARS, FrameWriter
+from .tape_format_frames import (
+    ALIGN,
+    CHUNKED,
+    DATA,
+    FOOT,
+    FRAME_HEAD,
+    FRAME_TAIL,
+    HEAD,
+    NAME,
+    PREAMBLE,
+    RECS,
+    VARS,
+    FrameWriter,
+)
 from .tape_format_limits import DEFAULT_LIMITS
 from .tape_format_reader import check_plain
+from .validate import Ints, Reject, attr_codes
 
 CHUNK_BYTES = 1 << 30
 """Largest DATA frame payload; bigger arrays are split into chunks of at most this size.
@@ -41,23 +59,47 @@ Frame lengths are u32, so this must stay below 4 GiB; tests lower it to exercise
 
 ROWS_PER_FRAME = 1 << 16  # definitions per VARS/RECS frame at most
 FRAME_TARGET = 1 << 20  # structure frames are split below this size when they have several rows
+_ESTIMATE = 7 * FRAME_TARGET // 8  # frames are first cut when their columns reach this size
 
 
 class _TooBig(Exception):
     """A structure frame would exceed `FRAME_TARGET` (raised before anything is written)."""
 
 
-def _rows(obj: Any) -> int:
-    return int(obj["count"]) if isinstance(obj, dict) else len(obj)
-NO_DATA = -1  # data column: the variable has no stored value
-CHUNKED = -2  # data column: the value is split; its pieces are in the frame's "chunks" list
-
 _PADS = [bytes(k) for k in range(ALIGN)]
-_SHAPE_DTYPE = attrgetter("shape", "dtype")
-_NBYTES = attrgetter("nbytes")
-_SWAP = sys.byteorder == "big"  # columns are little-endian
-_U32 = next(code for code in "ILH" if array(code).itemsize == 4)
+_SHAPE = attrgetter("shape")
+_DTYPE = attrgetter("dtype")
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
 _DTYPE_NAMES: dict[Any, str] = {}
+_U32 = next(code for code in "ILH" if array(code).itemsize == 4)
+_SWAP = sys.byteorder == "big"  # columns are little-endian
+
+Sources = tuple[list[str], list[int], list[int]]
+"""Source locations of records: (file table, each record's index into it, each record's line)."""
+
+
+class LeafRows(NamedTuple):
+    """A batch of leaves, one entry per leaf: dense id, constant or not, name, and value (an
+    ndarray, or a (shape, dtype) pair when the mode stores no value for it)."""
+
+    ids: list[int]
+    const: list[bool]
+    names: list[str | None]
+    values: list[Any]
+
+
+class RecordRows(NamedTuple):
+    """A batch of records as columns: op name, attributes (None or a map), number of inputs,
+    all input ids concatenated, output id, output value (as in `LeafRows`), source locations."""
+
+    ops: list[str]
+    attrs: list[Any]
+    nin: Ints
+    inputs: list[int]
+    outs: list[int]
+    values: list[Any]
+    sources: Sources | None
 
 
 def stored_dtype_name(dt: Any) -> str:
@@ -77,15 +119,22 @@ def _allowed() -> list[str]:
     return sorted(DTYPES)
 
 
-def u32(values: Sequence[int], what: str) -> bytes:
-    """Little-endian u32 column bytes; TapegradError if a value does not fit."""
+def column(values: Sequence[int], code: str, what: str) -> bytes:
+    """Little-endian bytes of `values` as `array` items of type `code` ("H": u16, "I": u32);
+    TapegradError if a value does not fit (the conversion checks the range)."""
     try:
-        column = array(_U32, values)  # checks the range as it converts, ~20 ns per value
+        items = array(code, values)
     except (OverflowError, TypeError):
-        raise TapegradError(f"cannot store {what}: values must be integers in [0, 2**32)") from None
+        raise TapegradError(f"cannot store {what}: values must be integers in [0, 2**{8 * array(code).itemsize})") from None
     if _SWAP:
-        column.byteswap()
-    return column.tobytes()
+        items.byteswap()
+    return items.tobytes()
+
+
+def intern(keys: list[Any]) -> tuple[list[Any], list[int]]:
+    """(the distinct keys in order of first use, each key's index among them)."""
+    index = {key: k for k, key in enumerate(dict.fromkeys(keys))}
+    return list(index), list(map(index.__getitem__, keys))
 
 
 def pack(obj: Any, what: str) -> bytes:
@@ -107,32 +156,57 @@ def storable(values: list[Any]) -> list[Any]:
     return out
 
 
-def type_column(values: list[Any]) -> tuple[list[Any], bytes, bool]:
-    """(table of distinct [dtype name, shape], u32 column of table indices, any big-endian dtype).
+class Typed(NamedTuple):
+    """The values of a batch ready to write, their types as a table of distinct [dtype name,
+    shape] and each value's index into it, and each value's size in bytes (when storing)."""
 
-    Each value is an ndarray or a (shape, dtype) pair.
-    """
-    if set(map(type, values)) <= {np.ndarray}:
-        keys = list(map(_SHAPE_DTYPE, values))
-    else:
-        keys = [v if type(v) is tuple else (v.shape, v.dtype) for v in values]
+    values: list[Any]
+    table: list[Any]
+    codes: list[int]
+    nbytes: Ints
+
+
+def _typed(values: list[Any], store: bool) -> Typed:
+    """The `Typed` of `values`, each an ndarray or a (shape, dtype) pair (non-ndarrays are
+    refused when storing)."""
+    if store and not set(map(type, values)) <= {np.ndarray}:
+        values = storable(values)  # raises for what is not an array
+    try:
+        shapes = list(map(_SHAPE, values))
+        dtypes = list(map(_DTYPE, values))
+    except AttributeError:  # (shape, dtype) pairs among the arrays
+        pairs = [(v.shape, v.dtype) if type(v) is np.ndarray else v for v in values]
+        shapes = list(map(_FIRST, pairs))
+        dtypes = list(map(_SECOND, pairs))
+    mixed = bool(dtypes) and dtypes.count(dtypes[0]) != len(dtypes)  # (mostly identity compares)
+    keys: list[Any] = list(zip(shapes, dtypes, strict=True)) if mixed else shapes  # dtypes hash slowly
     index: dict[Any, int] = {key: n for n, key in enumerate(dict.fromkeys(keys))}
     table = []
+    sizes = []
     swapped = False
-    for shape, dtype in index:
+    for key in index:
+        shape, dtype = key if mixed else (key, dtypes[0])
         table.append((stored_dtype_name(dtype), tuple(map(int, shape))))
+        sizes.append(prod(table[-1][1]) * dtype.itemsize)
         swapped = swapped or getattr(dtype, "byteorder", "=") == ">"
-    return table, u32(list(map(index.__getitem__, keys)), "a type index"), swapped
-
-
-def _typed_values(values: list[Any], store: bool) -> tuple[list[Any], list[Any], bytes]:
-    """(values ready to write, type table, type column); non-ndarrays are refused when storing."""
-    if store and not set(map(type, values)) <= {np.ndarray}:
-        values = storable(values)
-    table, column, swapped = type_column(values)
     if store and swapped:
         values = storable(values)
-    return values, table, column
+    codes = list(map(index.__getitem__, keys))
+    return Typed(values, table, codes, np.array(sizes, dtype=np.int64)[codes] if store else np.zeros(0, np.int64))
+
+
+def _subtable(codes: list[int], table: list[Any], whole: bool, first: int = 0) -> tuple[list[Any], list[int]]:
+    """The entries of `table` that `codes` use, in order of first use (codes below `first` mean
+    "no entry" and stay as they are), and `codes` renumbered into them.  `whole`: the codes are
+    all those the table was made from (in order of first use), so it is returned as it is."""
+    if whole:
+        return table[first:], codes
+    used = [code for code in dict.fromkeys(codes) if code >= first]
+    if used == list(range(first, len(table))):  # a batch written as one frame
+        return table[first:], codes
+    remap = {code: code for code in range(first)}
+    remap.update(zip(used, range(first, first + len(used)), strict=True))
+    return [table[code] for code in used], list(map(remap.__getitem__, codes))
 
 
 class DataLayout:
@@ -145,9 +219,8 @@ class DataLayout:
         self._parts: list[Any] = []
         self._used = 0
 
-    def column(self, values: list[Any]) -> tuple[bytes, list[Any]]:
-        """Lay out `values`; return the i64 data column and the "chunks" list."""
-        nbytes = np.fromiter(map(_NBYTES, values), dtype=np.int64, count=len(values))
+    def column(self, values: list[Any], nbytes: Ints) -> tuple[bytes, list[Any]]:
+        """Lay out `values` of `nbytes` bytes each; return the i64 data column and the "chunks" list."""
         padded = (nbytes + (ALIGN - 1)) & ~(ALIGN - 1)
         head = self._start + FRAME_HEAD + self._used
         lead = -head % ALIGN
@@ -216,12 +289,17 @@ class DataLayout:
         return self.frames
 
 
-def _in_frames(count: int, write: Callable[[int, int], None]) -> None:
-    """Call `write(a, b)` on consecutive row ranges covering 0..count, each small enough for one
-    frame: at most `ROWS_PER_FRAME` rows, halved while the frame would exceed `FRAME_TARGET`."""
+def _in_frames(size: Ints, write: Callable[[int, int], None]) -> None:
+    """Call `write(a, b)` on consecutive row ranges covering all rows, each small enough for one
+    frame.  `size[k]` is the estimated size of rows 0..k-1 (so `len(size)` is rows + 1); a range
+    holds at most `ROWS_PER_FRAME` rows and is halved while its frame would exceed `FRAME_TARGET`."""
+    count = len(size) - 1
     a = 0
     while a < count:
-        b = min(a + ROWS_PER_FRAME, count)
+        b = count
+        if b - a > ROWS_PER_FRAME or size[b] - size[a] > _ESTIMATE:
+            fit = int(np.searchsorted(size, size[a] + _ESTIMATE, side="right")) - 1
+            b = min(max(fit, a + 1), a + ROWS_PER_FRAME)
         while True:
             try:
                 write(a, b)
@@ -252,93 +330,87 @@ class Encoder:
         self.w.preamble(PREAMBLE)
         self.w.frame(HEAD, [head], len(head))
 
-    def batch(self, leaf_ids: list[int], leaf_const: list[bool], leaf_names: list[str | None],
-              leaf_values: list[Any], ops: list[str], nin: list[int], inputs: list[int], outs: list[int],
-              attrs: list[Any], rec_values: list[Any], sources: tuple[list[str], list[int], list[int]] | None,
-              names: list[tuple[int, str | None]]) -> None:
+    def batch(self, leaves: LeafRows, records: RecordRows, names: list[tuple[int, str | None]]) -> None:
         """Write one batch of leaves, records and late names (see the module docstring).
 
-        Records are given as columns: `nin[k]` inputs of record k, all inputs flattened in
-        `inputs`.  Values are ndarrays, or (shape, dtype) pairs where the mode stores no value.
-        `sources` is (file table, each record's file index, each record's line), or None when
-        the tape has no source locations.
         All leaves are written before all records (leaves depend on nothing), then the names.
         """
-        ends = list(accumulate(nin, initial=0))
-        _in_frames(len(leaf_ids), lambda a, b: self._leaves(leaf_ids[a:b], leaf_const[a:b], leaf_names[a:b],
-                                                            leaf_values[a:b]))
-        _in_frames(len(ops), lambda a, b: self._records(
-            ops[a:b], nin[a:b], inputs[ends[a]:ends[b]], outs[a:b], attrs[a:b], rec_values[a:b],
-            None if sources is None else (sources[0], sources[1][a:b], sources[2][a:b])))
-        _in_frames(len(names), lambda a, b: self._frame(NAME, names[a:b], None))
+        if leaves.ids:
+            self._leaves(leaves)
+        if records.ops:
+            self._records(records)
+        if names:
+            _in_frames(np.arange(len(names) + 1) * 16, lambda a, b: self._frame(NAME, names[a:b], None))
 
-    def _leaves(self, ids: list[int], const: list[bool], names: list[str | None], values: list[Any]) -> None:
+    def _leaves(self, rows: LeafRows) -> None:
+        store = self.mode != "none"
+        typed = _typed(rows.values, store)
+        table, types = typed.table, typed.codes
+        named = [(row, name) for row, name in enumerate(rows.names) if name is not None]
+        size = np.arange(len(types) + 1) * (13 + 8 * store)
+        for row, name in named:
+            size[row + 1:] += len(name) + 8
+
+        def write(a: int, b: int) -> None:
+            cols: dict[str, Any] = {"count": b - a, "id": column(rows.ids[a:b], _U32, "a variable id"),
+                                    "const": bytes(rows.const[a:b])}
+            cols["types"], local = _subtable(types[a:b], table, b - a == len(types))
+            cols["type"] = column(local, _U32, "a type index")
+            layout = DataLayout(self.w.pos)
+            if store:
+                cols["data"], chunks = layout.column(typed.values[a:b], typed.nbytes[a:b])
+                if chunks:
+                    cols["chunks"] = chunks
+            cols["names"] = [(row - a, name) for row, name in named if a <= row < b]
+            self._frame(VARS, cols, layout)
+            self.variables += b - a
+
+        _in_frames(size, write)
+
+    def _records(self, rows: RecordRows) -> None:
+        n = len(rows.ops)
+        store = self.mode == "all"
+        op_table, ops = intern(rows.ops)
         try:
-            self._leaves_once(ids, const, names, values)
-        except BufferError:  # a non-contiguous array (nothing was written): copy it and retry
-            self._leaves_once(ids, const, names, storable(values))
+            attr_table, attrs = attr_codes(rows.attrs)
+        except Reject as bad:
+            raise TapegradError(f"cannot store the attributes of record {self.records + bad.args[0]}: attributes must be plain "
+                                f"data") from None
+        attr_table[1:] = [a if type(a) is dict else dict(a) for a in attr_table[1:]]
+        typed = _typed(rows.values, store)
+        type_table, types = typed.table, typed.codes
+        nin = rows.nin
+        ends = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(nin, out=ends[1:])
+        size = np.arange(n + 1) * (22 + 8 * store + 8 * (rows.sources is not None)) + 4 * ends
 
-    def _leaves_once(self, ids: list[int], const: list[bool], names: list[str | None], values: list[Any]) -> None:
-        layout = DataLayout(self.w.pos)
-        cols: dict[str, Any] = {"count": len(ids), "id": u32(ids, "a variable id"), "const": bytes(map(bool, const))}
-        values, cols["types"], cols["type"] = _typed_values(values, self.mode != "none")
-        if self.mode != "none":
-            cols["data"], chunks = layout.column(values)
-            if chunks:
-                cols["chunks"] = chunks
-        cols["names"] = [(row, name) for row, name in enumerate(names) if name is not None]
-        self._frame(VARS, cols, layout)
-        self.variables += len(ids)
+        def write(a: int, b: int) -> None:
+            cols: dict[str, Any] = {"count": b - a}
+            whole = b - a == n
+            cols["ops"], local = _subtable(ops[a:b], op_table, whole)
+            cols["op"] = column(local, "H", "an op index (over 65,536 distinct op names in one frame?)")
+            cols["nin"] = nin[a:b].astype("<u4").tobytes()  # (0 <= nin < 2**32: counted)
+            cols["inputs"] = column(rows.inputs[int(ends[a]):int(ends[b])], _U32, "an input id")
+            cols["output"] = column(rows.outs[a:b], _U32, "an output id")
+            cols["types"], local = _subtable(types[a:b], type_table, whole)
+            cols["type"] = column(local, _U32, "a type index")
+            cols["attrs"], local = _subtable(attrs[a:b], attr_table, whole, first=1)
+            cols["attr"] = column(local, _U32, "an attribute index")
+            if rows.sources is not None:
+                files, file_index, lines = rows.sources
+                cols["files"], local = _subtable(file_index[a:b], files, whole)
+                cols["file"] = column(local, _U32, "a file index")
+                cols["line"] = column(lines[a:b], _U32, "a line number")
+            layout = DataLayout(self.w.pos)
+            if store:
+                cols["data"], chunks = layout.column(typed.values[a:b], typed.nbytes[a:b])
+                if chunks:
+                    cols["chunks"] = chunks
+            self._frame(RECS, cols, layout)
+            self.records += b - a
+            self.variables += b - a
 
-    def _records(self, ops: list[str], nin: list[int], inputs: list[int], outs: list[int], attrs: list[Any],
-                 values: list[Any], sources: tuple[list[str], list[int], list[int]] | None) -> None:
-        try:
-            self._records_once(ops, nin, inputs, outs, attrs, values, sources)
-        except BufferError:  # a non-contiguous array (nothing was written): copy it and retry
-            values = storable(values) if self.mode == "all" else values
-            self._records_once(ops, nin, inputs, outs, attrs, values, sources)
-
-    def _records_once(self, ops: list[str], nin: list[int], inputs: list[int], outs: list[int], attrs: list[Any],
-                      values: list[Any], sources: tuple[list[str], list[int], list[int]] | None) -> None:
-        layout = DataLayout(self.w.pos)
-        cols: dict[str, Any] = {"count": len(ops)}
-        op_index = {op: n for n, op in enumerate(dict.fromkeys(ops))}
-        cols["ops"] = list(op_index)
-        op_column = array("H", map(op_index.__getitem__, ops))
-        if _SWAP:
-            op_column.byteswap()
-        cols["op"] = op_column.tobytes()
-        cols["nin"] = u32(nin, "an input count")
-        cols["inputs"] = u32(inputs, "an input id")
-        cols["output"] = u32(outs, "an output id")
-        values, cols["types"], cols["type"] = _typed_values(values, self.mode == "all")
-        table: dict[Any, int] = {}
-        column = [0] * len(ops)
-        maps = []
-        for row in compress(range(len(attrs)), attrs):  # only the records that have attributes
-            a = attrs[row]
-            key = tuple(a.items())
-            k = table.get(key)
-            if k is None:
-                maps.append(a if type(a) is dict else dict(a))
-                table[key] = k = len(maps)
-            column[row] = k
-        cols["attrs"] = maps
-        cols["attr"] = u32(column, "an attribute index")
-        if sources is not None:
-            file_table, file_column, line_column = sources
-            used = sorted(set(file_column))  # this frame's table holds only the files its rows use
-            renumber = {old: new for new, old in enumerate(used)}
-            cols["files"] = [file_table[k] for k in used]
-            cols["file"] = u32(list(map(renumber.__getitem__, file_column)), "a file index")
-            cols["line"] = u32(line_column, "a line number")
-        if self.mode == "all":
-            cols["data"], chunks = layout.column(values)
-            if chunks:
-                cols["chunks"] = chunks
-        self._frame(RECS, cols, layout)
-        self.records += len(ops)
-        self.variables += len(ops)
+        _in_frames(size, write)
 
     def _frame(self, tag: bytes, obj: Any, layout: DataLayout | None) -> None:
         """Pack `obj` as a `tag` frame, after the DATA frames of `layout`."""
@@ -357,3 +429,5 @@ class Encoder:
         self.w.commit()
 
 
+def _rows(obj: Any) -> int:
+    return int(obj["count"]) if isinstance(obj, dict) else len(obj)

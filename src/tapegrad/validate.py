@@ -10,22 +10,31 @@ Contract:
   schema with values well-formed for their kind in stored form, and the recorded output shape
   and dtype equal to what `OpSpec.infer` derives from the inputs; names belong to variables;
   the summed element count is within `max_total_elements`.
-- Time is linear in the number of records and variables (inference results are memoised by
-  input types and attributes, so a long tape of identical ops infers once); nothing is
-  allocated in proportion to the shapes it reads.
+- `Graph` holds a tape's graph as columns (numpy arrays of ids, type indices, op and attribute
+  codes) and `check(graph, limits)` does the graph checks above on it in bulk, raising `Reject`
+  (no message) or `LimitError`.  The loader builds a `Graph` straight from a file's columns,
+  whose decoding already guarantees the rest (exact Python types, the values the mode stores,
+  names of defined variables); `validate` runs `check` on `graph_of(tape)` plus those checks.
+  When a bulk check rejects, `explain`, the sequential reference pass, names the first problem.
+- Time is linear in the number of records and variables: attributes are checked and output types
+  inferred once per distinct signature (op, attributes, input types), found by sorting integer
+  keys, so a long tape of identical ops infers once; nothing is allocated in proportion to the
+  shapes it reads.
+- `attrs_key(attrs)` is the hashable identity of an attribute map under which equal keys mean
+  identical stored values (`True`, `1` and `1.0` differ, and so do `0.0` and `-0.0`).
 - It works on any `Tape` (recorded or loaded) and never mutates it.
 """
 
 from __future__ import annotations
 
 import gc
+import struct
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain, compress
 from operator import attrgetter, itemgetter
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,14 +45,21 @@ from .ops.spec import check_stored, show
 from .tape import VALUE_MODES, Tape
 from .tape_format_limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["Limits", "explain", "show", "validate"]
+__all__ = ["Graph", "Limits", "Reject", "attr_codes", "attrs_key", "check", "explain", "graph_of", "group_rows", "locate", "show",
+           "validate"]
+
+Ints = np.ndarray[Any, np.dtype[np.int64]]
+AvalTable = list[tuple[tuple[int, ...], np.dtype[Any]]]
 
 _SHAPE_DTYPE = attrgetter("shape", "dtype")
 _FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
 _THIRD = itemgetter(2)
 _INPUTS = itemgetter(slice(3, None))
-_SECOND = itemgetter(1)
 _ATTR_TYPES = {dict, MappingProxyType, type(None)}  # None: a record without attributes
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_F64 = struct.Struct("<d")
+_WIDE = 3  # signatures hold the types of the first _WIDE inputs as columns; longer rows add a tail code
 
 _DTYPE_NAMES: dict[Any, str | None] = {}
 
@@ -63,27 +79,28 @@ def _fail(n: int, op: Any, message: str) -> TapeFormatError:
     return TapeFormatError(f"record {n} ({show(op) if type(op) is not str else op}): {message}")
 
 
-class _Reject(Exception):
-    """A fast check failed; the reference pass explains why."""
+class Reject(Exception):
+    """A bulk check failed; the reference pass (`explain`) says why."""
 
 
-@contextmanager
-def no_gc() -> Iterator[None]:
+class no_gc:  # (named like the function it replaced: `with no_gc():`)
     """Pause the cyclic garbage collector while building or checking many small tuples.
 
     Building a tape's records allocates millions of small objects; with the collector running,
     each allocation burst triggers full traversals that cost more than the work itself.  Nested
     and concurrent users share one pause; the collector's previous state is restored by the last.
     """
-    global _gc_users, _gc_was_enabled
-    with _gc_lock:
-        if _gc_users == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_users += 1
-    try:
-        yield
-    finally:
+
+    def __enter__(self) -> None:
+        global _gc_users, _gc_was_enabled
+        with _gc_lock:
+            if _gc_users == 0:
+                _gc_was_enabled = gc.isenabled()
+                gc.disable()
+            _gc_users += 1
+
+    def __exit__(self, *exc: object) -> None:
+        global _gc_users
         with _gc_lock:
             _gc_users -= 1
             if _gc_users == 0 and _gc_was_enabled:
@@ -96,12 +113,13 @@ _gc_users = 0
 _gc_was_enabled = True
 
 
-def validate(tape: Tape, limits: Limits | None = None) -> None:
+def validate(tape: Tape, limits: Limits | None = None, *, graph: Graph | None = None) -> None:
     """Raise `TapeFormatError` unless `tape` is a consistent tape within `limits` (see module doc).
 
-    A vectorised pass checks everything; only when it finds a problem does the sequential
-    reference pass (`explain`) run to name the first offending record.  Small tapes go straight
-    to the reference pass.
+    The bulk pass checks everything; only when it finds a problem does the sequential reference
+    pass (`explain`) run to name the first offending record.  Small tapes go straight to the
+    reference pass.  A loader passes the columns it built `tape` from as `graph`: the bulk pass
+    is then `check(graph)` alone, the loader vouching for the variable table.
     """
     lim = DEFAULT_LIMITS if limits is None else limits
     if len(tape._records) + len(tape._values) + len(tape._avals) < _SMALL:
@@ -109,8 +127,11 @@ def validate(tape: Tape, limits: Limits | None = None) -> None:
         return
     with no_gc():
         try:
-            _fast(tape, lim)
-        except _Reject:
+            if graph is None:
+                _fast(tape, lim)
+            else:
+                lim.check("max_total_elements", check(graph, lim), "the elements of all variables together")
+        except Reject:
             explain(tape, lim)
             raise TapeFormatError("the tape is inconsistent") from None  # explain() should have raised
 
@@ -146,186 +167,297 @@ def explain(tape: Tape, limits: Limits | None = None) -> None:
     lim.check("max_total_elements", total, "the elements of all variables together")
 
 
+# ---- the bulk pass --------------------------------------------------------------------------
+
+class Graph(NamedTuple):
+    """A tape's graph as columns (what `check` validates).
+
+    Variables are defined by leaf rows (`leaf_ids`, of types `types[leaf_type]`) and by record
+    rows: record k applies `ops[op[k]]` with attributes `attrs[attr[k]]` (None or a mapping;
+    falsy means none) to its `nin[k]` inputs, the next ones of `inputs`, and defines `output[k]`
+    of type `types[out_type[k]]`.  `types` holds distinct (shape, dtype) pairs.
+    """
+
+    types: AvalTable
+    leaf_ids: Ints
+    leaf_type: Ints
+    ops: list[Any]
+    op: Ints
+    attrs: list[Any]
+    attr: Ints
+    nin: Ints
+    inputs: Ints
+    output: Ints
+    out_type: Ints
+
+
+def check(g: Graph, lim: Limits) -> int:
+    """Check `g` in bulk (see the module docstring); return the element count of all variables.
+
+    Raises `Reject` for any inconsistency and `LimitError` for a limit; the caller checks the
+    returned total against `max_total_elements` once its own checks have passed.
+    """
+    n = len(g.output)
+    lim.check("max_records", n, "the number of records")
+    lim.check("max_variables", len(g.leaf_ids) + n, "the number of variables")
+    elements = [_elements(shape, dtype, lim) for shape, dtype in g.types]
+    order = np.argsort(g.leaf_ids, kind="stable")
+    leaves, leaf_type = g.leaf_ids[order], g.leaf_type[order]
+    out, nin, ins = g.output, g.nin, g.inputs
+    if np.any(leaves[1:] == leaves[:-1]) or np.any(out[1:] <= out[:-1]) or np.any(locate(leaves, out)[1]):
+        raise Reject  # a leaf listed twice, outputs not increasing, an output that is also a leaf
+    specs = [REGISTRY.get(name) if type(name) is str else None for name in g.ops]  # the only use of op names
+    used = np.flatnonzero(np.bincount(g.op, minlength=len(specs)))
+    if any(specs[k] is None for k in used.tolist()):
+        raise Reject
+    arity = np.array([-1 if spec is None else spec.arity for spec in specs], dtype=np.int64)[g.op]
+    if np.any(np.where(arity >= 0, nin != arity, nin == 0)):
+        raise Reject
+    # inputs defined before use: the output of an earlier record, or a leaf
+    at, from_record = locate(out, ins)
+    if np.any(from_record & (at >= np.repeat(np.arange(n), nin))):
+        raise Reject
+    leaf_at, from_leaf = locate(leaves, ins)
+    if not np.all(from_record | from_leaf):
+        raise Reject
+    in_type = np.where(from_record, _gather(g.out_type, at), _gather(leaf_type, leaf_at))
+    # one attribute check and one inference per distinct (op, attributes, input types)
+    starts = np.cumsum(nin) - nin
+    columns = [g.op, g.attr]
+    for k in range(_WIDE):
+        columns.append(np.where(nin > k, _gather(in_type, starts + k) + 1, 0))
+    long_rows = np.flatnonzero(nin > _WIDE).tolist()
+    if long_rows:
+        tails: dict[tuple[int, ...], int] = {}
+        tail = np.zeros(n, dtype=np.int64)
+        for row in long_rows:
+            a = int(starts[row])
+            tail[row] = tails.setdefault(tuple(in_type[a + _WIDE:a + int(nin[row])].tolist()), len(tails) + 1)
+        columns.append(tail)
+    first, group = group_rows(columns)
+    index = {t: k for k, t in enumerate(g.types)}
+    expected = []
+    for row in first.tolist():
+        spec = specs[int(g.op[row])]
+        assert spec is not None
+        attrs = g.attrs[int(g.attr[row])] or _EMPTY
+        a, b = int(starts[row]), int(starts[row] + nin[row])
+        in_types = tuple(g.types[t] for t in in_type[a:b].tolist())
+        try:
+            if attrs or spec.attrs:
+                _check_attrs(row, spec, attrs, in_types, b - a - 1, lim)
+            inferred = _infer(row, spec, in_types, attrs)
+        except LimitError:
+            raise
+        except TapeFormatError:
+            raise Reject from None
+        expected.append(index.get(inferred, -1))
+    if n and np.any(np.array(expected, dtype=np.int64)[group] != g.out_type):
+        raise Reject
+    counts = np.bincount(g.leaf_type, minlength=len(elements)) + np.bincount(g.out_type, minlength=len(elements))
+    return sum(c * e for c, e in zip(counts.tolist(), elements, strict=True) if c)
+
+
+def group_rows(columns: Sequence[Ints]) -> tuple[Ints, Ints]:
+    """Rows grouped by their values in `columns` (non-negative integer arrays of equal length).
+
+    Returns (the first row of each group, in order of first appearance; each row's group).  The
+    columns are folded into one int64 key (compressed to ranks whenever the product of their
+    ranges would overflow); a key of small range is grouped through a table, others by sorting.
+    """
+    n = len(columns[0])
+    key = np.zeros(n, dtype=np.int64)
+    size = 1
+    for column in columns:
+        col = np.asarray(column, dtype=np.int64)
+        span = int(col.max()) + 1 if n else 1
+        if span > n and size * span >= 1 << 62:
+            col = _ranks(col)
+            span = int(col.max()) + 1
+        if size * span >= 1 << 62:
+            key = _ranks(key)
+            size = int(key.max()) + 1
+        key = key * span + col
+        size *= span
+    if size > 4 * n + 1024:
+        key = _ranks(key)
+        size = int(key.max()) + 1 if n else 0
+    first = np.full(size, n, dtype=np.int64)
+    np.minimum.at(first, key, np.arange(n))
+    used = np.flatnonzero(first < n)
+    used = used[np.argsort(first[used])]  # groups in order of first appearance
+    group = np.zeros(size, dtype=np.int64)
+    group[used] = np.arange(len(used))
+    return first[used], group[key]
+
+
+def _ranks(column: Ints) -> Ints:
+    """Each value's rank among the distinct values of `column` (sorting one value per run of
+    equal values: columns like code addresses come in long runs)."""
+    if not len(column):
+        return np.zeros(0, dtype=np.int64)
+    heads = np.flatnonzero(np.concatenate(([True], column[1:] != column[:-1])))
+    ranks = np.unique(column[heads], return_inverse=True)[1].reshape(-1).astype(np.int64)
+    return np.repeat(ranks, np.diff(np.append(heads, len(column))))
+
+
+def locate(ids: Ints, values: Ints) -> tuple[Ints, Any]:
+    """(index into sorted distinct `ids` of each value, clipped into range; whether it was found).
+
+    Ids of a small range (like a file's dense ids) are looked up in a table, others by bisection.
+    """
+    if not len(ids):
+        return np.zeros(len(values), dtype=np.int64), np.zeros(len(values), dtype=bool)
+    low, span = int(ids[0]), int(ids[-1]) - int(ids[0]) + 1
+    if span > 4 * len(ids) + 1024:
+        at = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
+        return at, ids[at] == values
+    table = np.full(span, -1, dtype=np.int64)
+    table[ids - low] = np.arange(len(ids))
+    at = table[np.clip(values - low, 0, span - 1)]
+    found = (at >= 0) & (values >= low) & (values < low + span)
+    return np.maximum(at, 0), found
+
+
+def _gather(column: Ints, at: Ints) -> Ints:
+    """`column[at]` with positions clipped into range (their results are masked out by callers)."""
+    if not len(column):
+        return np.zeros(len(at), dtype=np.int64)
+    return column[np.clip(at, 0, len(column) - 1)]
+
+
+def _elements(shape: Any, dtype: Any, lim: Limits) -> int:
+    """Elements of a variable of this (checked) shape and dtype."""
+    if _dtype_ok(dtype) is None or type(shape) is not tuple or not all(type(d) is int and d >= 0 for d in shape):
+        raise Reject
+    lim.check("max_ndim", len(shape), "the number of dimensions of a variable")
+    count = 1
+    for d in shape:
+        count *= d  # Python ints: no overflow
+    lim.check("max_elements", count, "the number of elements of a variable (shape {})", shape)
+    return count
+
+
 def _only(items: Iterable[Any], *kinds: type) -> None:
     """Reject unless every item's exact type is one of `kinds`."""
     if not set(map(type, items)) <= set(kinds):
-        raise _Reject
+        raise Reject
 
 
-def _fast(tape: Tape, lim: Limits) -> None:
-    """Every check of `explain`, done with C-level maps and numpy; raises `_Reject` (or LimitError).
+def _int64(items: Iterable[Any]) -> Ints:
+    try:
+        return np.fromiter(items, dtype=np.int64)
+    except (OverflowError, TypeError, ValueError):
+        raise Reject from None
 
-    Variables' types are interned as small integers (loaded tapes share one (shape, dtype) tuple
-    per distinct type, so most of the interning is by identity), and records are compared by
-    integer signatures, so the cost per record is a few C-level operations.
-    """
-    mode = tape.values_mode
-    if mode not in VALUE_MODES:
-        raise _Reject
-    values, avals, records, leaves = tape._values, tape._avals, tape._records, tape._leaves
-    n = len(records)
-    lim.check("max_records", n, "the number of records")
-    lim.check("max_variables", len(values) + len(avals), "the number of variables")
-    # -- the type of every variable, interned: tid[k] indexes `table` --
+
+def graph_of(tape: Tape) -> Graph:
+    """The columns of `tape` (internal ids); `Reject` if it holds anything of an unexpected type."""
+    values, avals, records = tape._values, tape._avals, tape._records
     _only(values, int)
     _only(avals, int)
     if not values.keys().isdisjoint(avals.keys()):
-        raise _Reject
+        raise Reject
     held = list(values.values())
     _only(held, np.ndarray)
     stored = list(avals.values())
     _only(stored, tuple)
-    by_id = {id(t): t for t in stored}  # distinct tuple objects (one per type in a loaded tape)
-    if set(map(len, by_id.values())) - {2}:
-        raise _Reject
-    candidates = list(by_id.values())
-    _only(map(_FIRST, candidates), tuple)
-    _only(chain.from_iterable(map(_FIRST, candidates)), int)
-    held_types = list(map(_SHAPE_DTYPE, held))
-    index: dict[Any, int] = {t: k for k, t in enumerate(dict.fromkeys(chain(held_types, candidates)))}
-    table = list(index)
-    elements = []
-    for shape, dtype in table:
-        if not isinstance(dtype, np.dtype) or _dtype_ok(dtype) is None or min(shape, default=0) < 0:
-            raise _Reject
-        lim.check("max_ndim", len(shape), "the number of dimensions of a variable")
-        count = 1
-        for d in shape:
-            count *= d
-        lim.check("max_elements", count, f"the number of elements of a variable (shape {shape})")
-        elements.append(count)
-    object_tid = {key: index[t] for key, t in by_id.items()}
-    tids = list(map(index.__getitem__, held_types))
-    tids += map(object_tid.__getitem__, map(id, stored))
-    ids = list(values)
-    ids += avals
-    total = sum(map(elements.__getitem__, tids))
-    tid = dict(zip(ids, tids, strict=True))
-    # -- leaves --
-    _only(leaves, int)
-    leaf_set = set(leaves)
-    if len(leaf_set) != len(leaves) or not leaf_set <= tid.keys() or not tape._consts <= leaf_set:
-        raise _Reject
-    if mode != "none" and not leaf_set <= values.keys():
-        raise _Reject
-    out_set: set[int] = set()
-    if n:
-        out_set = _fast_records(records, tid, table, leaves, leaf_set, values if mode == "all" else None, lim)
-    if len(leaf_set) + len(out_set) != len(tid):
-        raise _Reject
+    for entry in {id(t): t for t in stored}.values():  # a loaded tape shares one tuple per type
+        if len(entry) != 2 or type(entry[0]) is not tuple:
+            raise Reject
+        _only(entry[0], int)  # exactly: (True,) equals (1,) and would hide behind it in the table
+    keys = list(map(_SHAPE_DTYPE, held)) + stored
+    try:
+        index = {key: k for k, key in enumerate(dict.fromkeys(keys))}
+    except TypeError:
+        raise Reject from None
+    var_type = dict(zip(chain(values, avals), map(index.__getitem__, keys), strict=True))
+    _only(tape._leaves, int)
+    _only(records, tuple)
+    if records and min(map(len, records)) < 3:
+        raise Reject
+    ops = list(map(_FIRST, records))  # records are (op, attrs, output, *inputs)
+    attrs = list(map(_SECOND, records))
+    outs = list(map(_THIRD, records))
+    ins = list(map(_INPUTS, records))
+    flat = list(chain.from_iterable(ins))
+    _only(ops, str)
+    _only(outs, int)
+    _only(flat, int)
+    if not set(map(type, attrs)) <= _ATTR_TYPES:
+        raise Reject
+    op_index = {op: k for k, op in enumerate(dict.fromkeys(ops))}
+    attr_table, codes = attr_codes(attrs)
+    return Graph(types=list(index), leaf_ids=_int64(tape._leaves), leaf_type=_int64(map(var_type.get, tape._leaves)),
+                 ops=list(op_index), op=_int64(map(op_index.__getitem__, ops)), attrs=attr_table,
+                 attr=_int64(codes), nin=_int64(map(len, ins)), inputs=_int64(flat), output=_int64(outs),
+                 out_type=_int64(map(var_type.get, outs)))
+
+
+def attr_codes(attrs: Sequence[Any]) -> tuple[list[Any], list[int]]:
+    """(table of the distinct attribute maps, None first; each entry's index into it), told apart
+    by `attrs_key` and touching only the entries that have attributes.  Raises `Reject(row)` for
+    the first entry that cannot be keyed (not a mapping, unhashable or absurdly nested values)."""
+    table: list[Any] = [None]
+    index: dict[Any, int] = {}
+    codes = [0] * len(attrs)
+    for row in compress(range(len(attrs)), attrs):
+        try:
+            key = attrs_key(attrs[row])
+            code = index.get(key)  # (hashing the key finds unhashable values)
+        except (TypeError, RecursionError, AttributeError):
+            raise Reject(row) from None
+        if code is None:
+            index[key] = code = len(table)
+            table.append(attrs[row])
+        codes[row] = code
+    return table, codes
+
+
+def _fast(tape: Tape, lim: Limits) -> None:
+    """Every check of `explain`, in bulk: `check(graph_of(tape))` plus the checks of the
+    variable table; raises `Reject` (or `LimitError`)."""
+    mode = tape.values_mode
+    if mode not in VALUE_MODES:
+        raise Reject
+    values, avals = tape._values, tape._avals
+    lim.check("max_records", len(tape._records), "the number of records")
+    lim.check("max_variables", len(values) + len(avals), "the number of variables")
+    g = graph_of(tape)
+    total = check(g, lim)
+    leaf_set = set(tape._leaves)
+    out_set = set(g.output.tolist())
+    if not tape._consts <= leaf_set or (mode != "none" and not leaf_set <= values.keys()) or (
+            mode == "all" and not out_set <= values.keys()):
+        raise Reject
+    if len(values) + len(avals) != len(leaf_set) + len(out_set):  # every typed variable is defined
+        raise Reject
     names = tape._names
-    if not names.keys() <= (leaf_set | out_set):
-        raise _Reject
+    if not names.keys() <= leaf_set | out_set:
+        raise Reject
     _only(names.values(), str)
     lim.check("max_total_elements", total, "the elements of all variables together")
 
 
-def _int64(items: list[int]) -> Any:
-    try:
-        return np.array(items, dtype=np.int64)
-    except OverflowError:
-        raise _Reject from None
+def attrs_key(attrs: Mapping[str, Any]) -> Any:
+    """A hashable key of an attribute map, equal only for identical stored values.
+
+    `==` takes `True == 1 == 1.0` and `0.0 == -0.0`; tables keyed that way would store one for
+    the other.  Raises TypeError for unhashable values and RecursionError for absurd nesting.
+    """
+    return tuple((name, _strict(value)) for name, value in attrs.items())
 
 
-def _fast_records(records: Sequence[Any], tid: dict[int, int], table: list[Any], leaves: list[int],
-                  leaf_set: set[int], values: Mapping[int, Any] | None, lim: Limits) -> set[int]:
-    n = len(records)
-    _only(records, tuple)
-    if min(map(len, records)) < 3:
-        raise _Reject
-    ops = list(map(_FIRST, records))  # records are (op, attrs, output, *inputs)
-    attrs = list(map(_SECOND, records))
-    out = list(map(_THIRD, records))
-    ins = list(map(_INPUTS, records))
-    _only(ops, str)
-    op_code = {op: k for k, op in enumerate(set(ops))}
-    if not op_code.keys() <= REGISTRY.keys():
-        raise _Reject
-    _only(out, int)
-    flat = list(chain.from_iterable(ins))
-    _only(flat, int)
-    if not set(map(type, attrs)) <= _ATTR_TYPES:
-        raise _Reject
-    nin = np.fromiter(map(len, ins), dtype=np.int64, count=n)
-    arity = np.fromiter(map({op: REGISTRY[op].arity for op in op_code}.__getitem__, ops), dtype=np.int64, count=n)
-    if np.any(np.where(arity >= 0, nin != arity, nin == 0)):
-        raise _Reject
-    out_set = set(out)
-    if len(out_set) != n or not out_set.isdisjoint(leaf_set) or not out_set <= tid.keys():
-        raise _Reject
-    if values is not None and not out_set <= values.keys():
-        raise _Reject
-    order = _int64(out)
-    if n > 1 and not np.all(order[1:] > order[:-1]):
-        raise _Reject
-    # -- inputs defined before use: outputs of earlier records (found by binary search), or leaves --
-    inputs = _int64(flat)
-    row_of = np.repeat(np.arange(n), nin)
-    at = np.minimum(np.searchsorted(order, inputs), n - 1)
-    from_record = order[at] == inputs
-    if np.any(from_record & (at >= row_of)):
-        raise _Reject
-    if not np.all(from_record) and not set(compress(flat, ~from_record)) <= leaf_set:
-        raise _Reject
-    # -- attributes: checked once per distinct (op, attributes, input rank, index arrays) --
-    with_schema = {op for op in op_code if REGISTRY[op].attrs}
-    attr_id = [0] * n
-    checked: dict[Any, int] = {}
-    needs_check = np.fromiter(map(bool, attrs), dtype=bool, count=n)
-    if with_schema:
-        needs_check |= np.fromiter(map(with_schema.__contains__, ops), dtype=bool, count=n)
-    for row in np.flatnonzero(needs_check).tolist():
-        a = attrs[row] or {}
-        try:
-            items = tuple(a.items())
-            first = ins[row][0] if ins[row] else None
-            key = (ops[row], items, len(table[tid[first]][0]) if first is not None else 0, len(ins[row]) - 1)
-            known = checked.get(key)
-        except TypeError:
-            raise _Reject from None
-        if known is None:
-            in_types = tuple(table[tid[i]] for i in ins[row])
-            try:
-                _check_attrs(row, REGISTRY[ops[row]], a, in_types, len(ins[row]) - 1, lim)
-            except TapeFormatError:
-                raise _Reject from None
-            checked[key] = known = len(checked) + 1
-        attr_id[row] = known
-    # -- the recorded output type must be what the op produces: one inference per signature --
-    typed = np.fromiter(map(tid.__getitem__, flat), dtype=np.int64, count=len(flat))
-    starts = np.cumsum(nin) - nin
-    columns = []
-    for k in range(3):  # the types of the first three inputs (-1: absent); longer rows below
-        has = nin > k
-        columns.append(np.where(has, typed[np.minimum(starts + k, max(len(flat) - 1, 0))] if len(flat) else -1,
-                                -1).tolist())
-    extra: list[Any] = [()] * n
-    for row in np.flatnonzero(nin > 3).tolist():
-        extra[row] = tuple(map(tid.__getitem__, ins[row][3:]))
-    keys = list(zip(map(op_code.__getitem__, ops), *columns, extra, attr_id, strict=True))
-    first_row = dict(zip(reversed(keys), range(n - 1, -1, -1), strict=True))  # earliest row of each key
-    expected = {}
-    for signature, row in first_row.items():
-        in_types = tuple(table[tid[i]] for i in ins[row])
-        try:
-            inferred = _infer(row, REGISTRY[ops[row]], in_types, attrs[row] or {})
-        except LimitError:
-            raise
-        except TapeFormatError:
-            raise _Reject from None
-        expected[signature] = index_of(table, inferred)
-    if list(map(tid.__getitem__, out)) != list(map(expected.__getitem__, keys)):
-        raise _Reject
-    return out_set
+def _strict(value: Any) -> Any:
+    kind = type(value)
+    if kind is tuple or kind is list:
+        return (kind, *map(_strict, value))
+    if kind is float:
+        return (kind, _F64.pack(value))
+    return (kind, value)
 
 
-def index_of(table: list[Any], item: Any) -> int:
-    """Position of `item` in `table` (-1 if absent); tables of distinct types are short."""
-    for k, entry in enumerate(table):
-        if entry == item:
-            return k
-    return -1
-
+# ---- the reference pass ---------------------------------------------------------------------
 
 def _types(values: Mapping[int, Any], avals: Mapping[int, Any], lim: Limits) -> tuple[dict[int, Any], int]:
     """id -> (shape, dtype) for every variable, checked; and the total element count."""
@@ -346,17 +478,17 @@ def _types(values: Mapping[int, Any], avals: Mapping[int, Any], lim: Limits) -> 
                 if type(item) is not tuple or len(item) != 2:
                     raise TapeFormatError(f"the stored type of v{vid} is not a (shape, dtype) pair")
                 shape, dtype = item
+                if type(shape) is not tuple or not all(type(d) is int and d >= 0 for d in shape):
+                    raise TapeFormatError(f"the shape of v{vid} is not a tuple of non-negative integers")
             if _dtype_ok(dtype) is None:
                 raise TapeFormatError(f"v{vid} has dtype {show(str(dtype))}, which is not allowed")
             elements = sizes.get(shape)
             if elements is None:
-                if type(shape) is not tuple or not all(type(d) is int and d >= 0 for d in shape):
-                    raise TapeFormatError(f"the shape of v{vid} is not a tuple of non-negative integers")
-                lim.check("max_ndim", len(shape), f"the number of dimensions of v{vid}")
+                lim.check("max_ndim", len(shape), "the number of dimensions of v{}", vid)
                 elements = 1
                 for d in shape:
                     elements *= d
-                lim.check("max_elements", elements, f"the number of elements of v{vid} (shape {shape})")
+                lim.check("max_elements", elements, "the number of elements of v{} (shape {})", vid, shape)
                 sizes[shape] = elements
             total += elements
             types[vid] = (shape, dtype)
