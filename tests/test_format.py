@@ -169,6 +169,22 @@ def test_big_endian_and_non_contiguous_values_are_stored_as_little_endian_c_orde
     assert (loaded.value("strided") == np.arange(12.0).reshape(3, 4)[:, ::2]).all()
 
 
+@pytest.mark.parametrize("arrays", [
+    [np.arange(12.0).reshape(3, 4)[:, ::2], np.arange(3.0)],  # small values: packed, one not contiguous
+    [np.arange(5, dtype=np.int8), np.zeros(0), np.arange(7.0), np.array(2.5)],  # packed, of mixed sizes
+    [np.arange(3.0), np.arange(2000.0), np.arange(5.0)[::-1], np.ones((2, 3), np.float32)],  # one too big to pack
+])
+def test_values_of_any_size_and_layout_round_trip_at_aligned_offsets(arrays: list[np.ndarray]) -> None:
+    tape = Tape("all")
+    for k, a in enumerate(arrays):
+        tape._add_leaf(k, a, f"a{k}", False)
+    loaded = tf.loads(tf.dumps(tape))
+    for k, a in enumerate(arrays):
+        got = loaded.value(f"a{k}")
+        assert got.dtype == a.dtype and got.shape == a.shape and got.tobytes() == a.tobytes()
+        assert got.size == 0 or got.ctypes.data % 64 == loaded.value("a0").ctypes.data % 64
+
+
 def test_loaded_arrays_are_read_only_zero_copy_and_aligned(tmp_path) -> None:
     tape = tiny_tape()
     tape._add_leaf(4, np.arange(1000, dtype=np.float32), "big", False)

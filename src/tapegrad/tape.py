@@ -84,10 +84,16 @@ def _output(rec: RawRecord) -> int:
 
 
 class TapeSink(Protocol):
-    """Where a streaming recording sends each event as it happens (see `tape_format`)."""
+    """Where a streaming recording sends what it records (see `tape_format.StreamWriter`).
+
+    Leaves and names are reported as they happen.  Records are not: the tracer appends them to
+    the tape and calls `due()` once the tape holds `tape._sink_at` records (a call per record
+    would cost more than a tiny op's recording); the sink then takes the new records from the
+    tape and sets the next `_sink_at`.
+    """
 
     def leaf(self, vid: int, value: Any, name: str | None, const: bool) -> None: ...
-    def record(self, rec: RawRecord, out: Any) -> None: ...
+    def due(self) -> None: ...
     def name(self, vid: int, name: str | None) -> None: ...
     def close(self) -> None: ...
 
@@ -115,6 +121,7 @@ class Tape:
         self._leaves: list[int] = []  # input and const ids, in definition order
         self._dense_cache: tuple[int, int, dict[int, int]] | None = None
         self._sink: TapeSink | None = None
+        self._sink_at = 0  # the record count at which the tracer calls `_sink.due()`
         self._leaf_vars: dict[int, Any] = {}  # id -> the Variable that entered as an input
         # Where the user's code made each record: a bytecode offset per record in the code
         # object of its run, while recording, or a line per record in the file named by its run,

@@ -33,7 +33,7 @@ import io
 import os
 import threading
 from bisect import bisect_right
-from itertools import chain, compress
+from itertools import chain
 from operator import itemgetter
 from typing import IO, Any
 
@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 _OP, _ATTRS, _OUT = (itemgetter(k) for k in range(3))  # records are (op, attrs, output, *inputs)
+_INPUTS = itemgetter(slice(3, None))
 _FIRST = _OP
 SourceCache = dict[int, tuple[str, dict[int, int]]]  # id of a code object -> (its file, position -> line)
 
@@ -113,16 +114,13 @@ def _columns(tape: Tape, leaves: list[int], records: list[RawRecord], dense: dic
         return [values[i] if i in values else avals[i] for i in ids]
 
     outs = list(map(_OUT, records))
-    width = np.fromiter(map(len, records), dtype=np.int64, count=len(records))
-    starts = np.cumsum(width) - width
-    is_input = np.ones(int(width.sum()), dtype=bool)  # over all fields of all records, in order
-    for field in range(3):
-        is_input[starts + field] = False
+    ins = list(map(_INPUTS, records))
     try:
         return (LeafRows(ids=list(map(to_dense, leaves)), const=list(map(consts.__contains__, leaves)),
                          names=list(map(names.get, leaves)), values=typed(leaves, tape.values_mode != "none")),
-                RecordRows(ops=list(map(_OP, records)), attrs=list(map(_ATTRS, records)), nin=width - 3,
-                           inputs=list(map(to_dense, compress(chain.from_iterable(records), is_input.tolist()))),
+                RecordRows(ops=list(map(_OP, records)), attrs=list(map(_ATTRS, records)),
+                           nin=np.fromiter(map(len, ins), dtype=np.int64, count=len(ins)),
+                           inputs=list(map(to_dense, chain.from_iterable(ins))),
                            outs=list(map(to_dense, outs)), values=typed(outs, tape.values_mode == "all"),
                            sources=_sources(tape, first_record, len(records), source_cache)))
     except KeyError as exc:
@@ -281,7 +279,6 @@ class StreamWriter:
             raise TapegradError(f"flush_every must be a positive integer, got {flush_every!r}")
         self._tape = tape
         self._flush_every = flush_every
-        self._left = flush_every
         self._fsync = fsync
         self._dense: dict[int, int] = {}
         self._leaves_done = 0
@@ -302,9 +299,8 @@ class StreamWriter:
     def leaf(self, vid: int, value: Any, name: str | None, const: bool) -> None:
         """Leaves are taken from the tape at the next flush."""
 
-    def record(self, rec: RawRecord, out: Any) -> None:
-        self._left -= 1
-        if not self._left and self._failed is None:
+    def due(self) -> None:
+        if self._failed is None:
             self._flush()
 
     def name(self, vid: int, name: str | None) -> None:
@@ -331,8 +327,8 @@ class StreamWriter:
         self._flush()
 
     def _flush(self) -> None:
-        self._left = self._flush_every
         tape = self._tape
+        tape._sink_at = len(tape._records) + self._flush_every
         leaves = tape._leaves[self._leaves_done:]
         records = tape._records[self._records_done:]
         dense = self._dense

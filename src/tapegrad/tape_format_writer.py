@@ -5,15 +5,17 @@ Contract:
   records, names)` call writes one batch of definitions (the DATA frames holding its arrays, then
   VARS frames for its leaves, RECS frames for its records and NAME frames for late names);
   `footer()` ends the tape.  Ids passed in are the dense ids the file stores.
-- A batch is encoded in bulk: its op names, attribute maps (told apart by `validate.attrs_key`,
-  so `True` is never stored for `1`) and types are interned once into batch-wide tables and code
-  columns, which each frame of the batch slices (and renumbers into its own small tables when the
-  batch needs several frames).  Columns become bytes through `array`, which checks their range.
+- A batch is encoded in bulk: its attribute maps (told apart by `validate.attrs_key`, so `True`
+  is never stored for `1`) and types are interned once into batch-wide tables and code columns
+  (types by runs: only where a value's type differs from the one before is it looked up), op
+  names into an encoder-wide table; each frame stores the entries it uses, renumbered, in
+  table order.  Columns become bytes through `array` or numpy, both checking their range.
   Frames are sized from the column widths, so no frame is encoded twice, except when huge tables
   overflow the estimate.
 - Arrays are written as raw C-order little-endian bytes at 64-byte-aligned offsets inside DATA
-  frames, straight from the arrays' memory; an array larger than `CHUNK_BYTES` (or a batch whose
-  arrays do not fit one frame) is split over several DATA frames.
+  frames, straight from the arrays' memory (a frame of values up to `PACK_BYTES` is copied into
+  one buffer instead); an array larger than `CHUNK_BYTES` (or a batch whose arrays do not fit
+  one frame) is split over several DATA frames.
 - Raises `TapegradError` for what the format cannot represent (dtypes outside `DTYPES`, ids
   beyond 2**32 - 1, attributes or metadata that are not plain data); `OSError` from the file.
 """
@@ -25,7 +27,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from itertools import chain
 from math import prod
-from operator import attrgetter, itemgetter
+from operator import attrgetter, ne
 from typing import IO, Any, NamedTuple
 
 import msgpack  # type: ignore[import-untyped]
@@ -57,6 +59,7 @@ CHUNK_BYTES = 1 << 30
 Frame lengths are u32, so this must stay below 4 GiB; tests lower it to exercise chunking.
 """
 
+PACK_BYTES = 4096  # DATA frames hold values up to this size as one copied buffer (`_packed`)
 ROWS_PER_FRAME = 1 << 16  # definitions per VARS/RECS frame at most
 FRAME_TARGET = 1 << 20  # structure frames are split below this size when they have several rows
 _ESTIMATE = 7 * FRAME_TARGET // 8  # frames are first cut when their columns reach this size
@@ -67,13 +70,11 @@ class _TooBig(Exception):
 
 
 _PADS = [bytes(k) for k in range(ALIGN)]
-_SHAPE = attrgetter("shape")
-_DTYPE = attrgetter("dtype")
-_FIRST = itemgetter(0)
-_SECOND = itemgetter(1)
+_SHAPE_DTYPE = attrgetter("shape", "dtype")
 _DTYPE_NAMES: dict[Any, str] = {}
 _U32 = next(code for code in "ILH" if array(code).itemsize == 4)
 _SWAP = sys.byteorder == "big"  # columns are little-endian
+_LITTLE = {"H": "<u2", _U32: "<u4"}
 
 Sources = tuple[list[str], list[int], list[int]]
 """Source locations of records: (file table, each record's index into it, each record's line)."""
@@ -119,9 +120,13 @@ def _allowed() -> list[str]:
     return sorted(DTYPES)
 
 
-def column(values: Sequence[int], code: str, what: str) -> bytes:
-    """Little-endian bytes of `values` as `array` items of type `code` ("H": u16, "I": u32);
-    TapegradError if a value does not fit (the conversion checks the range)."""
+def column(values: Sequence[int] | Ints, code: str, what: str) -> bytes:
+    """Little-endian bytes of `values` (a list or an int64 array) as items of type `code` ("H":
+    u16, `_U32`: u32); TapegradError if a value does not fit (the conversion checks the range)."""
+    if isinstance(values, np.ndarray):
+        if len(values) and (int(values.min()) < 0 or int(values.max()) >> (8 * array(code).itemsize)):
+            raise TapegradError(f"cannot store {what}: values must be integers in [0, 2**{8 * array(code).itemsize})")
+        return values.astype(_LITTLE[code]).tobytes()
     try:
         items = array(code, values)
     except (OverflowError, TypeError):
@@ -131,10 +136,23 @@ def column(values: Sequence[int], code: str, what: str) -> bytes:
     return items.tobytes()
 
 
-def intern(keys: list[Any]) -> tuple[list[Any], list[int]]:
-    """(the distinct keys in order of first use, each key's index among them)."""
-    index = {key: k for k, key in enumerate(dict.fromkeys(keys))}
-    return list(index), list(map(index.__getitem__, keys))
+def runs(keys: list[Any]) -> tuple[list[Any], Ints]:
+    """(the distinct keys in order of first use, each key's index among them).
+
+    Neighbours are compared first and only the first key of each run of equal keys is looked
+    up, so a batch whose values mostly share one type (a chain of elementwise ops) interns
+    once: hashing a shape tuple costs more than comparing it with the one before.
+    """
+    n = len(keys)
+    if n < 2:
+        return list(keys), np.zeros(n, dtype=np.int64)
+    heads = np.flatnonzero(np.fromiter(map(ne, keys[1:], keys), dtype=bool, count=n - 1)) + 1
+    if not len(heads):
+        return [keys[0]], np.zeros(n, dtype=np.int64)
+    starts = [0, *heads.tolist()]
+    index: dict[Any, int] = {}
+    head_codes = [index.setdefault(keys[k], len(index)) for k in starts]
+    return list(index), np.repeat(np.array(head_codes, dtype=np.int64), np.diff(starts + [n]))
 
 
 def pack(obj: Any, what: str) -> bytes:
@@ -162,7 +180,7 @@ class Typed(NamedTuple):
 
     values: list[Any]
     table: list[Any]
-    codes: list[int]
+    codes: Ints
     nbytes: Ints
 
 
@@ -172,41 +190,35 @@ def _typed(values: list[Any], store: bool) -> Typed:
     if store and not set(map(type, values)) <= {np.ndarray}:
         values = storable(values)  # raises for what is not an array
     try:
-        shapes = list(map(_SHAPE, values))
-        dtypes = list(map(_DTYPE, values))
+        keys = list(map(_SHAPE_DTYPE, values))
     except AttributeError:  # (shape, dtype) pairs among the arrays
-        pairs = [(v.shape, v.dtype) if type(v) is np.ndarray else v for v in values]
-        shapes = list(map(_FIRST, pairs))
-        dtypes = list(map(_SECOND, pairs))
-    mixed = bool(dtypes) and dtypes.count(dtypes[0]) != len(dtypes)  # (mostly identity compares)
-    keys: list[Any] = list(zip(shapes, dtypes, strict=True)) if mixed else shapes  # dtypes hash slowly
-    index: dict[Any, int] = {key: n for n, key in enumerate(dict.fromkeys(keys))}
+        keys = [(v.shape, v.dtype) if type(v) is np.ndarray else v for v in values]
+    distinct, codes = runs(keys)
     table = []
     sizes = []
     swapped = False
-    for key in index:
-        shape, dtype = key if mixed else (key, dtypes[0])
+    for shape, dtype in distinct:
         table.append((stored_dtype_name(dtype), tuple(map(int, shape))))
         sizes.append(prod(table[-1][1]) * dtype.itemsize)
         swapped = swapped or getattr(dtype, "byteorder", "=") == ">"
     if store and swapped:
         values = storable(values)
-    codes = list(map(index.__getitem__, keys))
-    return Typed(values, table, codes, np.array(sizes, dtype=np.int64)[codes] if store else np.zeros(0, np.int64))
+    nbytes = np.array(sizes, dtype=np.int64)[codes] if store else np.zeros(0, np.int64)
+    return Typed(values, table, codes, nbytes)
 
 
-def _subtable(codes: list[int], table: list[Any], whole: bool, first: int = 0) -> tuple[list[Any], list[int]]:
-    """The entries of `table` that `codes` use, in order of first use (codes below `first` mean
-    "no entry" and stay as they are), and `codes` renumbered into them.  `whole`: the codes are
-    all those the table was made from (in order of first use), so it is returned as it is."""
-    if whole:
+def _subtable(codes: Ints, table: list[Any], first: int = 0) -> tuple[list[Any], Ints]:
+    """The entries of `table` that `codes` use, in table order (codes below `first` mean "no
+    entry" and stay as they are), and `codes` renumbered into them."""
+    used = np.zeros(len(table), dtype=bool)
+    used[codes] = True
+    used[:first] = False
+    if used[first:].all():  # (a batch written as one frame)
         return table[first:], codes
-    used = [code for code in dict.fromkeys(codes) if code >= first]
-    if used == list(range(first, len(table))):  # a batch written as one frame
-        return table[first:], codes
-    remap = {code: code for code in range(first)}
-    remap.update(zip(used, range(first, first + len(used)), strict=True))
-    return [table[code] for code in used], list(map(remap.__getitem__, codes))
+    kept = np.flatnonzero(used)
+    renumber = np.arange(len(table))
+    renumber[kept] = np.arange(first, first + len(kept))
+    return [table[k] for k in kept.tolist()], renumber[codes]
 
 
 class DataLayout:
@@ -228,12 +240,12 @@ class DataLayout:
         if not total:
             return bytes(8 * len(values)), []
         if self._used + lead + total <= self.chunk:  # the common case: one frame, vectorised
-            offsets = head + lead + np.concatenate(([0], np.cumsum(padded)[:-1]))
+            at = np.concatenate(([0], np.cumsum(padded)[:-1]))  # from the first value's start
+            offsets = head + lead + at
             offsets[nbytes == 0] = 0
             if lead:
                 self._parts.append(_PADS[lead])
-            pads = list(map(_PADS.__getitem__, ((-nbytes) % ALIGN).tolist()))
-            self._parts.extend(chain.from_iterable(zip(values, pads, strict=True)))
+            self._parts += _packed(values, nbytes, at, total)
             self._used += lead + total
             return offsets.astype("<i8").tobytes(), []
         column: list[int] = []
@@ -289,6 +301,30 @@ class DataLayout:
         return self.frames
 
 
+def _packed(values: list[Any], nbytes: Ints, at: Ints, total: int) -> list[Any]:
+    """Buffers holding `values` (of `nbytes` bytes each) at offsets `at`, padded to `total` bytes.
+
+    Values up to `PACK_BYTES` are copied into one buffer (one part per value, each needing its
+    own padding, would cost more to write than their bytes); bigger ones are written from their
+    own memory, with a padding part after each.
+    """
+    if int(nbytes.max()) <= PACK_BYTES:
+        try:
+            raw = np.frombuffer(b"".join(values), dtype=np.uint8)
+        except (TypeError, ValueError, BufferError):  # a value that is not C-contiguous
+            raw = np.concatenate([np.ascontiguousarray(v).reshape(-1).view(np.uint8) for v in values])
+        out = np.zeros(total, dtype=np.uint8)
+        size = int(nbytes[0])
+        if not np.any(nbytes != size):  # values of one size: rows of a matrix
+            out.reshape(len(values), -1)[:, :size] = raw.reshape(len(values), size)
+        else:  # each byte goes to its value's offset plus its place within the value
+            starts = np.cumsum(nbytes) - nbytes
+            out[np.repeat(at - starts, nbytes) + np.arange(len(raw))] = raw
+        return [out]
+    pads = list(map(_PADS.__getitem__, ((-nbytes) % ALIGN).tolist()))
+    return list(chain.from_iterable(zip(values, pads, strict=True)))
+
+
 def _in_frames(size: Ints, write: Callable[[int, int], None]) -> None:
     """Call `write(a, b)` on consecutive row ranges covering all rows, each small enough for one
     frame.  `size[k]` is the estimated size of rows 0..k-1 (so `len(size)` is rows + 1); a range
@@ -320,6 +356,8 @@ class Encoder:
         self.mode = mode
         self.records = 0
         self.variables = 0
+        self._ops: list[Any] = []  # every op name written so far, in order of first use
+        self._op_index: dict[Any, int] = {}
         try:
             check_plain(metadata, DEFAULT_LIMITS)
         except TapegradError as exc:
@@ -354,7 +392,7 @@ class Encoder:
         def write(a: int, b: int) -> None:
             cols: dict[str, Any] = {"count": b - a, "id": column(rows.ids[a:b], _U32, "a variable id"),
                                     "const": bytes(rows.const[a:b])}
-            cols["types"], local = _subtable(types[a:b], table, b - a == len(types))
+            cols["types"], local = _subtable(types[a:b], table)
             cols["type"] = column(local, _U32, "a type index")
             layout = DataLayout(self.w.pos)
             if store:
@@ -370,13 +408,15 @@ class Encoder:
     def _records(self, rows: RecordRows) -> None:
         n = len(rows.ops)
         store = self.mode == "all"
-        op_table, ops = intern(rows.ops)
+        ops = self._op_codes(rows.ops)
         try:
-            attr_table, attrs = attr_codes(rows.attrs)
+            attr_table, attr_list = attr_codes(rows.attrs)
         except Reject as bad:
             raise TapegradError(f"cannot store the attributes of record {self.records + bad.args[0]}: attributes must be plain "
                                 f"data") from None
         attr_table[1:] = [a if type(a) is dict else dict(a) for a in attr_table[1:]]
+        attrs = np.array(attr_list, dtype=np.int64)
+        file_codes = np.array(rows.sources[1] if rows.sources is not None else (), dtype=np.int64)
         typed = _typed(rows.values, store)
         type_table, types = typed.table, typed.codes
         nin = rows.nin
@@ -386,19 +426,18 @@ class Encoder:
 
         def write(a: int, b: int) -> None:
             cols: dict[str, Any] = {"count": b - a}
-            whole = b - a == n
-            cols["ops"], local = _subtable(ops[a:b], op_table, whole)
+            cols["ops"], local = _subtable(ops[a:b], self._ops)
             cols["op"] = column(local, "H", "an op index (over 65,536 distinct op names in one frame?)")
             cols["nin"] = nin[a:b].astype("<u4").tobytes()  # (0 <= nin < 2**32: counted)
             cols["inputs"] = column(rows.inputs[int(ends[a]):int(ends[b])], _U32, "an input id")
             cols["output"] = column(rows.outs[a:b], _U32, "an output id")
-            cols["types"], local = _subtable(types[a:b], type_table, whole)
+            cols["types"], local = _subtable(types[a:b], type_table)
             cols["type"] = column(local, _U32, "a type index")
-            cols["attrs"], local = _subtable(attrs[a:b], attr_table, whole, first=1)
+            cols["attrs"], local = _subtable(attrs[a:b], attr_table, first=1)
             cols["attr"] = column(local, _U32, "an attribute index")
             if rows.sources is not None:
-                files, file_index, lines = rows.sources
-                cols["files"], local = _subtable(file_index[a:b], files, whole)
+                files, _, lines = rows.sources
+                cols["files"], local = _subtable(file_codes[a:b], files)
                 cols["file"] = column(local, _U32, "a file index")
                 cols["line"] = column(lines[a:b], _U32, "a line number")
             layout = DataLayout(self.w.pos)
@@ -411,6 +450,18 @@ class Encoder:
             self.variables += b - a
 
         _in_frames(size, write)
+
+    def _op_codes(self, ops: list[Any]) -> Ints:
+        """Each op name's index into `self._ops` (the tables of frames are subsets of it)."""
+        index = self._op_index
+        try:
+            return np.fromiter(map(index.__getitem__, ops), dtype=np.int64, count=len(ops))
+        except KeyError:
+            for op in dict.fromkeys(ops):
+                if op not in index:
+                    index[op] = len(self._ops)
+                    self._ops.append(op)
+            return np.fromiter(map(index.__getitem__, ops), dtype=np.int64, count=len(ops))
 
     def _frame(self, tag: bytes, obj: Any, layout: DataLayout | None) -> None:
         """Pack `obj` as a `tag` frame, after the DATA frames of `layout`."""

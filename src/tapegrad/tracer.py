@@ -67,8 +67,8 @@ def _emit(name: str, attrs: Any, out: Any, tape: Tape | None, in_serials: tuple[
             tape._source_pos.append(f.f_lasti)
         tape._records.append(rec)
         tape._values[s] = out
-        if tape._sink is not None:
-            tape._sink.record(rec, out)
+        if tape._sink is not None and len(tape._records) >= tape._sink_at:
+            tape._sink.due()
     return v
 
 
@@ -107,8 +107,8 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
         rec = (name, EMPTY, s, x._tapegrad_serial)
         tape._records.append(rec)
         tape._values[s] = out
-        if tape._sink is not None:
-            tape._sink.record(rec, out)
+        if tape._sink is not None and len(tape._records) >= tape._sink_at:
+            tape._sink.due()
         return v
 
     return op
@@ -149,8 +149,8 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
         rec = (name, EMPTY, s, a._tapegrad_serial, b._tapegrad_serial)
         tape._records.append(rec)
         tape._values[s] = out
-        if tape._sink is not None:
-            tape._sink.record(rec, out)
+        if tape._sink is not None and len(tape._records) >= tape._sink_at:
+            tape._sink.due()
         return v
 
     if reflected:
