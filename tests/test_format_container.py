@@ -9,6 +9,7 @@ import struct
 import warnings
 import zipfile
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from tapegrad import tape_format as tf
 from tapegrad import tape_format_sources
 from tapegrad.tape import Tape
 from tapegrad.tape_format_frames import MAGIC, crc_shift, crc_shifter
+from tapegrad.tape_format_limits import Limits
 from test_format_helpers import join_frames, preamble, split_frames, tiny_tape
 
 
@@ -363,3 +365,48 @@ def test_a_mapped_tape_checks_structure_but_never_reads_its_payloads(tmp_path) -
     path.write_bytes(bytes(data))
     with pytest.raises(tg.TapeFormatError, match="checksum mismatch in frame"):
         tf.load_path(path, mmap=True)
+
+
+def test_a_mapped_file_over_the_size_limit_is_refused(tmp_path) -> None:
+    path = tmp_path / "t.tape"
+    path.write_bytes(tf.dumps(tiny_tape()))
+    with pytest.raises(tg.LimitError, match="max_total_bytes"):
+        tf.load_path(path, mmap=True, limits=Limits(max_total_bytes=100))
+    assert tf.load_path(path, mmap=True).names == {"x": 0, "y": 3}
+    os.chmod(path, 0)
+    if os.geteuid() != 0:  # (root reads anything)
+        with pytest.raises(PermissionError):
+            tf.load_path(path, mmap=True)
+
+
+def one_run_per_record(tape: Tape, wheres: list[Any], positions: list[int]) -> None:
+    """What `Tape._add_sources` must amount to: `_source_run` for each record in turn."""
+    for n, where in enumerate(wheres, len(tape._source_pos)):
+        tape._source_run(where, n)
+    tape._source_pos += positions
+
+
+def test_sources_added_in_bulk_make_the_runs_of_one_record_at_a_time() -> None:
+    rng = np.random.default_rng(7)
+    names = ["a.py", "b.py", "c.py"]
+    codes = [one_run_per_record.__code__, test_non_regular_files_are_refused_without_blocking.__code__,
+             test_an_empty_file_on_disk.__code__]
+    sizes = set()
+    for trial in range(80):
+        bulk, reference = Tape(), Tape()
+        for _ in range(3):  # later batches continue the runs of earlier ones
+            kinds = names if trial % 2 else codes
+            picks = rng.integers(0, len(kinds), int(rng.integers(0, 12)))
+            lengths = rng.integers(1, 30, len(picks))
+            wheres = [kinds[k] for k, n in zip(picks.tolist(), lengths.tolist(), strict=True) for _ in range(n)]
+            if trial % 2:  # equal file names that are different objects
+                wheres = ["".join(list(w)) if rng.random() < 0.3 else w for w in wheres]
+            positions = list(range(len(wheres)))
+            sizes.add(len(wheres) > 32)
+            column = np.fromiter(wheres, dtype=object, count=len(wheres))  # as the loader passes them
+            bulk._add_sources(column if trial % 3 else wheres, positions)
+            one_run_per_record(reference, wheres, positions)
+            assert bulk._source_runs == reference._source_runs
+            assert [id(w) for _, w in bulk._source_runs] == [id(w) for _, w in reference._source_runs]
+            assert bulk._source_last is reference._source_last and bulk._source_pos == reference._source_pos
+    assert sizes == {False, True}  # (batches both under and over the size where numpy finds the changes)

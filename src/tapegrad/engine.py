@@ -86,33 +86,44 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
                 prev = get(i)
                 cot[i] = gi if prev is None else F.add(prev, gi)
             continue
-        ins = rec[3:]
         out = values[out_id]
         attrs = rec[1]
         xs: Sequence[Any]
-        if len(ins) == 2:
-            a, b = xs = (values[ins[0]], values[ins[1]])
-            # Two inputs of one shape and dtype, also the output's, into an elementwise op:
-            # the cotangents come out shaped and typed like the inputs, so nothing is checked
-            # per input (reading ndarray attributes is a large part of this loop's cost).
-            plain = rec[0] in elementwise and a.shape == b.shape and a.dtype is b.dtype is out.dtype
+        if len(rec) == 5:
+            i, j = rec[3], rec[4]
+            a, b = xs = (values[i], values[j])
+            if rec[0] in elementwise and a.shape == b.shape and a.dtype is b.dtype is out.dtype:
+                # Two inputs of one shape and dtype, also the output's, into an elementwise op:
+                # the cotangents come out shaped and typed like the inputs, so nothing is checked
+                # per input (reading ndarray attributes is a large part of this loop's cost), and
+                # the two inputs are unrolled (the general loop below costs ~400 more machine
+                # instructions per op of benchmarks/overhead.py, of ~23k).
+                if i not in skip:
+                    gi = vjp(F, g, xs, out, attrs, 0)
+                    if gi is not None:
+                        prev = get(i)
+                        cot[i] = gi if prev is None else F.add(prev, gi)
+                if j not in skip:
+                    gi = vjp(F, g, xs, out, attrs, 1)
+                    if gi is not None:
+                        prev = get(j)
+                        cot[j] = gi if prev is None else F.add(prev, gi)
+                continue
         else:
-            xs = [values[i] for i in ins]
-            plain = False
+            xs = [values[i] for i in rec[3:]]
         k = -1
-        for i in ins:
+        for i in rec[3:]:
             k += 1
             if i in skip:
                 continue
             gi = vjp(F, g, xs, out, attrs, k)
             if gi is None:
                 continue
-            if not plain:  # broadcasting and dtype promotion are undone here, once for all ops
-                x = xs[k]
-                if gi.shape != x.shape:
-                    gi = F.sum_to(gi, tuple(x.shape))
-                if gi.dtype != x.dtype:
-                    gi = F.astype(gi, x.dtype)
+            x = xs[k]  # broadcasting and dtype promotion are undone here, once for all ops
+            if gi.shape != x.shape:
+                gi = F.sum_to(gi, tuple(x.shape))
+            if gi.dtype != x.dtype:
+                gi = F.astype(gi, x.dtype)
             prev = get(i)
             cot[i] = gi if prev is None else F.add(prev, gi)
     for i in want:

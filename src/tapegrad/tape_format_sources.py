@@ -10,7 +10,8 @@ Contract:
   and seekable file objects are read in `PIECE`-byte pieces by a worker thread and by the parser
   while it waits (two at once where `os.preadv` exists), each piece checksummed as it arrives,
   so reading, checksumming and parsing overlap.
-- Sizes are checked against `max_total_bytes` before anything is allocated.  `path_source`
+- Sizes are checked against `max_total_bytes` before anything is allocated (a memory map, which
+  allocates nothing, is made first and closed again if the file is too large).  `path_source`
   accepts only regular files (a FIFO or a device is refused without blocking) and raises
   `OSError` for the path itself.
 """
@@ -283,6 +284,17 @@ def path_source(path: str | os.PathLike[str], limits: Limits, use_mmap: bool, ve
     """The tape file at `path`: a regular file only (FIFOs and devices are refused)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
+        if use_mmap:
+            try:  # mmap succeeds only for a non-empty regular file (it checks with its own fstat)
+                mapped = mmap_module.mmap(fd, 0, access=mmap_module.ACCESS_READ)
+            except (OSError, ValueError):
+                pass  # the checks below say what is wrong with the file (or raise what mmap raised)
+            else:
+                size = len(mapped)
+                if size > limits.max_total_bytes:
+                    mapped.close()
+                    limits.check("max_total_bytes", size, "the tape's size in bytes")
+                return Source(memoryview(mapped))
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
