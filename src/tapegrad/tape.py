@@ -119,7 +119,7 @@ class Tape:
         self._names: dict[int, str] = {}
         self._consts: set[int] = set()
         self._leaves: list[int] = []  # input and const ids, in definition order
-        self._dense_cache: tuple[int, int, dict[int, int]] | None = None
+        self._dense_cache: tuple[int, int, list[int], dict[int, int]] | None = None
         self._sink: TapeSink | None = None
         self._sink_at = 0  # the record count at which the tracer calls `_sink.due()`
         self._leaf_vars: dict[int, Any] = {}  # id -> the Variable that entered as an input
@@ -219,20 +219,23 @@ class Tape:
         return tuple(value.shape), value.dtype
 
     # -- dense ids --
-    def _dense(self) -> dict[int, int]:
-        """Internal id -> dense public id (rank in definition order), cached."""
+    def _ids(self) -> tuple[list[int], dict[int, int]]:
+        """(every internal id in definition order, internal id -> dense public id), cached while
+        the tape does not grow.  Callers must not modify them."""
         cache = self._dense_cache
-        if cache is not None and cache[0] == len(self._records) and cache[1] == len(self._leaves):
-            return cache[2]
-        mapping = {vid: n for n, vid in enumerate(self._internal())}
-        self._dense_cache = (len(self._records), len(self._leaves), mapping)
-        return mapping
+        if cache is None or cache[0] != len(self._records) or cache[1] != len(self._leaves):
+            order = sorted(self._values.keys() | self._avals.keys()) if self._avals else sorted(self._values)
+            cache = self._dense_cache = (len(self._records), len(self._leaves), order,
+                                         {vid: n for n, vid in enumerate(order)})
+        return cache[2], cache[3]
+
+    def _dense(self) -> dict[int, int]:
+        """Internal id -> dense public id (rank in definition order)."""
+        return self._ids()[1]
 
     def _internal(self) -> list[int]:
-        """Every internal id, in definition order."""
-        if not self._avals:
-            return sorted(self._values)
-        return sorted(self._values.keys() | self._avals.keys())
+        """Every internal id, in definition order (a dense id indexes it)."""
+        return self._ids()[0]
 
     # -- files --
     def save(self, path: str | os.PathLike[str]) -> None:
