@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .ops import NUMPY, REGISTRY
+from .ops import NUMPY, REGISTRY, pass_on
 from .tape import RawRecord
 
 
@@ -54,14 +54,17 @@ def needed_ids(records: Sequence[RawRecord], outputs: Iterable[int]) -> set[int]
 
 
 def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict[int, Any],
-            skip: set[int] | frozenset[int], want: set[int], F: Any = NUMPY) -> dict[int, Any]:
+            skip: set[int] | frozenset[int], want: set[int], F: Any = NUMPY, *,
+            outputs_wanted: bool = True) -> dict[int, Any]:
     """Run the reverse pass; return the cotangents of the ids in `want` that received one.
 
     `values` maps every id the records mention to its primal value (array or Variable); `seeds`
     gives the starting cotangents; no cotangent is computed for ids in `skip` (constants, and
     whatever cannot reach a requested id).  Integer results never pass cotangents on to floating
     inputs (the only op that crosses, `astype`, blocks them), so `skip` need not list them.
-    Each cotangent is dropped as soon as its record has been processed.
+    Each cotangent is dropped as soon as its record has been processed.  With `outputs_wanted`
+    False the caller vouches that no id in `want` is the output of one of `records` (only
+    leaves are wanted), which spares a membership test per record.
     """
     cot = dict(seeds)
     found: dict[int, Any] = {}
@@ -74,7 +77,7 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
         g = pop(out_id, None)
         if g is None:
             continue
-        if out_id in want:
+        if outputs_wanted and out_id in want:
             found[out_id] = g
         vjp = vjps[rec[0]]
         if len(rec) == 4:  # registry contract: one-input rules return the input's shape and dtype
@@ -98,6 +101,14 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
                 # per input (reading ndarray attributes is a large part of this loop's cost), and
                 # the two inputs are unrolled (the general loop below costs ~400 more machine
                 # instructions per op of benchmarks/overhead.py, of ~23k).
+                if vjp is pass_on:  # (`add`: a call saved per input)
+                    if i not in skip:
+                        prev = get(i)
+                        cot[i] = g if prev is None else F.add(prev, g)
+                    if j not in skip:
+                        prev = get(j)
+                        cot[j] = g if prev is None else F.add(prev, g)
+                    continue
                 if i not in skip:
                     gi = vjp(F, g, xs, out, attrs, 0)
                     if gi is not None:

@@ -521,7 +521,8 @@ def pull(y: Variable, seed: Any, targets: dict[int, Variable] | None, backend: A
         else:
             active = engine.active_set(records, sources)
             skip = {s for s in data if s not in active}
-        found = engine.reverse(records, values, {me: g}, skip, sources, backend)
+        found = engine.reverse(records, values, {me: g}, skip, sources, backend,
+                               outputs_wanted=targets is not None)  # else only leaves are wanted
         work.extend((edge[s], gs) for s, gs in found.items())
     return result
 

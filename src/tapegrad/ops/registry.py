@@ -49,6 +49,7 @@ from .spec import (
     encode_index,
     ndim_of,
     normalize_axis,
+    pass_on,
     shape_of,
     split_args,
 )
@@ -194,7 +195,7 @@ _RED = (Attr("axis", AXES, None), Attr("keepdims", BOOL, False))
 def _build() -> dict[str, OpSpec]:
     specs = [
         # elementwise, broadcasting
-        OpSpec("add", 2, operator.add, lambda F, g, ins, out, a, k: g, "x + y"),
+        OpSpec("add", 2, operator.add, pass_on, "x + y"),
         OpSpec("sub", 2, operator.sub, lambda F, g, ins, out, a, k: g if k == 0 else F.neg(g), "x - y"),
         OpSpec("mul", 2, operator.mul, lambda F, g, ins, out, a, k: F.mul(g, ins[1 - k]), "x * y"),
         OpSpec("div", 2, operator.truediv,

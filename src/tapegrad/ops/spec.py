@@ -27,6 +27,14 @@ from ..errors import TapegradError
 AttrValue = None | bool | int | float | str | tuple["AttrValue", ...]
 Attrs = Mapping[str, AttrValue]
 Vjp = Callable[[Any, Any, Sequence[Any], Any, Any, int], Any]  # (F, g, ins, out, attrs or None, k)
+
+
+def pass_on(F: Any, g: Any, ins: Sequence[Any], out: Any, attrs: Any, k: int) -> Any:
+    """The VJP rule of an op whose every input takes the output's cotangent as it is (`add`);
+    the reverse loop recognises it and skips the call where no unbroadcasting is needed."""
+    return g
+
+
 Binder = Callable[["OpSpec", tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
 ShapeRule = Callable[["OpSpec", Sequence[tuple[int, ...]], Sequence["np.dtype[Any]"], Attrs],
                      tuple[tuple[int, ...], "np.dtype[Any]"]]
