@@ -276,6 +276,49 @@ def test_streamed_recording_loads_as_the_recorded_tape(tmp_path) -> None:
     assert tf.dumps(loaded) == tf.dumps(tape)  # the same tape as a one-shot dump
 
 
+def test_streams_with_gaps_in_ids_and_late_leaves_load_as_recorded(tmp_path) -> None:
+    w = tg.Variable(np.array([2.0, 3.0]), name="w")  # made before the block: it enters the tape late
+    path = tmp_path / "gaps.tape"
+    with tg.record(path=path, flush_every=4) as tape:
+        x = tg.Variable(np.array([0.5, 1.5]), name="x")
+        y = x
+        for k in range(30):
+            y = tg.sin(y) if k % 3 else y * 2.0
+            if k % 7 == 0:
+                tg.Variable(np.zeros(2))  # an id that no record uses: a gap
+                with tg.no_record():
+                    tg.exp(y)  # ids made outside the tape: more gaps
+            if k == 20:
+                y = y * w
+        y.name = "y"
+    loaded = tf.load_path(path)
+    assert len(loaded) == len(tape)
+    assert [r.op for r in loaded.records] == [r.op for r in tape.records]
+    assert np.array_equal(loaded.value("y"), y.data) and np.array_equal(loaded.value("w"), w.data)
+    assert np.array_equal(tg.replay.forward(loaded)["y"], y.data)
+    same_tape(loaded, tf.loads(tf.dumps(loaded)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tf.TapeRecoveryWarning)
+        cut = tf.loads(path.read_bytes()[:-200], recover=True)  # a prefix of whole batches
+    assert [r.op for r in cut.records] == [r.op for r in tape.records][:len(cut)]
+
+
+def test_batches_of_mixed_types_and_sources_stream_exactly(tmp_path) -> None:
+    path = tmp_path / "mixed.tape"
+    with tg.record(path=path, flush_every=5) as tape:
+        a = tg.Variable(np.arange(6.0).reshape(2, 3), name="a")
+        b = tg.Variable(np.float32(1.5) * np.ones(3, np.float32), name="b")
+        for _ in range(4):
+            s = tg.sum(a, axis=0)  # (3,) float64, with attributes
+            t = tg.sum(s)  # () float64
+            u = b * 2.0  # (3,) float32
+            a = a + t * s  # (2, 3)
+            b = tg.sin(u) - b
+    loaded = tf.load_path(path)
+    same_tape(tape, loaded)
+    assert [loaded.source_of(n) for n in range(len(loaded))] == [tape.source_of(n) for n in range(len(tape))]
+
+
 @pytest.mark.parametrize("mode", ["all", "inputs", "none"])
 def test_streaming_in_every_values_mode(tmp_path, mode: str) -> None:
     path = tmp_path / f"{mode}.tape"

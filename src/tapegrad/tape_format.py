@@ -31,9 +31,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import struct
 import threading
 from bisect import bisect_right
-from itertools import chain
+from collections.abc import Sequence
+from itertools import chain, compress
 from operator import itemgetter
 from typing import IO, Any
 
@@ -45,18 +47,86 @@ from .tape_format_frames import MAGIC, MAJOR, MINOR
 from .tape_format_limits import DEFAULT_LIMITS, Limits
 from .tape_format_reader import Recovery, TapeRecoveryWarning, read
 from .tape_format_sources import memory_source, path_source, stream_source
-from .tape_format_writer import Encoder, LeafRows, RecordRows, Sources
-from .validate import no_gc, validate
+from .tape_format_writer import Encoder, LeafRows, RecordRows, Sources, column, gather
+from .validate import Ints, no_gc, validate
 
 __all__ = [
     "DEFAULT_LIMITS", "Limits", "MAGIC", "MAJOR", "MINOR", "Recovery", "StreamWriter",
     "TapeRecoveryWarning", "dump", "dumps", "load", "load_path", "loads", "save", "validate",
 ]
 
-_OP, _ATTRS, _OUT = (itemgetter(k) for k in range(3))  # records are (op, attrs, output, *inputs)
-_INPUTS = itemgetter(slice(3, None))
-_FIRST = _OP
+_FIRST = itemgetter(0)
 SourceCache = dict[int, tuple[str, dict[int, int]]]  # id of a code object -> (its file, position -> line)
+_U32 = struct.Struct("<I")
+
+
+class _DenseIds:
+    """Internal ids -> dense ids (the ids a file stores), given out in batches.
+
+    Kept as runs of consecutive internal ids with consecutive dense ids, sorted by internal id,
+    in columns that grow by doubling: the ids of a recording are mostly consecutive, so there
+    are few runs, and a batch of ids is looked up with a few numpy calls.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0  # dense ids given out so far
+        self._runs = np.zeros((3, 8), dtype=np.int64)  # rows: first internal id, first dense id, length
+        self._n = 0
+
+    def add(self, ids: Ints) -> None:
+        """Give the next dense ids to `ids`: new internal ids, in increasing order."""
+        m = len(ids)
+        if not m:
+            return
+        if self.count + m > 1 << 32:
+            raise TapegradError("cannot store the tape: it has more than 2**32 variables")
+        first, last = ids[[0, -1]].tolist()
+        runs, n = self._runs, self._n
+        start, dense, length = runs[:, n - 1].tolist() if n else (0, 0, -1)
+        joins = start + length == first and dense + length == self.count  # continues the last run
+        if joins and last - first == m - 1:  # (the usual case: all of the batch does)
+            runs[2, n - 1] += m
+            self.count += m
+            return
+        heads = np.flatnonzero(ids[1:] - ids[:-1] != 1) + 1
+        new = np.empty((3, len(heads) + 1), dtype=np.int64)
+        new[0, 0], new[0, 1:] = first, ids[heads]
+        new[1, 0], new[1, 1:] = self.count, self.count + heads
+        new[2, :-1], new[2, -1] = np.diff(new[1]), self.count + m - new[1, -1]
+        self.count += m
+        if joins:
+            runs[2, n - 1] += new[2, 0]
+            new = new[:, 1:]
+        k = new.shape[1]
+        if n + k > runs.shape[1]:
+            runs = self._runs = np.concatenate((runs, np.zeros((3, max(n + k, 2 * n)), dtype=np.int64)), axis=1)
+        runs[:, n:n + k] = new
+        self._n = n = n + k
+        if k and n > k and new[0, 0] < runs[0, n - k - 1]:  # ids older than some given out before
+            runs[:, :n] = runs[:, np.argsort(runs[0, :n], kind="stable")]
+
+    def find(self, ids: Ints) -> tuple[Ints, Any]:
+        """(the dense id of each of `ids`, whether it has one)."""
+        runs = self._runs[:, :self._n]
+        k = np.searchsorted(runs[0], ids, side="right") - 1
+        first, dense, length = runs[:, k]
+        offset = ids - first
+        return dense + offset, (k >= 0) & (offset < length)
+
+    def __call__(self, ids: Ints) -> Ints:
+        """The dense ids of `ids`; KeyError(the first unknown id) if one has none."""
+        if not len(ids):
+            return ids
+        if self._n == 1:  # (the usual case, in fewer steps)
+            first, dense0, length = self._runs[:, 0].tolist()
+            offset = ids - first
+            if offset.min() >= 0 and offset.max() < length:
+                mapped: Ints = offset + dense0 if dense0 else offset
+                return mapped
+        dense, known = self.find(ids)
+        if not known.all():
+            raise KeyError(int(ids[np.argmin(known)]))
+        return dense
 
 
 def _sources(tape: Tape, start: int, count: int, cache: SourceCache) -> Sources | None:
@@ -72,7 +142,7 @@ def _sources(tape: Tape, start: int, count: int, cache: SourceCache) -> Sources 
     if not count or len(positions) < stop or not runs or runs[0][0] > start:
         return None
     files: dict[str, int] = {}
-    file_index: list[int] = []
+    file_column: list[bytes] = []
     lines: list[int] = []
     k = bisect_right(runs, start, key=_FIRST) - 1
     a = start
@@ -82,61 +152,97 @@ def _sources(tape: Tape, start: int, count: int, cache: SourceCache) -> Sources 
         if segment:
             code = id(runs[k][1])
             file, line_of = cache.get(code, ("", {}))
-            for pos in set(segment) - line_of.keys():
-                where = tape.source_of(a + segment.index(pos))
-                if where is None:
-                    return None
-                file, line_of[pos] = where
-            cache[code] = file, line_of
-            file_index += [files.setdefault(file, len(files))] * len(segment)
-            lines += map(line_of.__getitem__, segment)
+            try:
+                lines += gather(line_of, segment)
+            except KeyError:
+                for pos in set(segment) - line_of.keys():
+                    where = tape.source_of(a + segment.index(pos))
+                    if where is None:
+                        return None
+                    file, line_of[pos] = where
+                cache[code] = file, line_of
+                lines += gather(line_of, segment)
+            file_column.append(_U32.pack(files.setdefault(file, len(files))) * len(segment))
             a = b
         k += 1
-    return list(files), file_index, lines
+    return list(files), b"".join(file_column), column(lines, "I", "a line number")
 
 
-def _columns(tape: Tape, leaves: list[int], records: list[RawRecord], dense: dict[int, int],
-             first_record: int, source_cache: SourceCache) -> tuple[LeafRows, RecordRows]:
-    """The `Encoder.batch` rows of these leaves and records of `tape` (ids made dense).
+def _values(tape: Tape, ids: list[int], store: bool, dense: _DenseIds) -> Sequence[Any]:
+    """The values of internal ids `ids`, or their (shape, dtype) where the tape has no value."""
+    values = tape._values
+    try:
+        return gather(values, ids)
+    except KeyError as exc:
+        if store:
+            raise TapegradError(f"cannot store v{int(dense(np.array(exc.args, dtype=np.int64))[0])}: the tape has no "
+                                f"value for it (values={tape.values_mode!r})") from None
+    return [values[i] if i in values else tape._avals[i] for i in ids]
+
+
+def _columns(tape: Tape, leaves: list[int], records: list[RawRecord], dense: _DenseIds, first_record: int,
+             source_cache: SourceCache) -> tuple[LeafRows, RecordRows]:
+    """The `Encoder.batch` rows of new leaves and records of `tape`, whose ids get the next dense
+    ids in `dense` (in the order of their internal ids).
 
     `records` are the tape's records from index `first_record` on (for their source lines).
+    Records are `(op, attrs, output, *inputs)`: their items are laid out in one list, and the
+    ids (each record's output, then its inputs) are picked from it in C and mapped in bulk.
     """
-    values, avals, names, consts = tape._values, tape._avals, tape._names, tape._consts
-    to_dense = dense.__getitem__
-
-    def typed(ids: list[int], store: bool) -> list[Any]:
-        try:
-            return list(map(values.__getitem__, ids))
-        except KeyError as exc:
-            if store:
-                raise TapegradError(f"cannot store v{dense[exc.args[0]]}: the tape has no value for it "
-                                    f"(values={tape.values_mode!r})") from None
-        return [values[i] if i in values else avals[i] for i in ids]
-
-    outs = list(map(_OUT, records))
-    ins = list(map(_INPUTS, records))
+    n = len(records)
+    flat = list(chain.from_iterable(records))
     try:
-        return (LeafRows(ids=list(map(to_dense, leaves)), const=list(map(consts.__contains__, leaves)),
-                         names=list(map(names.get, leaves)), values=typed(leaves, tape.values_mode != "none")),
-                RecordRows(ops=list(map(_OP, records)), attrs=list(map(_ATTRS, records)),
-                           nin=np.fromiter(map(len, ins), dtype=np.int64, count=len(ins)),
-                           inputs=list(map(to_dense, chain.from_iterable(ins))),
-                           outs=list(map(to_dense, outs)), values=typed(outs, tape.values_mode == "all"),
-                           sources=_sources(tape, first_record, len(records), source_cache)))
+        lens = np.frombuffer(bytes(map(len, records)), dtype=np.uint8).astype(np.int64)
+    except ValueError:  # a record of 256 items or more
+        lens = np.fromiter(map(len, records), dtype=np.int64, count=n)
+    starts = np.cumsum(lens) - lens
+    picked = np.ones(len(flat), dtype=bool)
+    picked[starts] = picked[starts + 1] = False
+    count = len(flat) - 2 * n  # ids
+    is_out = np.zeros(count, dtype=bool)
+    is_out[starts - 2 * np.arange(n)] = True
+    try:
+        ids = np.frombuffer(struct.pack(f"={count}q", *compress(flat, picked.tobytes())), dtype=np.int64)
+    except struct.error:
+        raise TapegradError("cannot store the tape: its records hold variable ids that are not 64-bit integers") from None
+    try:
+        leaf_ids = np.array(leaves, dtype=np.int64)
+        outs = ids[is_out]
+        dense.add(np.sort(np.concatenate((leaf_ids, outs)) if leaves else outs))
+        mapped = dense(ids)
+        leaf_dense = dense(leaf_ids)
+    except KeyError as exc:
+        raise TapegradError(f"cannot store the tape: it refers to variable {exc.args[0]!r}, which it does not "
+                            f"define") from None
+    mode = tape.values_mode
+    names, consts = tape._names, tape._consts
+    try:
+        return (LeafRows(ids=leaf_dense, const=list(map(consts.__contains__, leaves)), names=list(map(names.get, leaves)),
+                         values=_values(tape, leaves, mode != "none", dense)),
+                RecordRows(ops=gather(flat, starts.tolist()), attrs=gather(flat, (starts + 1).tolist()), nin=lens - 3,
+                           inputs=mapped[~is_out], outs=mapped[is_out],
+                           values=_values(tape, outs.tolist(), mode == "all", dense),
+                           sources=_sources(tape, first_record, n, source_cache)))
     except KeyError as exc:
         raise TapegradError(f"cannot store the tape: it refers to variable {exc.args[0]!r}, which it does not "
                             f"define") from None
 
 
+def _late_names(tape: Tape, dense: _DenseIds, ids: list[int]) -> list[tuple[int, str | None]]:
+    """NAME entries (dense id, name or None) for those of internal ids `ids` that have a dense id."""
+    found, known = dense.find(np.array(ids, dtype=np.int64))
+    names = tape._names
+    return sorted(zip(found[known].tolist(), map(names.get, compress(ids, known.tolist())), strict=True))
+
+
 def dump(tape: Tape, fileobj: IO[bytes]) -> None:
     """Write `tape` to the binary file object `fileobj` (at its current position)."""
     with no_gc():
-        dense = tape._dense()
         enc = Encoder(fileobj, tape.values_mode, tape.metadata)
+        dense = _DenseIds()
+        rows = _columns(tape, tape._leaves, tape._records, dense, 0, {})
         leaf_set = set(tape._leaves)
-        late: list[tuple[int, str | None]] = sorted((dense[v], n) for v, n in tape._names.items()
-                                                    if v not in leaf_set)
-        enc.batch(*_columns(tape, tape._leaves, tape._records, dense, 0, {}), names=late)
+        enc.batch(*rows, names=_late_names(tape, dense, [v for v in tape._names if v not in leaf_set]))
         enc.footer()
 
 
@@ -280,7 +386,7 @@ class StreamWriter:
         self._tape = tape
         self._flush_every = flush_every
         self._fsync = fsync
-        self._dense: dict[int, int] = {}
+        self._dense = _DenseIds()
         self._leaves_done = 0
         self._records_done = 0
         self._renamed: dict[int, None] = dict.fromkeys(tape._names)  # names the tape already has
@@ -331,19 +437,14 @@ class StreamWriter:
         tape._sink_at = len(tape._records) + self._flush_every
         leaves = tape._leaves[self._leaves_done:]
         records = tape._records[self._records_done:]
-        dense = self._dense
-        fresh = sorted(chain(leaves, map(_OUT, records)))
-        dense.update(zip(fresh, range(len(dense), len(dense) + len(fresh)), strict=True))
-        late: list[tuple[int, str | None]] = []
-        if self._renamed:
-            leaf_set = set(leaves)
-            names = tape._names
-            late = [(dense[v], names.get(v)) for v in self._renamed if v in dense and v not in leaf_set]
-            self._renamed = {}
         try:
-            with no_gc():
-                self._enc.batch(*_columns(tape, leaves, records, dense, self._records_done, self._where),
-                                names=late)
+            rows = _columns(tape, leaves, records, self._dense, self._records_done, self._where)
+            late: list[tuple[int, str | None]] = []
+            if self._renamed:
+                leaf_set = set(leaves)
+                late = _late_names(tape, self._dense, [v for v in self._renamed if v not in leaf_set])
+                self._renamed = {}
+            self._enc.batch(*rows, names=late)
             self._enc.w.commit()
         except BaseException as exc:
             self._failed = exc

@@ -9,9 +9,11 @@ Contract:
   is never stored for `1`) and types are interned once into batch-wide tables and code columns
   (types by runs: only where a value's type differs from the one before is it looked up), op
   names into an encoder-wide table; each frame stores the entries it uses, renumbered, in
-  table order.  Columns become bytes through `array` or numpy, both checking their range.
-  Frames are sized from the column widths, so no frame is encoded twice, except when huge tables
-  overflow the estimate.
+  table order.  Columns become bytes once per batch (integers from Python through `struct`,
+  which checks their range, the rest through numpy) and each frame takes its slice of them.
+  Values of one type (the usual batch) are recognised and laid out without per-value numpy
+  work beyond reading their dtype, dimensions and bytes.  Frames are sized from the column
+  widths, so no frame is encoded twice, except when huge tables overflow the estimate.
 - Arrays are written as raw C-order little-endian bytes at 64-byte-aligned offsets inside DATA
   frames, straight from the arrays' memory (a frame of values up to `PACK_BYTES` is copied into
   one buffer instead); an array larger than `CHUNK_BYTES` (or a batch whose arrays do not fit
@@ -22,12 +24,11 @@ Contract:
 
 from __future__ import annotations
 
-import sys
-from array import array
+import struct
 from collections.abc import Callable, Sequence
 from itertools import chain
 from math import prod
-from operator import attrgetter, ne
+from operator import attrgetter, itemgetter, ne
 from typing import IO, Any, NamedTuple
 
 import msgpack  # type: ignore[import-untyped]
@@ -70,36 +71,36 @@ class _TooBig(Exception):
 
 
 _PADS = [bytes(k) for k in range(ALIGN)]
-_SHAPE_DTYPE = attrgetter("shape", "dtype")
+_WHAT = {VARS: "the tape's inputs", RECS: "a record", NAME: "the tape's names"}  # (for errors)
+_DTYPE, _NDIM, _SHAPE = attrgetter("dtype"), attrgetter("ndim"), attrgetter("shape")
 _DTYPE_NAMES: dict[Any, str] = {}
-_U32 = next(code for code in "ILH" if array(code).itemsize == 4)
-_SWAP = sys.byteorder == "big"  # columns are little-endian
-_LITTLE = {"H": "<u2", _U32: "<u4"}
 
-Sources = tuple[list[str], list[int], list[int]]
-"""Source locations of records: (file table, each record's index into it, each record's line)."""
+Sources = tuple[list[str], bytes, bytes]
+"""Source locations of records: (file table, each record's index into it and each record's line,
+as u32 little-endian columns)."""
 
 
 class LeafRows(NamedTuple):
     """A batch of leaves, one entry per leaf: dense id, constant or not, name, and value (an
     ndarray, or a (shape, dtype) pair when the mode stores no value for it)."""
 
-    ids: list[int]
+    ids: Ints
     const: list[bool]
     names: list[str | None]
-    values: list[Any]
+    values: Sequence[Any]
 
 
 class RecordRows(NamedTuple):
     """A batch of records as columns: op name, attributes (None or a map), number of inputs,
-    all input ids concatenated, output id, output value (as in `LeafRows`), source locations."""
+    all input ids concatenated, output id, output value (as in `LeafRows`), source locations.
+    Ids are dense, below 2**32 (the caller checks)."""
 
-    ops: list[str]
-    attrs: list[Any]
+    ops: Sequence[str]
+    attrs: Sequence[Any]
     nin: Ints
-    inputs: list[int]
-    outs: list[int]
-    values: list[Any]
+    inputs: Ints
+    outs: Ints
+    values: Sequence[Any]
     sources: Sources | None
 
 
@@ -120,20 +121,26 @@ def _allowed() -> list[str]:
     return sorted(DTYPES)
 
 
-def column(values: Sequence[int] | Ints, code: str, what: str) -> bytes:
-    """Little-endian bytes of `values` (a list or an int64 array) as items of type `code` ("H":
-    u16, `_U32`: u32); TapegradError if a value does not fit (the conversion checks the range)."""
-    if isinstance(values, np.ndarray):
-        if len(values) and (int(values.min()) < 0 or int(values.max()) >> (8 * array(code).itemsize)):
-            raise TapegradError(f"cannot store {what}: values must be integers in [0, 2**{8 * array(code).itemsize})")
-        return values.astype(_LITTLE[code]).tobytes()
+def column(values: Sequence[int], code: str, what: str) -> bytes:
+    """Little-endian bytes of the ints `values` as items of type `code` ("H": u16, "I": u32);
+    TapegradError if a value does not fit (`struct` checks the range)."""
     try:
-        items = array(code, values)
-    except (OverflowError, TypeError):
-        raise TapegradError(f"cannot store {what}: values must be integers in [0, 2**{8 * array(code).itemsize})") from None
-    if _SWAP:
-        items.byteswap()
-    return items.tobytes()
+        return struct.pack(f"<{len(values)}{code}", *values)
+    except struct.error:
+        raise TapegradError(f"cannot store {what}: values must be integers in [0, 2**{8 * struct.calcsize(code)})") from None
+
+
+def u32(values: Ints) -> bytes:
+    """Little-endian u32 bytes of `values`, which the caller knows to be in range."""
+    return values.astype("<u4").tobytes()
+
+
+def gather(table: Any, keys: Sequence[Any]) -> Sequence[Any]:
+    """`[table[k] for k in keys]`, looked up in C (by `itemgetter`); KeyError or IndexError as
+    `table[k]` raises them."""
+    if len(keys) > 1:
+        return itemgetter(*keys)(table)  # type: ignore[no-any-return]
+    return [table[k] for k in keys]
 
 
 def runs(keys: list[Any]) -> tuple[list[Any], Ints]:
@@ -155,14 +162,18 @@ def runs(keys: list[Any]) -> tuple[list[Any], Ints]:
     return list(index), np.repeat(np.array(head_codes, dtype=np.int64), np.diff(starts + [n]))
 
 
-def pack(obj: Any, what: str) -> bytes:
+def pack(obj: Any, what: str, packer: Any = None) -> bytes:
+    """The msgpack bytes of `obj` (through `packer`, a reusable `msgpack.Packer`, if given);
+    TapegradError naming `what` if msgpack cannot store it."""
     try:
+        if packer is not None:
+            return packer.pack(obj)  # type: ignore[no-any-return]
         return msgpack.packb(obj, use_bin_type=True, use_single_float=False)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise TapegradError(f"cannot store {what}: {exc} (attributes and metadata must be plain data)") from None
 
 
-def storable(values: list[Any]) -> list[Any]:
+def storable(values: Sequence[Any]) -> list[Any]:
     """`values` as C-contiguous little-endian ndarrays (copies only those that are not)."""
     out = []
     for v in values:
@@ -176,24 +187,34 @@ def storable(values: list[Any]) -> list[Any]:
 
 class Typed(NamedTuple):
     """The values of a batch ready to write, their types as a table of distinct [dtype name,
-    shape] and each value's index into it, and each value's size in bytes (when storing)."""
+    shape] and each value's index into it, and each value's size in bytes (when storing), or
+    their one size if they have one type."""
 
     values: list[Any]
     table: list[Any]
     codes: Ints
     nbytes: Ints
+    size: int | None
 
 
-def _typed(values: list[Any], store: bool) -> Typed:
+def _typed(values: Sequence[Any], store: bool) -> Typed:
     """The `Typed` of `values`, each an ndarray or a (shape, dtype) pair (non-ndarrays are
-    refused when storing)."""
+    refused when storing).  A batch of values of one type (the usual case) is recognised
+    without hashing any type."""
     if store and not set(map(type, values)) <= {np.ndarray}:
         values = storable(values)  # raises for what is not an array
+    n = len(values)
     try:
-        keys = list(map(_SHAPE_DTYPE, values))
+        dtypes = list(map(_DTYPE, values))
+        ndims = list(map(_NDIM, values))
     except AttributeError:  # (shape, dtype) pairs among the arrays
-        keys = [(v.shape, v.dtype) if type(v) is np.ndarray else v for v in values]
-    distinct, codes = runs(keys)
+        distinct, codes = runs([(v.shape, v.dtype) if type(v) is np.ndarray else v for v in values])
+    else:
+        shape = _uniform_shape(values, ndims) if n and dtypes.count(dtypes[0]) == n else None
+        if shape is not None:
+            distinct, codes = [(shape, dtypes[0])], np.zeros(n, dtype=np.int64)
+        else:
+            distinct, codes = runs(list(zip(map(_SHAPE, values), dtypes, strict=True)))
     table = []
     sizes = []
     swapped = False
@@ -204,7 +225,20 @@ def _typed(values: list[Any], store: bool) -> Typed:
     if store and swapped:
         values = storable(values)
     nbytes = np.array(sizes, dtype=np.int64)[codes] if store else np.zeros(0, np.int64)
-    return Typed(values, table, codes, nbytes)
+    return Typed(list(values), table, codes, nbytes, sizes[0] if len(sizes) == 1 else None)
+
+
+def _uniform_shape(values: Sequence[Any], ndims: list[int]) -> tuple[int, ...] | None:
+    """The shape of all `values` (arrays with `ndims` dimensions) if they have one shape and at
+    most one dimension, else None: `len` is cheaper than `shape`, which builds a tuple."""
+    n = len(values)
+    if ndims.count(0) == n:
+        return ()
+    if ndims.count(1) == n:
+        lens = list(map(len, values))
+        if lens.count(lens[0]) == n:
+            return (lens[0],)
+    return None
 
 
 def _subtable(codes: Ints, table: list[Any], first: int = 0) -> tuple[list[Any], Ints]:
@@ -221,6 +255,15 @@ def _subtable(codes: Ints, table: list[Any], first: int = 0) -> tuple[list[Any],
     return [table[k] for k in kept.tolist()], renumber[codes]
 
 
+def _table(codes: Ints, table: list[Any], a: int, b: int, whole: bool, first: int = 0) -> tuple[list[Any], bytes]:
+    """`_subtable` for rows a..b-1, with the codes as a u32 column; `whole`: these are all the
+    rows that `table` was built for, so they use every entry."""
+    if whole:
+        return table[first:], u32(codes)
+    sub, local = _subtable(codes[a:b], table, first)
+    return sub, u32(local)
+
+
 class DataLayout:
     """Places arrays in DATA frames starting at tape offset `start`: 64-aligned, chunked."""
 
@@ -231,21 +274,30 @@ class DataLayout:
         self._parts: list[Any] = []
         self._used = 0
 
-    def column(self, values: list[Any], nbytes: Ints) -> tuple[bytes, list[Any]]:
-        """Lay out `values` of `nbytes` bytes each; return the i64 data column and the "chunks" list."""
-        padded = (nbytes + (ALIGN - 1)) & ~(ALIGN - 1)
+    def column(self, values: list[Any], nbytes: Ints, size: int | None = None) -> tuple[bytes, list[Any]]:
+        """Lay out `values` of `nbytes` bytes each (all of `size` bytes, if given); return the i64
+        data column and the "chunks" list."""
         head = self._start + FRAME_HEAD + self._used
         lead = -head % ALIGN
-        total = int(padded.sum())
+        if size is None:
+            padded = (nbytes + (ALIGN - 1)) & ~(ALIGN - 1)
+            total = int(padded.sum())
+        else:
+            stride = (size + ALIGN - 1) & ~(ALIGN - 1)
+            total = stride * len(values)
         if not total:
             return bytes(8 * len(values)), []
         if self._used + lead + total <= self.chunk:  # the common case: one frame, vectorised
-            at = np.concatenate(([0], np.cumsum(padded)[:-1]))  # from the first value's start
-            offsets = head + lead + at
-            offsets[nbytes == 0] = 0
+            if size is None:
+                at = np.concatenate(([0], np.cumsum(padded)[:-1]))  # from the first value's start
+                offsets = head + lead + at
+                offsets[nbytes == 0] = 0
+            else:
+                at = np.arange(0, total, stride)
+                offsets = at + (head + lead)
             if lead:
                 self._parts.append(_PADS[lead])
-            self._parts += _packed(values, nbytes, at, total)
+            self._parts += _packed(values, nbytes, at, total, size)
             self._used += lead + total
             return offsets.astype("<i8").tobytes(), []
         column: list[int] = []
@@ -301,21 +353,23 @@ class DataLayout:
         return self.frames
 
 
-def _packed(values: list[Any], nbytes: Ints, at: Ints, total: int) -> list[Any]:
-    """Buffers holding `values` (of `nbytes` bytes each) at offsets `at`, padded to `total` bytes.
+def _packed(values: list[Any], nbytes: Ints, at: Ints, total: int, size: int | None) -> list[Any]:
+    """Buffers holding `values` (of `nbytes` bytes each, or all of `size` bytes) at offsets `at`,
+    padded to `total` bytes.
 
     Values up to `PACK_BYTES` are copied into one buffer (one part per value, each needing its
     own padding, would cost more to write than their bytes); bigger ones are written from their
     own memory, with a padding part after each.
     """
-    if int(nbytes.max()) <= PACK_BYTES:
+    if size is None and not np.any(nbytes != nbytes[0]):
+        size = int(nbytes[0])
+    if (int(nbytes.max()) if size is None else size) <= PACK_BYTES:
         try:
             raw = np.frombuffer(b"".join(values), dtype=np.uint8)
         except (TypeError, ValueError, BufferError):  # a value that is not C-contiguous
             raw = np.concatenate([np.ascontiguousarray(v).reshape(-1).view(np.uint8) for v in values])
         out = np.zeros(total, dtype=np.uint8)
-        size = int(nbytes[0])
-        if not np.any(nbytes != size):  # values of one size: rows of a matrix
+        if size is not None:  # values of one size: rows of a matrix
             out.reshape(len(values), -1)[:, :size] = raw.reshape(len(values), size)
         else:  # each byte goes to its value's offset plus its place within the value
             starts = np.cumsum(nbytes) - nbytes
@@ -325,17 +379,20 @@ def _packed(values: list[Any], nbytes: Ints, at: Ints, total: int) -> list[Any]:
     return list(chain.from_iterable(zip(values, pads, strict=True)))
 
 
-def _in_frames(size: Ints, write: Callable[[int, int], None]) -> None:
+def _in_frames(count: int, small: bool, size: Callable[[], Ints], write: Callable[[int, int], None]) -> None:
     """Call `write(a, b)` on consecutive row ranges covering all rows, each small enough for one
-    frame.  `size[k]` is the estimated size of rows 0..k-1 (so `len(size)` is rows + 1); a range
-    holds at most `ROWS_PER_FRAME` rows and is halved while its frame would exceed `FRAME_TARGET`."""
-    count = len(size) - 1
+    frame.  `small` says that all rows surely fit one frame; otherwise `size()[k]` is the estimated
+    size of rows 0..k-1 (an array of rows + 1 entries), and a range holds at most `ROWS_PER_FRAME`
+    rows and is halved while its frame would exceed `FRAME_TARGET`."""
+    sizes: Ints | None = None
     a = 0
     while a < count:
         b = count
-        if b - a > ROWS_PER_FRAME or size[b] - size[a] > _ESTIMATE:
-            fit = int(np.searchsorted(size, size[a] + _ESTIMATE, side="right")) - 1
-            b = min(max(fit, a + 1), a + ROWS_PER_FRAME)
+        if a or not small:
+            sizes = size() if sizes is None else sizes
+            if b - a > ROWS_PER_FRAME or sizes[b] - sizes[a] > _ESTIMATE:
+                fit = int(np.searchsorted(sizes, sizes[a] + _ESTIMATE, side="right")) - 1
+                b = min(max(fit, a + 1), a + ROWS_PER_FRAME)
         while True:
             try:
                 write(a, b)
@@ -358,6 +415,7 @@ class Encoder:
         self.variables = 0
         self._ops: list[Any] = []  # every op name written so far, in order of first use
         self._op_index: dict[Any, int] = {}
+        self._packer = msgpack.Packer(use_bin_type=True, use_single_float=False)
         try:
             check_plain(metadata, DEFAULT_LIMITS)
         except TapegradError as exc:
@@ -373,100 +431,119 @@ class Encoder:
 
         All leaves are written before all records (leaves depend on nothing), then the names.
         """
-        if leaves.ids:
+        if len(leaves.ids):
             self._leaves(leaves)
         if records.ops:
             self._records(records)
         if names:
-            _in_frames(np.arange(len(names) + 1) * 16, lambda a, b: self._frame(NAME, names[a:b], None))
+            small = len(names) <= min(ROWS_PER_FRAME, _ESTIMATE // 16)
+            _in_frames(len(names), small, lambda: np.arange(len(names) + 1) * 16,
+                       lambda a, b: self._frame(NAME, names[a:b], None))
 
     def _leaves(self, rows: LeafRows) -> None:
+        n = len(rows.ids)
         store = self.mode != "none"
         typed = _typed(rows.values, store)
-        table, types = typed.table, typed.codes
         named = [(row, name) for row, name in enumerate(rows.names) if name is not None]
-        size = np.arange(len(types) + 1) * (13 + 8 * store)
-        for row, name in named:
-            size[row + 1:] += len(name) + 8
+        ids = u32(rows.ids)
+        per_row = 13 + 8 * store
+
+        def size() -> Ints:
+            size = np.arange(n + 1) * per_row
+            for row, name in named:
+                size[row + 1:] += len(name) + 8
+            return size
 
         def write(a: int, b: int) -> None:
-            cols: dict[str, Any] = {"count": b - a, "id": column(rows.ids[a:b], _U32, "a variable id"),
-                                    "const": bytes(rows.const[a:b])}
-            cols["types"], local = _subtable(types[a:b], table)
-            cols["type"] = column(local, _U32, "a type index")
+            cols: dict[str, Any] = {"count": b - a, "id": ids[4 * a:4 * b], "const": bytes(rows.const[a:b])}
+            cols["types"], cols["type"] = _table(typed.codes, typed.table, a, b, a == 0 and b == n)
             layout = DataLayout(self.w.pos)
             if store:
-                cols["data"], chunks = layout.column(typed.values[a:b], typed.nbytes[a:b])
+                cols["data"], chunks = layout.column(typed.values[a:b], typed.nbytes[a:b], typed.size)
                 if chunks:
                     cols["chunks"] = chunks
             cols["names"] = [(row - a, name) for row, name in named if a <= row < b]
             self._frame(VARS, cols, layout)
             self.variables += b - a
 
-        _in_frames(size, write)
+        small = n <= ROWS_PER_FRAME and n * per_row + sum(len(name) + 8 for _, name in named) <= _ESTIMATE
+        _in_frames(n, small, size, write)
 
     def _records(self, rows: RecordRows) -> None:
         n = len(rows.ops)
         store = self.mode == "all"
         ops = self._op_codes(rows.ops)
-        try:
-            attr_table, attr_list = attr_codes(rows.attrs)
-        except Reject as bad:
-            raise TapegradError(f"cannot store the attributes of record {self.records + bad.args[0]}: attributes must be plain "
-                                f"data") from None
-        attr_table[1:] = [a if type(a) is dict else dict(a) for a in attr_table[1:]]
-        attrs = np.array(attr_list, dtype=np.int64)
-        file_codes = np.array(rows.sources[1] if rows.sources is not None else (), dtype=np.int64)
+        attr_table: list[Any] = [None]
+        attrs: Ints | None = None
+        if rows.attrs.count(None) != n:
+            try:
+                attr_table, attr_list = attr_codes(rows.attrs)
+            except Reject as bad:
+                raise TapegradError(f"cannot store the attributes of record {self.records + bad.args[0]}: attributes must "
+                                    f"be plain data") from None
+            attr_table[1:] = [a if type(a) is dict else dict(a) for a in attr_table[1:]]
+            attrs = np.array(attr_list, dtype=np.int64)
+        sources = rows.sources
         typed = _typed(rows.values, store)
-        type_table, types = typed.table, typed.codes
         nin = rows.nin
         ends = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(nin, out=ends[1:])
-        size = np.arange(n + 1) * (22 + 8 * store + 8 * (rows.sources is not None)) + 4 * ends
+        inputs, outs = u32(rows.inputs), u32(rows.outs)
+        per_row = 22 + 8 * store + 8 * (sources is not None)
 
         def write(a: int, b: int) -> None:
+            whole = a == 0 and b == n
             cols: dict[str, Any] = {"count": b - a}
-            cols["ops"], local = _subtable(ops[a:b], self._ops)
-            cols["op"] = column(local, "H", "an op index (over 65,536 distinct op names in one frame?)")
-            cols["nin"] = nin[a:b].astype("<u4").tobytes()  # (0 <= nin < 2**32: counted)
-            cols["inputs"] = column(rows.inputs[int(ends[a]):int(ends[b])], _U32, "an input id")
-            cols["output"] = column(rows.outs[a:b], _U32, "an output id")
-            cols["types"], local = _subtable(types[a:b], type_table)
-            cols["type"] = column(local, _U32, "a type index")
-            cols["attrs"], local = _subtable(attrs[a:b], attr_table, first=1)
-            cols["attr"] = column(local, _U32, "an attribute index")
-            if rows.sources is not None:
-                files, _, lines = rows.sources
-                cols["files"], local = _subtable(file_codes[a:b], files)
-                cols["file"] = column(local, _U32, "a file index")
-                cols["line"] = column(lines[a:b], _U32, "a line number")
+            cols["ops"], cols["op"] = self._op_table(ops[a:b])
+            cols["nin"] = u32(nin[a:b])
+            cols["inputs"] = inputs[4 * int(ends[a]):4 * int(ends[b])]
+            cols["output"] = outs[4 * a:4 * b]
+            cols["types"], cols["type"] = _table(typed.codes, typed.table, a, b, whole)
+            if attrs is None:
+                cols["attrs"], cols["attr"] = [], bytes(4 * (b - a))
+            else:
+                cols["attrs"], cols["attr"] = _table(attrs, attr_table, a, b, whole, first=1)
+            if sources is not None:
+                files, file_column, lines = sources
+                cols["files"], cols["file"] = (files, file_column) if whole else _table(
+                    np.frombuffer(file_column, dtype="<u4").astype(np.int64), files, a, b, False)
+                cols["line"] = lines[4 * a:4 * b]
             layout = DataLayout(self.w.pos)
             if store:
-                cols["data"], chunks = layout.column(typed.values[a:b], typed.nbytes[a:b])
+                cols["data"], chunks = layout.column(typed.values[a:b], typed.nbytes[a:b], typed.size)
                 if chunks:
                     cols["chunks"] = chunks
             self._frame(RECS, cols, layout)
             self.records += b - a
             self.variables += b - a
 
-        _in_frames(size, write)
+        small = n <= ROWS_PER_FRAME and n * per_row + 4 * int(ends[-1]) <= _ESTIMATE
+        _in_frames(n, small, lambda: np.arange(n + 1) * per_row + 4 * ends, write)
 
-    def _op_codes(self, ops: list[Any]) -> Ints:
+    def _op_codes(self, ops: Sequence[Any]) -> Sequence[int]:
         """Each op name's index into `self._ops` (the tables of frames are subsets of it)."""
         index = self._op_index
         try:
-            return np.fromiter(map(index.__getitem__, ops), dtype=np.int64, count=len(ops))
+            return gather(index, ops)
         except KeyError:
             for op in dict.fromkeys(ops):
                 if op not in index:
                     index[op] = len(self._ops)
                     self._ops.append(op)
-            return np.fromiter(map(index.__getitem__, ops), dtype=np.int64, count=len(ops))
+            return gather(index, ops)
+
+    def _op_table(self, codes: Sequence[int]) -> tuple[list[Any], bytes]:
+        """The entries of `self._ops` that `codes` use, in table order, and the u16 column of
+        `codes` renumbered into them."""
+        used = sorted(set(codes))
+        if used[-1] != len(used) - 1:  # (else the codes are the first entries: no renumbering)
+            codes = gather({code: k for k, code in enumerate(used)}, codes)
+        return [self._ops[k] for k in used], column(codes, "H", "an op index (over 65,536 distinct op names in one "
+                                                             "frame?)")
 
     def _frame(self, tag: bytes, obj: Any, layout: DataLayout | None) -> None:
         """Pack `obj` as a `tag` frame, after the DATA frames of `layout`."""
-        what = {VARS: "the tape's inputs", RECS: "a record", NAME: "the tape's names"}[tag]
-        payload = pack(obj, what)
+        payload = pack(obj, _WHAT[tag], self._packer)
         if len(payload) > FRAME_TARGET and (len(payload) > DEFAULT_LIMITS.max_frame_bytes or _rows(obj) > 1):
             raise _TooBig  # nothing written yet: the caller retries with fewer rows
         if layout is not None:
