@@ -348,6 +348,14 @@ def test_stream_writer_used_directly(tmp_path) -> None:
         tf.StreamWriter(tmp_path / "bad.tape", tape, flush_every=0)
 
 
+def test_names_of_variables_not_on_the_tape_are_not_written() -> None:
+    for tape in (tiny_tape(), Tape("all")):  # (the empty tape has no ids at all)
+        kept = dict(tape._names)
+        tape._names[10**6] = "ghost"
+        loaded = tf.loads(tf.dumps(tape))
+        assert dict(loaded.names) == {name: tape._dense()[vid] for vid, name in kept.items()}
+
+
 def test_unstorable_tapes_are_refused_when_writing() -> None:
     tape = tiny_tape()
     tape.metadata["when"] = object()

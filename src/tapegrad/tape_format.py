@@ -107,6 +107,8 @@ class _DenseIds:
 
     def find(self, ids: Ints) -> tuple[Ints, Any]:
         """(the dense id of each of `ids`, whether it has one)."""
+        if not self._n:
+            return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
         runs = self._runs[:, :self._n]
         k = np.searchsorted(runs[0], ids, side="right") - 1
         first, dense, length = runs[:, k]
