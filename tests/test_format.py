@@ -9,6 +9,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tapegrad as tg
 from tapegrad import tape_format as tf
@@ -346,6 +348,24 @@ def test_stream_writer_used_directly(tmp_path) -> None:
     same_tape(tape, tf.load_path(tmp_path / "w.tape"))
     with pytest.raises(tg.TapegradError):
         tf.StreamWriter(tmp_path / "bad.tape", tape, flush_every=0)
+
+
+@given(st.lists(st.lists(st.integers(0, 60), max_size=12), max_size=8))
+def test_dense_ids_given_out_in_batches_match_a_plain_mapping(batches: list[list[int]]) -> None:
+    """`_DenseIds` (runs of consecutive ids) against a dict filled batch by batch, as a stream
+    numbers its variables: each batch's new ids get the next dense ids in increasing order."""
+    dense = tf._DenseIds()
+    reference: dict[int, int] = {}
+    for batch in batches:
+        new = sorted(set(batch) - reference.keys())
+        reference.update(zip(new, range(len(reference), len(reference) + len(new)), strict=True))
+        dense.add(np.array(new, dtype=np.int64))
+        known = np.array(sorted(reference), dtype=np.int64)
+        assert dense(known).tolist() == [reference[v] for v in known.tolist()]
+        probe = np.arange(-2, 64, dtype=np.int64)
+        found, ok = dense.find(probe)
+        assert ok.tolist() == [v in reference for v in probe.tolist()]
+        assert found[ok].tolist() == [reference[v] for v in probe[ok].tolist()]
 
 
 def test_names_of_variables_not_on_the_tape_are_not_written() -> None:
