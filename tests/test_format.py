@@ -386,6 +386,10 @@ def test_unstorable_tapes_are_refused_when_writing() -> None:
     with pytest.raises(tg.TapegradError, match="plain data"):
         tf.dumps(tape)
     tape = tiny_tape()
+    tape._records[1] = ("sum", None)
+    with pytest.raises(tg.TapegradError, match="cannot store record 1"):
+        tf.dumps(tape)
+    tape = tiny_tape()
     tape._records[1] = ("sum", {"axis": {0: 1}, "keepdims": False}, 3, 2)  # unhashable: no table key
     with pytest.raises(tg.TapegradError, match=r"attributes of record 1: .*plain data"):
         tf.dumps(tape)

@@ -197,6 +197,9 @@ def _columns(tape: Tape, leaves: list[int], records: list[RawRecord], dense: _De
         lens = np.frombuffer(bytes(map(len, records)), dtype=np.uint8).astype(np.int64)
     except ValueError:  # a record of 256 items or more
         lens = np.fromiter(map(len, records), dtype=np.int64, count=n)
+    if n and int(lens.min()) < 3:
+        raise TapegradError(f"cannot store record {first_record + int(np.argmin(lens))}: records are (op, attributes, "
+                            f"output, *inputs)")
     starts = np.cumsum(lens) - lens
     picked = np.ones(len(flat), dtype=bool)
     picked[starts] = picked[starts + 1] = False
