@@ -165,40 +165,22 @@ class Tape:
             self._source_runs.append((n, where))
             self._source_last = where
 
-    def _add_sources(self, wheres: Sequence[Any] | np.ndarray[Any, Any], positions: Sequence[int]) -> None:
-        """Append per-record sources: code objects or file names (a sequence, or a numpy object
-        array), and offsets or lines.
+    def _add_sources(self, wheres: Sequence[Any], positions: Sequence[int]) -> None:
+        """Append per-record sources: code objects or file names, and offsets or lines.
 
         The same runs as `_source_run` for each record in turn.  A run can start only where the
         source differs from the record before's, so those places are found in bulk (numpy
-        compares the column with itself shifted by one) and only they are checked one by one.
+        compares the column with itself shifted by one) and only they go through `_source_run`.
         """
         first = len(self._source_pos)
         count = len(wheres)
         changes: Sequence[int] = range(count)
         if count > 32:
-            column = wheres if isinstance(wheres, np.ndarray) else np.fromiter(wheres, dtype=object, count=count)
+            column = np.fromiter(wheres, dtype=object, count=count)
             changes = [0, *(np.flatnonzero(column[1:] != column[:-1]) + 1).tolist()]
-        last = self._source_last
-        runs = self._source_runs
         for k in changes:
-            where = wheres[k]
-            if where is not last and where != last:
-                runs.append((first + k, where))
-                last = where
-        self._source_last = last
+            self._source_run(wheres[k], first + k)
         self._source_pos += positions
-
-    def _sources_between(self, start: int, stop: int) -> list[Any]:
-        """The code object or file name of each record start..stop-1 (all must have sources)."""
-        runs = self._source_runs
-        k = bisect_right(runs, start, key=_FIRST) - 1
-        found: list[Any] = []
-        while len(found) < stop - start:
-            end = runs[k + 1][0] if k + 1 < len(runs) else stop
-            found += [runs[k][1]] * (min(end, stop) - start - len(found))
-            k += 1
-        return found
 
     def source_of(self, n: int) -> tuple[str, int] | None:
         """(file, line) of the user code that made record `n`, if the tape recorded sources."""
