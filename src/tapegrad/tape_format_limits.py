@@ -6,7 +6,8 @@ Contract:
   `DEFAULT_LIMITS.replace(...)`) to `load`, `loads`, `load_path` or `validate` to change them.
 - `Limits.check(name, value, what, *args)` raises `LimitError` when `value` exceeds the limit
   `name`; the message (`what.format(*args)`, formatted only then) names the limit, the offending
-  size and how to raise the limit.
+  size and how to raise the limit.  `Limits.elements(shape, whose)` is the element count of a
+  shape, checked against `max_ndim` and `max_elements`.
 - Sizes are always Python ints (numpy products overflow silently), so checks cannot wrap.
 """
 
@@ -57,6 +58,16 @@ class Limits:
             what = what.format(*args)
             raise LimitError(f"{what} is {value:,}, over the limit {name}={limit:,}; if you trust this "
                              f"tape, raise the limit: load(..., limits=Limits({name}=...))")
+
+    def elements(self, shape: tuple[int, ...], whose: str, *args: object) -> int:
+        """The element count of `shape` (non-negative ints), after checking `max_ndim` and then
+        `max_elements`; `whose` names the variable in messages (formatted with `args`)."""
+        self.check("max_ndim", len(shape), "the number of dimensions of " + whose, *args)
+        count = 1
+        for d in shape:
+            count *= d  # Python ints: no overflow
+        self.check("max_elements", count, "the number of elements of " + whose + " (shape {})", *args, shape)
+        return count
 
     def replace(self, **changes: Any) -> Limits:
         """A copy with some limits changed."""

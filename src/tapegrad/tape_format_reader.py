@@ -337,12 +337,7 @@ class _Builder:
         found = self._type_ids.get(key)
         if found is not None:
             return found
-        lim = self.limits
-        lim.check("max_ndim", len(shape), "the number of dimensions of a variable")
-        elements = 1
-        for d in shape:
-            elements *= d  # Python ints: no overflow
-        lim.check("max_elements", elements, "the number of elements of shape {}", shape)
+        elements = self.limits.elements(shape, "a variable")
         dt = DTYPES[dtype]
         self._type_ids[key] = found = len(self.types)
         self.types.append((shape, dt))

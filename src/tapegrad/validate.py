@@ -330,12 +330,7 @@ def _elements(shape: Any, dtype: Any, lim: Limits) -> int:
     """Elements of a variable of this (checked) shape and dtype."""
     if _dtype_ok(dtype) is None or type(shape) is not tuple or not all(type(d) is int and d >= 0 for d in shape):
         raise Reject
-    lim.check("max_ndim", len(shape), "the number of dimensions of a variable")
-    count = 1
-    for d in shape:
-        count *= d  # Python ints: no overflow
-    lim.check("max_elements", count, "the number of elements of a variable (shape {})", shape)
-    return count
+    return lim.elements(shape, "a variable")
 
 
 def _only(items: Iterable[Any], *kinds: type) -> None:
@@ -484,12 +479,7 @@ def _types(values: Mapping[int, Any], avals: Mapping[int, Any], lim: Limits) -> 
                 raise TapeFormatError(f"v{vid} has dtype {show(str(dtype))}, which is not allowed")
             elements = sizes.get(shape)
             if elements is None:
-                lim.check("max_ndim", len(shape), "the number of dimensions of v{}", vid)
-                elements = 1
-                for d in shape:
-                    elements *= d
-                lim.check("max_elements", elements, "the number of elements of v{} (shape {})", vid, shape)
-                sizes[shape] = elements
+                elements = sizes[shape] = lim.elements(shape, "v{}", vid)
             total += elements
             types[vid] = (shape, dtype)
     return types, total
