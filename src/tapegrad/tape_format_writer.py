@@ -533,13 +533,11 @@ class Encoder:
             return gather(index, ops)
 
     def _op_table(self, codes: Sequence[int]) -> tuple[list[Any], bytes]:
-        """The entries of `self._ops` that `codes` use, in table order, and the u16 column of
-        `codes` renumbered into them."""
-        used = sorted(set(codes))
-        if used[-1] != len(used) - 1:  # (else the codes are the first entries: no renumbering)
-            codes = gather({code: k for k, code in enumerate(used)}, codes)
-        return [self._ops[k] for k in used], column(codes, "H", "an op index (over 65,536 distinct op names in one "
-                                                             "frame?)")
+        """`_subtable` of `self._ops` for these codes, with a u16 column."""
+        table, local = _subtable(np.fromiter(codes, dtype=np.int64, count=len(codes)), self._ops)
+        if len(table) > 1 << 16:
+            raise TapegradError("cannot store an op index: over 65,536 distinct op names in one frame")
+        return table, local.astype("<u2").tobytes()
 
     def _frame(self, tag: bytes, obj: Any, layout: DataLayout | None) -> None:
         """Pack `obj` as a `tag` frame, after the DATA frames of `layout`."""
