@@ -393,6 +393,11 @@ def test_unstorable_tapes_are_refused_when_writing() -> None:
     tape._records[1] = ("sum", {"axis": {0: 1}, "keepdims": False}, 3, 2)  # unhashable: no table key
     with pytest.raises(tg.TapegradError, match=r"attributes of record 1: .*plain data"):
         tf.dumps(tape)
+    for bad, message in [("2", "not 64-bit integers"), (2**70, "not 64-bit integers"), (99, "variable 99")]:
+        tape = tiny_tape()
+        tape._records[1] = ("sum", {"axis": None, "keepdims": False}, 3, bad)
+        with pytest.raises(tg.TapegradError, match=message):
+            tf.dumps(tape)
     tape = Tape("all")
     tape._add_leaf(0, np.array(["a"]), None, False)
     with pytest.raises(tg.TapegradError, match="dtype"):
@@ -400,6 +405,27 @@ def test_unstorable_tapes_are_refused_when_writing() -> None:
     tape = Tape("all")
     tape._add_leaf(0, np.zeros(2, np.complex128), None, False)
     with pytest.raises(tg.TapegradError, match="dtype"):
+        tf.dumps(tape)
+
+
+@pytest.mark.parametrize("chunk", [2, 1 << 16])
+def test_records_of_many_inputs_keep_their_inputs_in_order(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer reads records as columns of their first few items (`_NARROW`), `_CHUNK`
+    records at a time; inputs past those items are spliced back after each long record's first
+    ones, among short records."""
+    monkeypatch.setattr(tf, "_CHUNK", chunk)
+    with tg.record() as tape:
+        xs = [tg.Variable(np.full(2, float(i))) for i in range(12)]
+        a = xs[0] + xs[1]
+        tg.sin(tg.concatenate([*xs[:11], a], axis=0))
+        tg.stack(xs[3:12], axis=0)
+        tg.concatenate([a] * 8 + [xs[2]], axis=0) * tg.concatenate([a] * 9, axis=0)
+    arities = [len(r.inputs) for r in tape.records]
+    assert max(arities) + 3 > tf._NARROW and min(arities) + 3 <= tf._NARROW
+    loaded = tf.loads(tf.dumps(tape))
+    assert [(r.op, r.inputs) for r in loaded.records] == [(r.op, r.inputs) for r in tape.records]
+    tape._records[1] = (*tape._records[1][:-1], "12")  # a string among the inputs past the columns
+    with pytest.raises(tg.TapegradError, match="not 64-bit integers"):
         tf.dumps(tape)
 
 

@@ -34,10 +34,10 @@ import os
 import struct
 import threading
 from bisect import bisect_right
-from collections.abc import Sequence
-from itertools import chain, compress
+from collections.abc import Iterable, Sequence
+from itertools import chain, compress, zip_longest
 from operator import itemgetter
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 
@@ -170,7 +170,7 @@ def _sources(tape: Tape, start: int, count: int, cache: SourceCache) -> Sources 
     return list(files), b"".join(file_column), column(lines, "I", "a line number")
 
 
-def _values(tape: Tape, ids: list[int], store: bool, dense: _DenseIds) -> Sequence[Any]:
+def _values(tape: Tape, ids: Sequence[int], store: bool, dense: _DenseIds) -> Sequence[Any]:
     """The values of internal ids `ids`, or their (shape, dtype) where the tape has no value."""
     values = tape._values
     try:
@@ -182,52 +182,91 @@ def _values(tape: Tape, ids: list[int], store: bool, dense: _DenseIds) -> Sequen
     return [values[i] if i in values else tape._avals[i] for i in ids]
 
 
+_NARROW = 8  # records are read as columns of their first _NARROW items; inputs past those one by one
+_CHUNK = 1 << 16  # records transposed at a time
+
+
+def _int64s(ints: Iterable[Any], count: int) -> Ints:
+    """The `count` items of `ints` as an int64 array; TapegradError unless they are integers of
+    64 bits (`struct` refuses anything else, unlike numpy, which would parse strings)."""
+    try:
+        return np.frombuffer(struct.pack(f"={count}q", *ints), dtype=np.int64)
+    except struct.error:
+        raise TapegradError("cannot store the tape: its records hold variable ids that are not 64-bit integers") from None
+
+
+class _RecordColumns(NamedTuple):
+    ops: Sequence[str]
+    attrs: Sequence[Any]
+    outputs: Sequence[int]
+    output_ids: Ints
+    nin: Ints
+    inputs: Ints
+
+
+def _record_columns(records: Sequence[RawRecord], first_record: int) -> _RecordColumns:
+    """The columns of `records` (each `(op, attrs, output, *inputs)`): op names, attributes,
+    outputs (as ints and as an array), each record's number of inputs, and all their input ids
+    concatenated in record order (internal ids, not checked against the tape).
+
+    The records are transposed in C (`zip_longest`) and their ids packed in one `struct` call;
+    a record longer than `_NARROW` items contributes its first ones to the columns and its
+    further inputs separately, so one wide record does not widen every row.
+    """
+    n = len(records)
+    if n > _CHUNK:  # (bounds the transposition's temporary objects)
+        parts = [_record_columns(records[a:a + _CHUNK], first_record + a) for a in range(0, n, _CHUNK)]
+        ops, attrs, outputs, output_ids, nin, inputs = zip(*parts, strict=True)
+        return _RecordColumns(tuple(chain.from_iterable(ops)), tuple(chain.from_iterable(attrs)),
+                              tuple(chain.from_iterable(outputs)), np.concatenate(output_ids), np.concatenate(nin),
+                              np.concatenate(inputs))
+    try:
+        lens = np.frombuffer(bytes(map(len, records)), dtype=np.uint8).astype(np.int64)
+    except ValueError:  # a record of 256 items or more
+        lens = np.fromiter(map(len, records), dtype=np.int64, count=n)
+    if not n:
+        return _RecordColumns((), (), (), lens, lens, lens)
+    if int(lens.min()) < 3:
+        raise TapegradError(f"cannot store record {first_record + int(np.argmin(lens))}: records are (op, attributes, "
+                            f"output, *inputs)")
+    wide = int(lens.max()) > _NARROW
+    rows = list(map(itemgetter(slice(_NARROW)), records)) if wide else records
+    cols = list(zip_longest(*rows, fillvalue=-1))
+    ids = _int64s(chain.from_iterable(cols[2:]), n * (len(cols) - 2)).reshape(-1, n)
+    nin = lens - 3
+    table = ids[1:].T  # (record, input) with -1 past each record's inputs
+    if int(nin.min()) == table.shape[1]:  # (the usual batch: records of one arity)
+        inputs = table.ravel()
+    else:
+        inputs = table[np.arange(table.shape[1]) < nin[:, None]]
+    if wide:  # inputs past the columns, inserted after each long record's first ones
+        long = np.flatnonzero(lens > _NARROW)
+        more = lens[long] - _NARROW
+        rest = _int64s(chain.from_iterable(records[k][_NARROW:] for k in long.tolist()), int(more.sum()))
+        inputs = np.insert(inputs, np.repeat(np.cumsum(np.minimum(nin, _NARROW - 3))[long], more), rest)
+    return _RecordColumns(cols[0], cols[1], cols[2], ids[0], nin, inputs)
+
+
 def _columns(tape: Tape, leaves: list[int], records: list[RawRecord], dense: _DenseIds, first_record: int,
              source_cache: SourceCache) -> tuple[LeafRows, RecordRows]:
     """The `Encoder.batch` rows of new leaves and records of `tape`, whose ids get the next dense
     ids in `dense` (in the order of their internal ids).
 
     `records` are the tape's records from index `first_record` on (for their source lines).
-    Records are `(op, attrs, output, *inputs)`: their items are laid out in one list, and the
-    ids (each record's output, then its inputs) are picked from it in C and mapped in bulk.
     """
-    n = len(records)
-    flat = list(chain.from_iterable(records))
-    try:
-        lens = np.frombuffer(bytes(map(len, records)), dtype=np.uint8).astype(np.int64)
-    except ValueError:  # a record of 256 items or more
-        lens = np.fromiter(map(len, records), dtype=np.int64, count=n)
-    if n and int(lens.min()) < 3:
-        raise TapegradError(f"cannot store record {first_record + int(np.argmin(lens))}: records are (op, attributes, "
-                            f"output, *inputs)")
-    starts = np.cumsum(lens) - lens
-    picked = np.ones(len(flat), dtype=bool)
-    picked[starts] = picked[starts + 1] = False
-    count = len(flat) - 2 * n  # ids
-    is_out = np.zeros(count, dtype=bool)
-    is_out[starts - 2 * np.arange(n)] = True
-    try:
-        ids = np.frombuffer(struct.pack(f"={count}q", *compress(flat, picked.tobytes())), dtype=np.int64)
-    except struct.error:
-        raise TapegradError("cannot store the tape: its records hold variable ids that are not 64-bit integers") from None
+    cols = _record_columns(records, first_record)
     try:
         leaf_ids = np.array(leaves, dtype=np.int64)
-        outs = ids[is_out]
-        dense.add(np.sort(np.concatenate((leaf_ids, outs)) if leaves else outs))
-        mapped = dense(ids)
-        leaf_dense = dense(leaf_ids)
-    except KeyError as exc:
-        raise TapegradError(f"cannot store the tape: it refers to variable {exc.args[0]!r}, which it does not "
-                            f"define") from None
-    mode = tape.values_mode
-    names, consts = tape._names, tape._consts
-    try:
+        outs = cols.output_ids
+        dense.add(np.sort(np.concatenate((leaf_ids, outs))) if leaves else outs)
+        inputs, outs, leaf_dense = dense(cols.inputs), dense(outs), dense(leaf_ids)
+        mode = tape.values_mode
+        names, consts = tape._names, tape._consts
         return (LeafRows(ids=leaf_dense, const=list(map(consts.__contains__, leaves)), names=list(map(names.get, leaves)),
                          values=_values(tape, leaves, mode != "none", dense)),
-                RecordRows(ops=gather(flat, starts.tolist()), attrs=gather(flat, (starts + 1).tolist()), nin=lens - 3,
-                           inputs=mapped[~is_out], outs=mapped[is_out],
-                           values=_values(tape, outs.tolist(), mode == "all", dense),
-                           sources=_sources(tape, first_record, n, source_cache)))
+                RecordRows(ops=cols.ops, attrs=cols.attrs, nin=cols.nin, inputs=inputs, outs=outs,
+                           values=_values(tape, cols.outputs, mode == "all", dense),
+                           sources=_sources(tape, first_record, len(records), source_cache)))
     except KeyError as exc:
         raise TapegradError(f"cannot store the tape: it refers to variable {exc.args[0]!r}, which it does not "
                             f"define") from None
