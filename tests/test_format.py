@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import tempfile
 import warnings
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -319,6 +322,66 @@ def test_batches_of_mixed_types_and_sources_stream_exactly(tmp_path) -> None:
     loaded = tf.load_path(path)
     same_tape(tape, loaded)
     assert [loaded.source_of(n) for n in range(len(loaded))] == [tape.source_of(n) for n in range(len(tape))]
+
+
+_STEP = st.one_of(
+    st.tuples(st.just("leaf"), st.sampled_from([(), (3,), (2, 3)]), st.sampled_from(["float64", "float32"]),
+              st.booleans()),
+    st.tuples(st.just("unary"), st.sampled_from([tg.sin, tg.exp, tg.tanh, tg.neg]), st.integers(0, 99)),
+    st.tuples(st.just("binary"), st.sampled_from(["+", "*", "-"]), st.integers(0, 99), st.integers(0, 99)),
+    st.tuples(st.just("sum"), st.integers(0, 99), st.booleans()),
+    st.tuples(st.just("concatenate"), st.integers(0, 99), st.integers(1, 12)),
+    st.tuples(st.just("name"), st.integers(0, 99), st.booleans()),
+    st.tuples(st.just("gap"), st.integers(0, 99)),
+)
+
+
+def _run_program(steps: list[tuple[Any, ...]]) -> None:
+    """Interpret `steps` on a pool of Variables (indices wrap around the pool)."""
+    pool = [tg.Variable(np.linspace(0.1, 0.6, 6).reshape(2, 3), name="start")]
+    for k, (kind, *args) in enumerate(steps):
+        if kind == "leaf":
+            shape, dtype, const = args
+            value = np.full(shape, 0.5 + k / 10, dtype=dtype)
+            pool.append(pool[k % len(pool)] * value if const else tg.Variable(value))  # a constant, or an input
+        elif kind == "unary":
+            pool.append(args[0](pool[args[1] % len(pool)]))
+        elif kind == "binary":
+            a, b = pool[args[1] % len(pool)], pool[args[2] % len(pool)]
+            pool.append(a + b if args[0] == "+" else a * b if args[0] == "*" else a - b)
+        elif kind == "sum":
+            v = pool[args[0] % len(pool)]
+            pool.append(tg.sum(v, axis=0) if args[1] and v.ndim else tg.sum(v))
+        elif kind == "concatenate":  # a record with up to 12 inputs, wider than the writer's columns
+            v = tg.reshape(pool[args[0] % len(pool)], (-1,))
+            pool.append(tg.sum(tg.concatenate([v] * args[1], axis=0)))
+        elif kind == "name":
+            pool[args[0] % len(pool)].name = f"n{k}" if args[1] else None
+        else:  # ids that no record uses: gaps in the internal ids
+            tg.Variable(np.zeros(2))
+            with tg.no_record():
+                tg.exp(pool[args[0] % len(pool)])
+
+
+@given(steps=st.lists(_STEP, max_size=30), flush_every=st.sampled_from([1, 2, 3, 7, 256]),
+       mode=st.sampled_from(["all", "inputs", "none"]), cut=st.floats(0.0, 1.0))
+def test_random_programs_stream_as_they_dump(steps: list[tuple[Any, ...]], flush_every: int, mode: str,
+                                               cut: float) -> None:
+    """Streaming in batches of any size writes the tape that a one-shot dump writes, and a
+    stream cut anywhere after its header recovers a prefix of its records."""
+    with tempfile.TemporaryDirectory() as folder, np.errstate(all="ignore"):
+        path = os.path.join(folder, "run.tape")
+        with tg.record(path=path, flush_every=flush_every, values=mode) as tape:
+            _run_program(steps)
+        loaded = tf.load_path(path)
+        same_tape(tf.loads(tf.dumps(tape)), loaded)
+        assert tf.dumps(loaded) == tf.dumps(tape)
+        data = Path(path).read_bytes()
+    head_end = 24 + int.from_bytes(data[16:20], "little")  # preamble, then the HEAD frame
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tf.TapeRecoveryWarning)
+        prefix = tf.loads(data[:head_end + int(cut * (len(data) - head_end))], recover=True)
+    assert prefix.records == loaded.records[:len(prefix)]
 
 
 @pytest.mark.parametrize("mode", ["all", "inputs", "none"])
