@@ -5,7 +5,8 @@ Targets (issue "Tape file format"):
   `load_path` + `.sum()` within 1.5x of `np.load` + `.sum()` with checksums verified, and no
   slower than `np.load` + `.sum()` with `verify=False`; `load_path(mmap=True)` under 1% of `np.load`
   (a mapped load checks the structure only: it never reads the payload pages, so `verify` makes
-  no difference there).
+  no difference there).  For reference, the cost of opening and mapping the file and touching
+  its first and last page, with no parsing, is printed too.
 - 100,000 small records without values: `dumps` + `loads` <= 3 us and <= 48 bytes per record.
 - `replay.backward` of a loaded tape <= 1.25x that of the in-memory tape.
 - streaming a recording to a file <= 1.25x recording in memory (chain of 10,000 tiny ops, shape
@@ -18,6 +19,7 @@ median is reported.  Run: python benchmarks/format.py [--repeat 7] [--mb 100] [-
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import statistics
 import tempfile
@@ -94,6 +96,16 @@ def big_array(folder: str, mb: int, repeat: int) -> None:
     ours, base = median_pair(lambda k: tf.load_path(f"{path}{k}.tape", mmap=True),
                              lambda k: np.load(f"{path}{k}.npy"), repeat, fresh)
     report("load_path(mmap=True, verify=True) vs np.load", ours, base, "(payload CRCs unread)", True)
+
+    def bare_map(k: int) -> mmap.mmap:  # what any mapped open must do, with no parsing at all
+        with open(f"{path}{k}.tape", "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        head, tail = mapped[:64], mapped[-64:]  # the first and the last page: header and footer
+        assert head.startswith(tf.MAGIC) and len(tail) == 64
+        return mapped
+
+    ours, base = median_pair(bare_map, lambda k: np.load(f"{path}{k}.npy"), repeat, fresh)
+    report("open + mmap + first and last page vs np.load", ours, base, "(floor of a mapped open)", True)
     clean(0)
 
 
