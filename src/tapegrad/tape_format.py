@@ -196,6 +196,8 @@ def _int64s(ints: Iterable[Any], count: int) -> Ints:
 
 
 class _RecordColumns(NamedTuple):
+    """A batch of records as columns (see `_record_columns`); ids are internal ids."""
+
     ops: Sequence[str]
     attrs: Sequence[Any]
     outputs: Sequence[int]
