@@ -16,7 +16,7 @@ import pytest
 
 import tapegrad as tg
 from tapegrad import tape_format as tf
-from tapegrad import tape_format_sources
+from tapegrad import tape_format_frames, tape_format_sources
 from tapegrad.tape import Tape
 from tapegrad.tape_format_frames import MAGIC, crc_shift, crc_shifter
 from tapegrad.tape_format_limits import Limits
@@ -410,3 +410,27 @@ def test_sources_added_in_bulk_make_the_runs_of_one_record_at_a_time() -> None:
             assert [id(w) for _, w in bulk._source_runs] == [id(w) for _, w in reference._source_runs]
             assert bulk._source_last is reference._source_last and bulk._source_pos == reference._source_pos
     assert sizes == {False, True}  # (batches both under and over the size where numpy finds the changes)
+
+
+def test_a_big_frame_of_many_parts_is_written_in_bounded_pieces() -> None:
+    """Parts smaller than a write batch are gathered into writes of about `_BATCH` bytes, never
+    into one buffer as large as the frame (which grew by reallocation: saving 200 arrays of
+    800 KB took 3.6x longer)."""
+    sizes: list[int] = []
+
+    class Recording(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            sizes.append(memoryview(data).nbytes)
+            return memoryview(data).nbytes
+
+    parts = [np.full(600_000, k, dtype=np.uint8) for k in range(12)]  # 7.2 MB: over _BIG
+    total = sum(p.nbytes for p in parts)
+    assert total >= tape_format_frames._BIG and parts[0].nbytes < tape_format_frames._BATCH
+    writer = tape_format_frames.FrameWriter(Recording())
+    writer.frame(b"DATA", parts, total)
+    writer.commit()
+    assert sum(sizes) == total + 12
+    assert max(sizes) < 2 * tape_format_frames._BATCH

@@ -143,6 +143,8 @@ class FrameWriter:
                 for view in parts:
                     if view.nbytes < _BATCH:
                         self._pending += view
+                        if len(self._pending) >= _BATCH:
+                            self.commit()
                     else:
                         self.commit()
                         self._write(view)
