@@ -121,40 +121,39 @@ class FrameWriter:
     def frame(self, tag: bytes, parts: Sequence[Any], length: int) -> None:
         """Append one frame whose payload is the concatenation of the buffers `parts`."""
         head = _HEAD.pack(tag, length)
+        views = list(map(_flat, parts))
+        seed = zlib.crc32(head, self.seed)
         if length < _BIG:
-            try:
-                payload = b"".join(parts)  # bytes.join takes any C-contiguous buffer, ndarrays included
-            except TypeError:  # a non-contiguous array
-                payload = b"".join(map(_flat, parts))
-            crc = zlib.crc32(payload, zlib.crc32(head, self.seed))
-            pending = self._pending
-            pending += head
-            pending += payload
-            pending += _U32.pack(crc)
-            if len(pending) >= _BATCH:
-                self.commit()
+            crc = _crc_parts(views, seed)
+            self._append(head, views)
         else:
-            parts = list(map(_flat, parts))
             result: list[int] = []
-            worker = threading.Thread(target=lambda: result.append(_crc_parts(parts, zlib.crc32(head, self.seed))))
+            worker = threading.Thread(target=lambda: result.append(_crc_parts(views, seed)))
             worker.start()  # zlib releases the GIL on large buffers, and so does write()
             try:
-                self._pending += head
-                for view in parts:
-                    if view.nbytes < _BATCH:
-                        self._pending += view
-                        if len(self._pending) >= _BATCH:
-                            self.commit()
-                    else:
-                        self.commit()
-                        self._write(view)
+                self._append(head, views)
             finally:
                 worker.join()
             crc = result[0]
-            self._pending += _U32.pack(crc)
+        self._pending += _U32.pack(crc)
+        if len(self._pending) >= _BATCH:
+            self.commit()
         self.seed = crc
         self.pos += FRAME_HEAD + length + FRAME_TAIL
         self.frames += 1
+
+    def _append(self, head: bytes, views: list[memoryview]) -> None:
+        """Queue `head` and `views`: each view is copied into the pending batch, which is written
+        whenever it fills; a view of a batch or more is written as it is."""
+        self._pending += head
+        for view in views:
+            if view.nbytes < _BATCH:
+                self._pending += view
+                if len(self._pending) >= _BATCH:
+                    self.commit()
+            else:
+                self.commit()
+                self._write(view)
 
     def commit(self) -> None:
         """Hand everything gathered so far to the file object."""
