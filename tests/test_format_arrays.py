@@ -131,3 +131,18 @@ def test_nan_and_inf_payloads_load_and_replay() -> None:
     assert np.isnan(loaded.value("x")[0]) and np.isinf(loaded.value("x")[1])
     grads = tg.replay.backward(loaded, of="y", wrt=["x"])
     assert grads["x"].tolist() == [3.0, 3.0]
+
+
+@pytest.mark.parametrize("shape", [(), (3,), (2, 3)])
+def test_values_of_one_type_load_as_independent_read_only_arrays(shape: tuple[int, ...]) -> None:
+    """A batch of one type is read as the rows of one strided view (0-d values row by row):
+    each value is its own C-contiguous, read-only array with its recorded bytes."""
+    with tg.record() as tape:
+        y = tg.Variable(np.full(shape, 0.5), name="x")
+        for _ in range(5):
+            y = tg.sin(y) * 2.0
+    loaded = tf.loads(tf.dumps(tape))
+    for vid, value in tape._values.items():
+        got = loaded.value(tape._dense()[vid])
+        assert got.shape == value.shape and got.tobytes() == value.tobytes()
+        assert got.flags.c_contiguous and not got.flags.writeable

@@ -376,6 +376,10 @@ class _Builder:
                               "the payload of one array in bytes")
         buf, avals, starts, ends = self.buf, self.types, self.data_starts, self.data_ends
         last = (starts[-1], ends[-1]) if starts else (0, -1)
+        if count > 1 and not chunked:
+            rows = self._rows(offsets, types, last)
+            if rows is not None:
+                return rows
         arrays = []
         for row, (off, t) in enumerate(zip(offsets.tolist(), types.tolist(), strict=True)):
             shape, dt = avals[t]
@@ -397,6 +401,24 @@ class _Builder:
             else:
                 raise self._bad_reference(row, off, nbytes)
         return arrays
+
+    def _rows(self, offsets: Ints, types: Ints, last: tuple[int, int]) -> list[Any] | None:
+        """The arrays of a frame whose values (of at least one dimension) all have one type and lie
+        at evenly spaced aligned offsets in the last DATA frame (what tapegrad writes for a batch of
+        one type), as the rows of one strided view; None for any other frame (`_data` then reads it
+        row by row, with the same checks)."""
+        t = int(types[0])
+        shape, dt = self.types[t]
+        nbytes = self._nbytes[t]
+        if not shape or not nbytes or np.any(types != t):
+            return None
+        first, step = int(offsets[0]), int(offsets[1] - offsets[0])
+        if (step < nbytes or step % ALIGN or first % ALIGN or not last[0] <= first
+                or first + step * (len(offsets) - 1) + nbytes > last[1]
+                or np.any(offsets != first + step * np.arange(len(offsets)))):
+            return None
+        inner = np.ndarray(shape, dtype=dt, buffer=self.buf, offset=first).strides
+        return list(np.ndarray((len(offsets), *shape), dtype=dt, buffer=self.buf, offset=first, strides=(step, *inner)))
 
     def _bad_reference(self, row: int, off: int, nbytes: int) -> TapeFormatError:
         return self.error(f"row {row}: the data reference {off} for {nbytes} bytes is not a 64-aligned range "
