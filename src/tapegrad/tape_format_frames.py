@@ -7,10 +7,11 @@ Contract (byte layout in docs/FORMAT.md):
   the CRC-32 of the preamble), so a frame cut off, corrupted, reordered or spliced in from another
   file fails its check.
 - `FrameWriter` appends frames to a binary file object, tracking the offset (relative to the
-  tape's first byte) and the CRC chain; small frames are batched into one `write`, large
-  payloads are written straight from the caller's buffers (arrays that are not C-contiguous
-  are copied into C order) while their CRC is computed on another thread.  It raises only what
-  the file object raises (`OSError`).
+  tape's first byte) and the CRC chain; buffers under `_BATCH` bytes are gathered into
+  writes of about that size, larger ones are written straight from the caller's memory (arrays
+  that are not C-contiguous are copied into C order), and the CRC of a payload of `_BIG` bytes
+  or more is computed on another thread meanwhile.  It raises only what the file object raises
+  (`OSError`).
 - `FrameScanner` walks the frames of a byte buffer (possibly still being filled by reader
   threads) and yields `Frame`s whose bounds are checked and whose CRC matched.  It stops at the
   footer or at the first problem, which it describes in `scanner.stop` (`Stop`): the byte

@@ -412,7 +412,8 @@ class _Builder:
         nbytes = self._nbytes[t]
         if not shape or not nbytes or np.any(types != t):
             return None
-        first, step = int(offsets[0]), int(offsets[1] - offsets[0])
+        first = int(offsets[0])
+        step = int(offsets[1]) - first  # (Python ints: offsets from a file may be anything)
         if (step < nbytes or step % ALIGN or first % ALIGN or not last[0] <= first
                 or first + step * (len(offsets) - 1) + nbytes > last[1]
                 or np.any(offsets != first + step * np.arange(len(offsets)))):
