@@ -357,7 +357,7 @@ def _run_program(steps: list[tuple[Any, ...]]) -> None:
             pool.append(tg.sum(tg.concatenate([v] * args[1], axis=0)))
         elif kind == "name":
             pool[args[0] % len(pool)].name = f"n{k}" if args[1] else None
-        else:  # ids that no record uses: gaps in the internal ids
+        else:  # a leaf that no record uses, and ids made outside the tape: gaps in the internal ids
             tg.Variable(np.zeros(2))
             with tg.no_record():
                 tg.exp(pool[args[0] % len(pool)])
