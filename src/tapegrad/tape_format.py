@@ -274,8 +274,11 @@ def _columns(tape: Tape, leaves: list[int], records: list[RawRecord], dense: _De
                             f"define") from None
 
 
-def _late_names(tape: Tape, dense: _DenseIds, ids: list[int]) -> list[tuple[int, str | None]]:
-    """NAME entries (dense id, name or None) for those of internal ids `ids` that have a dense id."""
+def _late_names(tape: Tape, dense: _DenseIds, named: Iterable[int], leaves: list[int]) -> list[tuple[int, str | None]]:
+    """NAME entries (dense id, name or None) for the internal ids in `named` that have a dense id,
+    except `leaves` (whose names their VARS rows carry)."""
+    leaf_set = set(leaves)
+    ids = [v for v in named if v not in leaf_set]
     found, known = dense.find(np.array(ids, dtype=np.int64))
     names = tape._names
     return sorted(zip(found[known].tolist(), map(names.get, compress(ids, known.tolist())), strict=True))
@@ -287,8 +290,7 @@ def dump(tape: Tape, fileobj: IO[bytes]) -> None:
         enc = Encoder(fileobj, tape.values_mode, tape.metadata)
         dense = _DenseIds()
         rows = _columns(tape, tape._leaves, tape._records, dense, 0, {})
-        leaf_set = set(tape._leaves)
-        enc.batch(*rows, names=_late_names(tape, dense, [v for v in tape._names if v not in leaf_set]))
+        enc.batch(*rows, names=_late_names(tape, dense, tape._names, tape._leaves))
         enc.footer()
 
 
@@ -487,8 +489,7 @@ class StreamWriter:
             rows = _columns(tape, leaves, records, self._dense, self._records_done, self._where)
             late: list[tuple[int, str | None]] = []
             if self._renamed:
-                leaf_set = set(leaves)
-                late = _late_names(tape, self._dense, [v for v in self._renamed if v not in leaf_set])
+                late = _late_names(tape, self._dense, self._renamed, leaves)
                 self._renamed = {}
             self._enc.batch(*rows, names=late)
             self._enc.w.commit()
