@@ -457,11 +457,7 @@ class Encoder:
         def write(a: int, b: int) -> None:
             cols: dict[str, Any] = {"count": b - a, "id": ids[4 * a:4 * b], "const": bytes(rows.const[a:b])}
             cols["types"], cols["type"] = _table(typed.codes, typed.table, a, b, a == 0 and b == n)
-            layout = DataLayout(self.w.pos)
-            if store:
-                cols["data"], chunks = layout.column(typed.values[a:b], typed.nbytes[a:b], typed.size)
-                if chunks:
-                    cols["chunks"] = chunks
+            layout = self._data(cols, typed, a, b, store)
             cols["names"] = [(row - a, name) for row, name in named if a <= row < b]
             self._frame(VARS, cols, layout)
             self.variables += b - a
@@ -508,17 +504,22 @@ class Encoder:
                 cols["files"], cols["file"] = (files, file_column) if whole else _table(
                     np.frombuffer(file_column, dtype="<u4").astype(np.int64), files, a, b, False)
                 cols["line"] = lines[4 * a:4 * b]
-            layout = DataLayout(self.w.pos)
-            if store:
-                cols["data"], chunks = layout.column(typed.values[a:b], typed.nbytes[a:b], typed.size)
-                if chunks:
-                    cols["chunks"] = chunks
-            self._frame(RECS, cols, layout)
+            self._frame(RECS, cols, self._data(cols, typed, a, b, store))
             self.records += b - a
             self.variables += b - a
 
         small = n <= ROWS_PER_FRAME and n * per_row + 4 * int(ends[-1]) <= _ESTIMATE
         _in_frames(n, small, lambda: np.arange(n + 1) * per_row + 4 * ends, write)
+
+    def _data(self, cols: dict[str, Any], typed: Typed, a: int, b: int, store: bool) -> DataLayout:
+        """The DATA frames for the values of rows a..b-1 (none unless `store`), placed after what
+        was written so far; their references go into `cols` ("data", and "chunks" if any)."""
+        layout = DataLayout(self.w.pos)
+        if store:
+            cols["data"], chunks = layout.column(typed.values[a:b], typed.nbytes[a:b], typed.size)
+            if chunks:
+                cols["chunks"] = chunks
+        return layout
 
     def _op_codes(self, ops: Sequence[Any]) -> Sequence[int]:
         """Each op name's index into `self._ops` (the tables of frames are subsets of it)."""
