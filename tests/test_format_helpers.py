@@ -5,7 +5,6 @@
 - `split_frames(data)` / `join_frames(frames)`: take a tape apart into (tag, payload) frames and
   put frames back together with a valid CRC chain, so tests can reach the layers behind the
   checksums (msgpack, columns, graph) with exactly the damage they want.
-- `OP_CASES`: one small recording per registry op, for round-trip tests over the whole registry.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from typing import Any
 import msgpack
 import numpy as np
 
-import tapegrad as tg
 from tapegrad.tape import Tape
 from tapegrad.tape_format_frames import MAGIC, PREAMBLE
 
@@ -108,52 +106,3 @@ def replace_payload(data: bytes, tag: bytes, payload: bytes, nth: int = 0) -> by
 
 def u32(*values: int) -> bytes:
     return np.array(values, dtype="<u4").tobytes()
-
-
-# ---- one small recording per registry op ----------------------------------------------------
-
-def _x(*shape: int) -> np.ndarray:
-    return np.linspace(0.2, 0.9, int(np.prod(shape)) or 1).reshape(shape) if shape else np.array(0.7)
-
-
-OP_CASES: dict[str, Callable[[], Tape]] = {}
-
-
-def _case(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def register(body: Callable[..., Any]) -> Callable[..., Any]:
-        def run() -> Tape:
-            with tg.record() as tape:
-                x = tg.Variable(_x(2, 3), name="x")
-                y = tg.Variable(_x(2, 3)[::-1].copy() + 0.5, name="y")
-                out = body(x, y)
-                out = tg.sum(out.astype(np.float64) if out.dtype.kind != "f" else out)
-                out.name = "out"
-            return tape
-        OP_CASES[name] = run
-        return body
-    return register
-
-
-for _name in ("add", "sub", "mul", "div", "pow", "maximum", "minimum"):
-    _case(_name)(lambda x, y, f=getattr(tg, _name): f(x, y))
-for _name in ("neg", "exp", "log", "sin", "cos", "tan", "tanh", "sqrt", "abs", "sign", "sigmoid", "relu"):
-    _case(_name)(lambda x, y, f=getattr(tg, _name): f(x - 0.5 if f is tg.relu or f is tg.abs else x))
-for _name in ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal"):
-    _case(_name)(lambda x, y, f=getattr(tg, _name): tg.where(f(x, y), x, y))
-for _name in ("sum", "mean", "max", "min", "logsumexp"):
-    _case(_name)(lambda x, y, f=getattr(tg, _name): f(x * y, axis=1, keepdims=True) + f(x))
-for _name in ("softmax", "log_softmax"):
-    _case(_name)(lambda x, y, f=getattr(tg, _name): f(x * y, axis=0))
-_case("where")(lambda x, y: tg.where(x > 0.5, x, y))
-_case("clip")(lambda x, y: tg.clip(x, 0.3, 0.8))
-_case("astype")(lambda x, y: tg.astype(x, np.float32) * 2.0)
-_case("reshape")(lambda x, y: tg.reshape(x, (3, 2)) @ y)
-_case("transpose")(lambda x, y: tg.transpose(x) @ y)
-_case("broadcast_to")(lambda x, y: tg.broadcast_to(x[0], (4, 3)))
-_case("sum_to")(lambda x, y: tg.sum_to(x, (1, 3)))
-_case("matmul")(lambda x, y: tg.matmul(x, tg.transpose(y)))
-_case("getitem")(lambda x, y: x[1, ::-1] + x[np.array([0, 1, 1]), np.array([2, 0, 2])] + x[..., None][0, :, 0])
-_case("scatter_add")(lambda x, y: tg.scatter_add(x, np.array([0, 2]), shape=(3, 3), index=(("array",),)))
-_case("concatenate")(lambda x, y: tg.concatenate([x, y, x], axis=1))
-_case("stack")(lambda x, y: tg.stack([x, y], axis=2))
-_case("guard")(lambda x, y: x * 2.0 if float(tg.sum(x)) > 1.0 else x)

@@ -28,11 +28,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tapegrad as tg
+from op_cases import op_tape
 from tapegrad import tape_format as tf
 from tapegrad import tape_format_writer
 from tapegrad.tape import Tape
 from tapegrad.validate import _fast, explain
-from test_format_helpers import OP_CASES, join_frames, split_frames, tiny_tape
+from test_format_helpers import join_frames, split_frames, tiny_tape
 
 EXAMPLES = int(os.environ.get("TAPEGRAD_FUZZ_EXAMPLES", "150"))
 CORPUS = Path(__file__).parent / "corpus"
@@ -44,19 +45,19 @@ LIMITS = tf.Limits(max_total_bytes=1 << 20, max_frame_bytes=1 << 18, max_array_b
 def _seeds() -> list[bytes]:
     tapes: list[Tape] = [tiny_tape()]
     for name in ("getitem", "scatter_add", "concatenate", "sum", "reshape", "transpose", "guard", "astype"):
-        tapes.append(OP_CASES[name]())
+        tapes.append(op_tape(name))
     with tg.record(values="inputs", metadata={"k": [1, "two", {"three": 3.0}]}) as t:
         x = tg.Variable(np.arange(6, dtype=np.float32).reshape(2, 3), name="x")
         tg.softmax(tg.log(x + 1.0) @ tg.transpose(x), axis=0).name = "p"
     tapes.append(t)
-    none = OP_CASES["matmul"]()
+    none = op_tape("matmul")
     none.values_mode = "none"
     tapes.append(none)
     seeds = [tf.dumps(t) for t in tapes]
     chunk = tape_format_writer.CHUNK_BYTES
     try:
         tape_format_writer.CHUNK_BYTES = 128  # arrays split over several DATA frames
-        seeds.append(tf.dumps(OP_CASES["stack"]()))
+        seeds.append(tf.dumps(op_tape("stack")))
     finally:
         tape_format_writer.CHUNK_BYTES = chunk
     return seeds

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
-from test_replay_backward import roundtrip
+from op_cases import roundtrip
 
 W0 = np.linspace(-1.0, 1.0, 6).reshape(3, 2)
 X0 = np.arange(6.0).reshape(2, 3) / 6.0

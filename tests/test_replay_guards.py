@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
-from test_replay_backward import roundtrip
+from op_cases import roundtrip
 
 HERE = os.path.abspath(__file__)
 

@@ -19,7 +19,7 @@ import pytest
 
 import tapegrad as tg
 import tapegrad.replay as replay_module
-from test_replay_backward import roundtrip
+from op_cases import roundtrip
 
 LAYERS, WIDTH, BATCH = 20, 256, 128
 WRT = [f"w{k}" for k in range(LAYERS)]

@@ -14,12 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tapegrad as tg
+from op_cases import op_tape
 from tapegrad import tape_format as tf
+from tapegrad.ops import REGISTRY
 from tapegrad.ops.spec import OpSpec
 from tapegrad.tape import Tape
 from tapegrad.tape_format_limits import DEFAULT_LIMITS
 from tapegrad.validate import Reject, _fast, explain, group_rows, validate
-from test_format_helpers import OP_CASES, tiny_tape
+from test_format_helpers import tiny_tape
 
 F64 = np.dtype("float64")
 
@@ -60,7 +62,7 @@ X = ((3,), F64)
 
 
 def test_valid_tapes_pass_both_validators() -> None:
-    tapes = [tiny_tape()] + [case() for case in OP_CASES.values()]
+    tapes = [tiny_tape()] + [op_tape(op) for op in REGISTRY]
     for tape in tapes:
         validate(tape)  # recorded tapes: internal ids, every value held
         explain(tape)

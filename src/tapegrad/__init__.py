@@ -1,8 +1,12 @@
 """tapegrad: reverse-mode automatic differentiation on a recorded, replayable tape.
 
-Public API: `Variable`, the op functions (`add`, `mul`, `sum`, ...), `record`, `no_record`,
-`grad`, `value_and_grad`, `Tape`, `replay`, and the error family rooted at `TapegradError`.
+Public API: `Variable`, the op functions (`add`, `mul`, `sum`, ...: one for every registry row
+marked `public`, installed from `tracer.FUNCTIONS`), `record`, `no_record`, `grad`,
+`value_and_grad`, `hessian`, `Tape`, `replay`, the file functions, and the error family rooted
+at `TapegradError`.
 """
+
+from typing import TYPE_CHECKING
 
 from . import replay
 from .errors import GuardError, LimitError, TapeFormatError, TapegradError, TruncatedTapeError
@@ -10,66 +14,20 @@ from .functional import grad, hessian, value_and_grad
 from .tape import Record, Tape
 from .tape_format import Limits, Recovery, TapeRecoveryWarning, dumps, loads, save
 from .tape_format import load_path as load
-from .tracer import (
-    Variable,
-    abs,
-    add,
-    astype,
-    broadcast_to,
-    clip,
-    concatenate,
-    cos,
-    div,
-    equal,
-    exp,
-    getitem,
-    greater,
-    greater_equal,
-    guard,
-    less,
-    less_equal,
-    log,
-    log_softmax,
-    logsumexp,
-    matmul,
-    max,
-    maximum,
-    mean,
-    min,
-    minimum,
-    mul,
-    neg,
-    no_record,
-    not_equal,
-    pow,
-    record,
-    relu,
-    reshape,
-    scatter_add,
-    sigmoid,
-    sign,
-    sin,
-    softmax,
-    sqrt,
-    stack,
-    sub,
-    sum,
-    sum_to,
-    tan,
-    tanh,
-    transpose,
-    where,
-)
+from .tracer import FUNCTIONS, Variable, no_record, record
+
+globals().update(FUNCTIONS)
+
+if TYPE_CHECKING:
+    from .tracer import OpFunction
+
+    def __getattr__(name: str) -> OpFunction: ...  # the op functions installed above
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Limits", "Recovery", "TapeRecoveryWarning", "dumps", "load", "loads", "save",
     "GuardError", "LimitError", "Record", "Tape", "TapeFormatError", "TapegradError",
-    "TruncatedTapeError", "Variable", "abs", "add", "astype", "broadcast_to", "clip",
-    "concatenate", "cos", "div", "equal", "exp", "getitem", "grad", "greater", "greater_equal", "guard", "hessian",
-    "less", "less_equal", "log", "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean",
-    "min", "minimum", "mul", "neg", "no_record", "not_equal", "pow", "record", "relu", "replay",
-    "reshape", "scatter_add", "sigmoid", "sign", "sin", "softmax", "sqrt", "stack", "sub", "sum",
-    "sum_to", "tan", "tanh", "transpose", "value_and_grad", "where",
+    "TruncatedTapeError", "Variable", "grad", "hessian", "no_record", "record", "replay", "value_and_grad",
+    *FUNCTIONS,
 ]

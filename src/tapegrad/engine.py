@@ -26,7 +26,7 @@ def _no_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, attrs: Any, k: int) ->
 
 
 _VJP = {name: spec.vjp or _no_vjp for name, spec in REGISTRY.items()}
-_ELEMENTWISE = frozenset(name for name, spec in REGISTRY.items() if spec.shape_rule is None)
+_ELEMENTWISE = frozenset(name for name, spec in REGISTRY.items() if spec.elementwise)
 
 
 def active_set(records: Iterable[RawRecord], sources: Iterable[int]) -> set[int]:

@@ -37,8 +37,6 @@ import numpy as np
 from . import engine
 from .errors import GuardError, TapegradError
 from .ops import REGISTRY, OpSpec
-from .ops.infer import expand_index
-from .ops.kernels import VIEW_OPS
 from .tape import RawRecord, Tape
 
 Aval = tuple[tuple[int, ...], np.dtype[Any]]
@@ -104,50 +102,6 @@ class Compiler:
 
         op.__name__ = spec.name
         return op
-
-
-# Ops whose kernel may return a view of input 0 (no new buffer), and kernel scratch space in
-# units of the larger of input-0 and output bytes (temporaries alive while the kernel runs).
-_SCRATCH = {"logsumexp": 2, "softmax": 1, "log_softmax": 2, "sigmoid": 2, "clip": 1}
-
-
-def _may_alias(op: str, in_aval: Aval, out_aval: Aval, attrs: Mapping[str, Any] | None) -> bool:
-    """True when the kernel returns (a view of) its C-contiguous input 0 instead of a new buffer."""
-    if op == "reshape":
-        return True
-    if op == "sum_to":
-        return in_aval[0] == out_aval[0]
-    if op == "transpose":  # always a view (kernels.VIEW_OPS)
-        return True
-    if op == "getitem" and attrs is not None and not any(i == ("array",) for i in attrs["index"]):
-        return _basic_index_is_contiguous(in_aval[0], attrs["index"])
-    return False
-
-
-def _basic_index_is_contiguous(shape: tuple[int, ...], index: Sequence[Any]) -> bool:
-    """Whether `x[index]` (ints, slices, None, Ellipsis) of a C-contiguous x is C-contiguous."""
-    strides = [math.prod(shape[i + 1:]) for i in range(len(shape))]
-    items = expand_index("getitem", shape, index)
-    dims: list[tuple[int, int]] = []
-    axis = 0
-    for item in items:
-        if item is None:
-            dims.append((1, 0))
-        elif isinstance(item, int):
-            axis += 1
-        else:
-            rng = range(*slice(*item[1:]).indices(shape[axis]))
-            dims.append((len(rng), strides[axis] * rng.step))
-            axis += 1
-    if any(n == 0 for n, _ in dims):
-        return True
-    expected = 1
-    for n, stride in reversed(dims):
-        if n != 1:
-            if stride != expected:
-                return False
-            expected *= n
-    return True
 
 
 def _nbytes(aval: Aval) -> int:
@@ -299,7 +253,7 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     forward: list[int] = []
     for n in live_records:
         rec = records[n]
-        if rec[2] not in stored or rec[0] in VIEW_OPS or any(i in dirty for i in rec[3:]):
+        if rec[2] not in stored or REGISTRY[rec[0]].view or any(i in dirty for i in rec[3:]):
             dirty.add(rec[2])
             forward.append(n)
     missing = [vid for vid in needed if vid not in stored and vid not in dirty and vid not in producer]
@@ -395,8 +349,9 @@ class _Memory:
     def compute(self, rec: RawRecord) -> None:
         """A step runs: its kernel's scratch space and its result are allocated."""
         op, attrs, out, ins, avals = rec[0], rec[1], rec[2], rec[3:], self.avals
-        scratch = _SCRATCH.get(op, 0) * max(_nbytes(avals[ins[0]]), _nbytes(avals[out]))
-        if _may_alias(op, avals[ins[0]], avals[out], attrs):
+        spec = REGISTRY[op]
+        scratch = spec.scratch * max(_nbytes(avals[ins[0]]), _nbytes(avals[out]))
+        if spec.aliases(avals[ins[0]], avals[out], attrs):
             buf = self.buffer_of.get(ins[0])
             if buf is not None:
                 self.buffer_of[out] = buf

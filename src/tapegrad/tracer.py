@@ -23,14 +23,15 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from operator import itemgetter
 from sys import _getframe
-from types import FrameType, SimpleNamespace
-from typing import Any
+from types import FrameType, MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from . import engine, replay
 from .errors import TapegradError
 from .ops import NUMPY, REGISTRY, OpSpec
+from .ops.registry import backend
 from .tape import RawRecord, Tape
 
 _serials = itertools.count()
@@ -39,7 +40,7 @@ _linking = True  # False inside no_record(): results get no graph links
 # numpy's module defines `__getattr__`, so `np.ndarray` in a hot path is an unspecialised
 # attribute lookup (~180 machine instructions in CPython 3.11): read it once.
 _NDARRAY = np.ndarray
-EMPTY = None  # the stored attributes of attribute-free records (see tape.RawRecord)
+NO_ATTRS = None  # the stored attributes of attribute-free records (see tape.RawRecord)
 _ALLOWED_KINDS = frozenset("biuf")
 
 
@@ -88,7 +89,7 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
         tape = _tape
         if type(x) is not Variable or not _linking or x.data is None or (
                 x._tape is not tape and tape is not None and x._tapegrad_serial not in tape._values):
-            return _apply(spec, (x,), EMPTY)
+            return _apply(spec, (x,), NO_ATTRS)
         out = forward(x.data)
         if type(out) is not _NDARRAY:
             out = np.asarray(out)
@@ -99,7 +100,7 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
         v._tape = tape
         s = v._tapegrad_serial = next(_serials)
         if tape is None:
-            v._link = ((name, EMPTY, s, x._tapegrad_serial), (x,))
+            v._link = ((name, NO_ATTRS, s, x._tapegrad_serial), (x,))
             return v
         v._link = None
         if tape.source:
@@ -107,7 +108,7 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
             if f.f_code is not tape._source_last:
                 f = _source_frame(tape, f)
             tape._source_pos.append(f.f_lasti)
-        rec = (name, EMPTY, s, x._tapegrad_serial)
+        rec = (name, NO_ATTRS, s, x._tapegrad_serial)
         tape._records.append(rec)
         tape._values[s] = out
         if tape._sink is not None and len(tape._records) >= tape._sink_at:
@@ -127,11 +128,11 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
         if (type(a) is not Variable or type(b) is not Variable or not _linking or a.data is None or b.data is None
                 or (a._tape is not tape and tape is not None and a._tapegrad_serial not in tape._values)
                 or (b._tape is not tape and tape is not None and b._tapegrad_serial not in tape._values)):
-            return _apply(spec, (a, b), EMPTY)
+            return _apply(spec, (a, b), NO_ATTRS)
         try:
             out = forward(a.data, b.data)
         except (ValueError, TypeError):
-            return _apply(spec, (a, b), EMPTY)  # raises the library's error
+            return _apply(spec, (a, b), NO_ATTRS)  # raises the library's error
         if type(out) is not _NDARRAY:
             out = np.asarray(out)
         v = _new_variable(Variable)
@@ -141,7 +142,7 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
         v._tape = tape
         s = v._tapegrad_serial = next(_serials)
         if tape is None:
-            v._link = ((name, EMPTY, s, a._tapegrad_serial, b._tapegrad_serial), (a, b))
+            v._link = ((name, NO_ATTRS, s, a._tapegrad_serial, b._tapegrad_serial), (a, b))
             return v
         v._link = None
         if tape.source:
@@ -149,7 +150,7 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
             if f.f_code is not tape._source_last:
                 f = _source_frame(tape, f)
             tape._source_pos.append(f.f_lasti)
-        rec = (name, EMPTY, s, a._tapegrad_serial, b._tapegrad_serial)
+        rec = (name, NO_ATTRS, s, a._tapegrad_serial, b._tapegrad_serial)
         tape._records.append(rec)
         tape._values[s] = out
         if tape._sink is not None and len(tape._records) >= tape._sink_at:
@@ -289,7 +290,7 @@ class Variable:
     __neg__ = _unary_op(REGISTRY["neg"])
     __abs__ = _unary_op(REGISTRY["abs"])
     def __getitem__(self, index: Any) -> Variable:
-        return getitem(self, index)
+        return OPS.getitem(self, index)
 
     __eq__ = _binary_op(REGISTRY["equal"])  # type: ignore[assignment]
     __ne__ = _binary_op(REGISTRY["not_equal"])  # type: ignore[assignment]
@@ -300,21 +301,21 @@ class Variable:
 
     @property
     def T(self) -> Variable:
-        return transpose(self)
+        return OPS.transpose(self)
 
     def reshape(self, *shape: Any) -> Variable:
-        return reshape(self, shape[0] if len(shape) == 1 else shape)
+        return OPS.reshape(self, shape[0] if len(shape) == 1 else shape)
 
     def transpose(self, *axes: Any) -> Variable:
         if not axes or axes == (None,):
-            return transpose(self)
-        return transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes)
+            return OPS.transpose(self)
+        return OPS.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes)
 
     def sum(self, axis: Any = None, keepdims: bool = False) -> Variable:
-        return sum(self, axis, keepdims)
+        return OPS.sum(self, axis, keepdims)
 
     def astype(self, dtype: Any) -> Variable:
-        return astype(self, dtype)
+        return OPS.astype(self, dtype)
 
 
 _new_variable = Variable.__new__
@@ -605,7 +606,7 @@ def _public(spec: OpSpec) -> OpFunction:
         def fn(*args: Any) -> Variable:
             if len(args) != spec.arity:
                 raise TypeError(f"{spec.name}() takes {spec.arity} argument(s), got {len(args)}")
-            return _apply(spec, args, EMPTY)
+            return _apply(spec, args, NO_ATTRS)
     else:
         def fn(*args: Any, **kwargs: Any) -> Variable:
             ins, attrs = spec.bind(args, kwargs)
@@ -615,55 +616,25 @@ def _public(spec: OpSpec) -> OpFunction:
     return fn
 
 
-add = _public(REGISTRY["add"])
-sub = _public(REGISTRY["sub"])
-mul = _public(REGISTRY["mul"])
-div = _public(REGISTRY["div"])
-pow = _public(REGISTRY["pow"])  # noqa: A001 - numpy's name
-maximum = _public(REGISTRY["maximum"])
-minimum = _public(REGISTRY["minimum"])
-where = _public(REGISTRY["where"])
-clip = _public(REGISTRY["clip"])
-neg = _public(REGISTRY["neg"])
-exp = _public(REGISTRY["exp"])
-log = _public(REGISTRY["log"])
-sin = _public(REGISTRY["sin"])
-cos = _public(REGISTRY["cos"])
-tan = _public(REGISTRY["tan"])
-tanh = _public(REGISTRY["tanh"])
-sqrt = _public(REGISTRY["sqrt"])
-abs = _public(REGISTRY["abs"])  # noqa: A001
-sign = _public(REGISTRY["sign"])
-sigmoid = _public(REGISTRY["sigmoid"])
-relu = _public(REGISTRY["relu"])
-astype = _public(REGISTRY["astype"])
-equal = _public(REGISTRY["equal"])
-not_equal = _public(REGISTRY["not_equal"])
-less = _public(REGISTRY["less"])
-less_equal = _public(REGISTRY["less_equal"])
-greater = _public(REGISTRY["greater"])
-greater_equal = _public(REGISTRY["greater_equal"])
-sum = _public(REGISTRY["sum"])  # noqa: A001
-mean = _public(REGISTRY["mean"])
-max = _public(REGISTRY["max"])  # noqa: A001
-min = _public(REGISTRY["min"])  # noqa: A001
-logsumexp = _public(REGISTRY["logsumexp"])
-softmax = _public(REGISTRY["softmax"])
-log_softmax = _public(REGISTRY["log_softmax"])
-reshape = _public(REGISTRY["reshape"])
-transpose = _public(REGISTRY["transpose"])
-broadcast_to = _public(REGISTRY["broadcast_to"])
-sum_to = _public(REGISTRY["sum_to"])
-matmul = _public(REGISTRY["matmul"])
-getitem = _public(REGISTRY["getitem"])
-scatter_add = _public(REGISTRY["scatter_add"])
-concatenate = _public(REGISTRY["concatenate"])
-stack = _public(REGISTRY["stack"])
-guard = _public(REGISTRY["guard"])
+_FUNCTIONS = {name: _public(spec) for name, spec in REGISTRY.items()}
 
-OPS: Any = SimpleNamespace(**{name: globals()[name] for name in REGISTRY})
-"""The traced backend: the public op functions by registry name (VJP rules run on it)."""
 
+
+class _Ops(Protocol):
+    def __getattr__(self, name: str) -> OpFunction: ...
+
+
+OPS: _Ops = backend("tapegrad.tracer.ops", _FUNCTIONS)
+"""The traced backend: every registry op as a function on Variables (VJP rules run on it)."""
+
+FUNCTIONS: Mapping[str, OpFunction] = MappingProxyType({name: fn for name, fn in _FUNCTIONS.items()
+                                                        if REGISTRY[name].public})
+"""The public op functions, `tapegrad.<name>` for every registry row marked `public`."""
+
+globals().update(FUNCTIONS)
+
+if TYPE_CHECKING:
+    def __getattr__(name: str) -> OpFunction: ...  # the op functions installed above
 
 
 class _Recorder:

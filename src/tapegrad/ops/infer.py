@@ -221,3 +221,29 @@ def guard(spec: OpSpec, shapes: Sequence[Shape], dtypes: Sequence[DType], attrs:
     if math.prod(shapes[0]) != 1:
         raise _fail(spec, shapes, "a guard checks a one-element value")
     return (), np.dtype(bool)
+
+
+def basic_index_is_contiguous(shape: tuple[int, ...], index: Sequence[Any]) -> bool:
+    """Whether `x[index]` (ints, slices, None, Ellipsis) of a C-contiguous x is C-contiguous."""
+    strides = [math.prod(shape[i + 1:]) for i in range(len(shape))]
+    items = expand_index("getitem", shape, index)
+    dims: list[tuple[int, int]] = []
+    axis = 0
+    for item in items:
+        if item is None:
+            dims.append((1, 0))
+        elif isinstance(item, int):
+            axis += 1
+        else:
+            rng = range(*slice(*item[1:]).indices(shape[axis]))
+            dims.append((len(rng), strides[axis] * rng.step))
+            axis += 1
+    if any(n == 0 for n, _ in dims):
+        return True
+    expected = 1
+    for n, stride in reversed(dims):
+        if n != 1:
+            if stride != expected:
+                return False
+            expected *= n
+    return True

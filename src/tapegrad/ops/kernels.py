@@ -3,7 +3,7 @@
 Contract: every kernel takes arrays positionally and canonical attributes as keywords (record
 form), never mutates its inputs, and returns a C-contiguous array (or a fresh numpy result), so
 that what is recorded, stored and replayed is the same bytes in the same layout.  The one
-exception is `transpose`, which returns a view; ops in `VIEW_OPS` are recomputed on replay.
+exception is `transpose`, which returns a view; ops whose row says `view` are recomputed on replay.
 """
 
 from __future__ import annotations
@@ -16,11 +16,6 @@ from ..errors import GuardError, TapegradError
 from .spec import AttrValue, decode_index
 
 Array = np.ndarray[Any, Any]
-
-VIEW_OPS = frozenset({"transpose"})
-"""Ops whose results are views in another layout than the C order files store: replay
-recomputes them (cheap) rather than reading the stored copy, to compute on the same layout."""
-
 
 def contiguous(a: Array) -> Array:
     """`a` itself when C-contiguous, else a C-ordered copy (keeps 0-d arrays 0-d)."""

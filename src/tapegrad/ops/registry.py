@@ -21,16 +21,15 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from types import MappingProxyType, ModuleType
 from typing import Any, cast
 
 import numpy as np
 
 from ..errors import TapegradError
-from . import infer as I
-from . import kernels as K
+from . import infer, kernels
 from .spec import (
+    ARRAY,
     AXES,
     AXIS,
     BOOL,
@@ -42,12 +41,18 @@ from .spec import (
     SHAPE,
     Attr,
     Attrs,
+    Aval,
+    Binder,
     OpSpec,
+    ShapeRule,
+    Vjp,
+    always_aliases,
     canon,
     decode_index,
     dtype_of,
     encode_index,
     ndim_of,
+    never_aliases,
     normalize_axis,
     pass_on,
     shape_of,
@@ -187,116 +192,221 @@ def _is_array(x: Any) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (np.generic, bool, int, float))
 
 
+# ---- VJP rules that branch on the input they are for -----------------------------------------
+
+
+def _sub_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    return g if k == 0 else F.neg(g)
+
+
+def _div_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    """d(x / y) = dx / y - dy * out / y."""
+    if k == 0:
+        return F.div(g, ins[1])
+    return F.neg(F.mul(g, F.div(out, ins[1])))
+
+
+def _pow_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    """d(x ** y) = dx * y * x ** (y - 1) + dy * out * log(x)."""
+    x, y = ins
+    if k == 0:
+        return F.mul(g, F.mul(y, F.pow(x, F.sub(y, 1))))
+    return F.mul(F.mul(g, out), F.log(x))
+
+
+def _maximum_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    """Ties send the cotangent to x."""
+    x, y = ins
+    return F.where(F.greater_equal(x, y) if k == 0 else F.less(x, y), g, 0)
+
+
+def _minimum_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    """Ties send the cotangent to x."""
+    x, y = ins
+    return F.where(F.less_equal(x, y) if k == 0 else F.greater(x, y), g, 0)
+
+
+def _where_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    """No cotangent for the condition; x takes it where cond holds, y elsewhere."""
+    if k == 0:
+        return None
+    return F.where(ins[0], g, 0) if k == 1 else F.where(ins[0], 0, g)
+
+
+def _clip_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    """clip = minimum(maximum(x, a_min), a_max): a_max takes the cotangent where the upper bound
+    is active; elsewhere a_min takes it where x is below a_min, and x takes the rest."""
+    x, lo, hi = ins
+    upper = F.greater(F.maximum(x, lo), hi)
+    if k == 2:
+        return F.where(upper, g, 0)
+    below = F.less(x, lo)
+    return F.where(upper, 0, F.where(below, g, 0) if k == 1 else F.where(below, 0, g))
+
+
+def _getitem_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    """The cotangent scattered back into x's shape; none for the index arrays."""
+    if k != 0:
+        return None
+    return F.scatter_add(g, *ins[1:], shape=tuple(ins[0].shape), index=a["index"])
+
+
+def _scatter_add_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    """The cotangent gathered at the index; none for the index arrays."""
+    if k != 0:
+        return None
+    return F.getitem(g, decode_index(a["index"], ins[1:]))
+
+
+# ---- memory facts that depend on the record ---------------------------------------------------
+
+
+def _sum_to_aliases(x: Aval, out: Aval, attrs: Attrs | None) -> bool:
+    """sum_to to the input's own shape returns the input."""
+    return x[0] == out[0]
+
+
+def _getitem_aliases(x: Aval, out: Aval, attrs: Attrs | None) -> bool:
+    """Basic indexing that leaves a C-contiguous block returns a view of it, except an integer
+    for every axis, which gives numpy a scalar (the kernel then makes a new 0-d array)."""
+    index = cast("tuple[Any, ...]", attrs["index"]) if attrs is not None else ()
+    if attrs is None or any(item == ARRAY for item in index):
+        return False
+    if len(index) == len(x[0]) and all(type(item) is int for item in index):
+        return False
+    return infer.basic_index_is_contiguous(x[0], index)
+
+
 # ---- the table -----------------------------------------------------------------------------
 
 _RED = (Attr("axis", AXES, None), Attr("keepdims", BOOL, False))
 
 
-def _build() -> dict[str, OpSpec]:
-    specs = [
+def _elementwise(name: str, arity: int, forward: Callable[..., Any], vjp: Vjp | None, doc: str, *,
+                 scratch: int = 0, binder: Binder | None = None) -> OpSpec:
+    """The row of an elementwise op: inputs broadcast and map element by element to a new
+    C-ordered buffer (never a view of an input); no attributes; a public function."""
+    return OpSpec(name=name, arity=arity, forward=forward, vjp=vjp, doc=doc, attrs=(), binder=binder,
+                  shape=infer.elementwise, elementwise=True, scratch=scratch, aliases=never_aliases, view=False,
+                  public=True)
+
+
+def _reduction(name: str, forward: Callable[..., Any], vjp: Vjp, doc: str, *, scratch: int = 0,
+               attrs: tuple[Attr, ...] = _RED, shape: ShapeRule = infer.reduction) -> OpSpec:
+    """The row of a reduction-like op over `axis`: a new buffer; a public function."""
+    return OpSpec(name=name, arity=1, forward=forward, vjp=vjp, doc=doc, attrs=attrs, binder=None,
+                  shape=shape, elementwise=False, scratch=scratch, aliases=never_aliases, view=False, public=True)
+
+
+def _rows() -> list[OpSpec]:
+    E = _elementwise  # a short family name keeps each elementwise row on one line
+    return [
         # elementwise, broadcasting
-        OpSpec("add", 2, operator.add, pass_on, "x + y"),
-        OpSpec("sub", 2, operator.sub, lambda F, g, ins, out, a, k: g if k == 0 else F.neg(g), "x - y"),
-        OpSpec("mul", 2, operator.mul, lambda F, g, ins, out, a, k: F.mul(g, ins[1 - k]), "x * y"),
-        OpSpec("div", 2, operator.truediv,
-               lambda F, g, ins, out, a, k: F.div(g, ins[1]) if k == 0 else F.neg(F.mul(g, F.div(out, ins[1]))),
-               "x / y (true division)"),
-        OpSpec("pow", 2, np.power,
-               lambda F, g, ins, out, a, k: F.mul(g, F.mul(ins[1], F.pow(ins[0], F.sub(ins[1], 1)))) if k == 0
-               else F.mul(F.mul(g, out), F.log(ins[0])),
-               "x ** y"),
-        OpSpec("maximum", 2, np.maximum,
-               lambda F, g, ins, out, a, k: F.where(F.greater_equal(ins[0], ins[1]) if k == 0 else F.less(ins[0], ins[1]), g, 0),
-               "elementwise max; ties send the gradient to x"),
-        OpSpec("minimum", 2, np.minimum,
-               lambda F, g, ins, out, a, k: F.where(F.less_equal(ins[0], ins[1]) if k == 0 else F.greater(ins[0], ins[1]), g, 0),
-               "elementwise min; ties send the gradient to x"),
-        OpSpec("where", 3, np.where,
-               lambda F, g, ins, out, a, k: None if k == 0 else F.where(ins[0], g, 0) if k == 1 else F.where(ins[0], 0, g),
-               "cond ? x : y elementwise (no gradient to cond)"),
-        OpSpec("clip", 3, K.clip,
-               lambda F, g, ins, out, a, k: (  # clip = minimum(maximum(x, a_min), a_max)
-                   F.where(F.greater(F.maximum(ins[0], ins[1]), ins[2]), g if k == 2 else 0,
-                           0 if k == 2 else F.where(F.less(ins[0], ins[1]), g if k == 1 else 0, 0 if k == 1 else g))),
-               "min(max(x, a_min), a_max); a None bound is the dtype's extreme", binder=_bind_clip),
+        E("add", 2, operator.add, pass_on, "x + y"),
+        E("sub", 2, operator.sub, _sub_vjp, "x - y"),
+        E("mul", 2, operator.mul, lambda F, g, ins, out, a, k: F.mul(g, ins[1 - k]), "x * y"),
+        E("div", 2, operator.truediv, _div_vjp, "x / y (true division)"),
+        E("pow", 2, np.power, _pow_vjp, "x ** y"),
+        E("maximum", 2, np.maximum, _maximum_vjp, "elementwise max; ties send the gradient to x"),
+        E("minimum", 2, np.minimum, _minimum_vjp, "elementwise min; ties send the gradient to x"),
+        E("where", 3, np.where, _where_vjp, "cond ? x : y elementwise (no gradient to cond)"),
+        E("clip", 3, kernels.clip, _clip_vjp, "min(max(x, a_min), a_max); a None bound is the dtype's extreme",
+          scratch=1, binder=_bind_clip),
         # elementwise, unary
-        OpSpec("neg", 1, operator.neg, lambda F, g, ins, out, a, k: F.neg(g), "-x"),
-        OpSpec("exp", 1, np.exp, lambda F, g, ins, out, a, k: F.mul(g, out), "e ** x"),
-        OpSpec("log", 1, np.log, lambda F, g, ins, out, a, k: F.div(g, ins[0]), "natural logarithm"),
-        OpSpec("sin", 1, np.sin, lambda F, g, ins, out, a, k: F.mul(g, F.cos(ins[0])), "sine"),
-        OpSpec("cos", 1, np.cos, lambda F, g, ins, out, a, k: F.neg(F.mul(g, F.sin(ins[0]))), "cosine"),
-        OpSpec("tan", 1, np.tan, lambda F, g, ins, out, a, k: F.mul(g, F.add(1, F.mul(out, out))), "tangent"),
-        OpSpec("tanh", 1, np.tanh, lambda F, g, ins, out, a, k: F.mul(g, F.sub(1, F.mul(out, out))), "hyperbolic tangent"),
-        OpSpec("sqrt", 1, np.sqrt, lambda F, g, ins, out, a, k: F.div(g, F.mul(2, out)), "square root"),
-        OpSpec("abs", 1, np.abs, lambda F, g, ins, out, a, k: F.mul(g, F.sign(ins[0])), "absolute value"),
-        OpSpec("sign", 1, np.sign, None, "-1, 0 or 1 (gradient zero almost everywhere)"),
-        OpSpec("sigmoid", 1, K.sigmoid, lambda F, g, ins, out, a, k: F.mul(g, F.mul(out, F.sub(1, out))), "1 / (1 + e ** -x)"),
-        OpSpec("relu", 1, K.relu, lambda F, g, ins, out, a, k: F.where(F.greater(ins[0], 0), g, 0), "max(x, 0)"),
-        OpSpec("astype", 1, K.astype,
-               lambda F, g, ins, out, a, k: F.astype(g, ins[0].dtype) if out.dtype.kind == "f" else None,
-               "cast to dtype (gradient cast back; none through a cast to a non-float dtype)",
-               (Attr("dtype", DTYPE),)),
+        E("neg", 1, operator.neg, lambda F, g, ins, out, a, k: F.neg(g), "-x"),
+        E("exp", 1, np.exp, lambda F, g, ins, out, a, k: F.mul(g, out), "e ** x"),
+        E("log", 1, np.log, lambda F, g, ins, out, a, k: F.div(g, ins[0]), "natural logarithm"),
+        E("sin", 1, np.sin, lambda F, g, ins, out, a, k: F.mul(g, F.cos(ins[0])), "sine"),
+        E("cos", 1, np.cos, lambda F, g, ins, out, a, k: F.neg(F.mul(g, F.sin(ins[0]))), "cosine"),
+        E("tan", 1, np.tan, lambda F, g, ins, out, a, k: F.mul(g, F.add(1, F.mul(out, out))), "tangent"),
+        E("tanh", 1, np.tanh, lambda F, g, ins, out, a, k: F.mul(g, F.sub(1, F.mul(out, out))), "hyperbolic tangent"),
+        E("sqrt", 1, np.sqrt, lambda F, g, ins, out, a, k: F.div(g, F.mul(2, out)), "square root"),
+        E("abs", 1, np.abs, lambda F, g, ins, out, a, k: F.mul(g, F.sign(ins[0])), "absolute value"),
+        E("sign", 1, np.sign, None, "-1, 0 or 1 (gradient zero almost everywhere)"),
+        E("sigmoid", 1, kernels.sigmoid, lambda F, g, ins, out, a, k: F.mul(g, F.mul(out, F.sub(1, out))),
+          "1 / (1 + e ** -x)", scratch=2),
+        E("relu", 1, kernels.relu, lambda F, g, ins, out, a, k: F.where(F.greater(ins[0], 0), g, 0), "max(x, 0)"),
         # comparisons: never differentiable, bool outputs
-        OpSpec("equal", 2, np.equal, None, "x == y"),
-        OpSpec("not_equal", 2, np.not_equal, None, "x != y"),
-        OpSpec("less", 2, np.less, None, "x < y"),
-        OpSpec("less_equal", 2, np.less_equal, None, "x <= y"),
-        OpSpec("greater", 2, np.greater, None, "x > y"),
-        OpSpec("greater_equal", 2, np.greater_equal, None, "x >= y"),
+        E("equal", 2, np.equal, None, "x == y"),
+        E("not_equal", 2, np.not_equal, None, "x != y"),
+        E("less", 2, np.less, None, "x < y"),
+        E("less_equal", 2, np.less_equal, None, "x <= y"),
+        E("greater", 2, np.greater, None, "x > y"),
+        E("greater_equal", 2, np.greater_equal, None, "x >= y"),
+        OpSpec(name="astype", arity=1, forward=kernels.astype,
+               vjp=lambda F, g, ins, out, a, k: F.astype(g, ins[0].dtype) if out.dtype.kind == "f" else None,
+               doc="cast to dtype (gradient cast back; none through a cast to a non-float dtype)",
+               attrs=(Attr("dtype", DTYPE),), binder=None, shape=infer.same_shape, elementwise=False,
+               scratch=0, aliases=never_aliases, view=False, public=True),
         # reductions
-        OpSpec("sum", 1, K.sum_, lambda F, g, ins, out, a, k: _unreduce(F, g, ins[0], _axes(a), a["keepdims"]),
-               "sum over axis (None: all)", _RED),
-        OpSpec("mean", 1, K.mean,
-               lambda F, g, ins, out, a, k: F.div(_unreduce(F, g, ins[0], _axes(a), a["keepdims"]),
-                                                  _count(ins[0], _axes(a))),
-               "mean over axis (None: all)", _RED),
-        OpSpec("max", 1, K.max_, _maxmin_vjp, "max over axis; ties share the gradient", _RED),
-        OpSpec("min", 1, K.min_, _maxmin_vjp, "min over axis; ties share the gradient", _RED),
-        OpSpec("logsumexp", 1, K.logsumexp,
-               lambda F, g, ins, out, a, k: F.mul(_unreduce(F, g, ins[0], _axes(a), a["keepdims"]),
-                                                  F.exp(F.sub(ins[0], _unreduce(F, out, ins[0], _axes(a), a["keepdims"])))),
-               "log(sum(exp(x))) over axis, computed stably", _RED),
-        OpSpec("softmax", 1, K.softmax,
-               lambda F, g, ins, out, a, k: F.mul(out, F.sub(g, F.sum(F.mul(g, out), a["axis"], True))),
-               "exp(x) / sum(exp(x)) over axis", (Attr("axis", AXES, -1),)),
-        OpSpec("log_softmax", 1, K.log_softmax,
-               lambda F, g, ins, out, a, k: F.sub(g, F.mul(F.exp(out), F.sum(g, a["axis"], True))),
-               "x - logsumexp(x) over axis", (Attr("axis", AXES, -1),)),
+        _reduction("sum", kernels.sum_, lambda F, g, ins, out, a, k: _unreduce(F, g, ins[0], _axes(a), a["keepdims"]),
+                   "sum over axis (None: all)"),
+        _reduction("mean", kernels.mean,
+                   lambda F, g, ins, out, a, k: F.div(_unreduce(F, g, ins[0], _axes(a), a["keepdims"]),
+                                                      _count(ins[0], _axes(a))),
+                   "mean over axis (None: all)"),
+        _reduction("max", kernels.max_, _maxmin_vjp, "max over axis; ties share the gradient"),
+        _reduction("min", kernels.min_, _maxmin_vjp, "min over axis; ties share the gradient"),
+        _reduction("logsumexp", kernels.logsumexp,
+                   lambda F, g, ins, out, a, k: F.mul(_unreduce(F, g, ins[0], _axes(a), a["keepdims"]),
+                                                      F.exp(F.sub(ins[0], _unreduce(F, out, ins[0], _axes(a), a["keepdims"])))),
+                   "log(sum(exp(x))) over axis, computed stably", scratch=2),
+        _reduction("softmax", kernels.softmax,
+                   lambda F, g, ins, out, a, k: F.mul(out, F.sub(g, F.sum(F.mul(g, out), a["axis"], True))),
+                   "exp(x) / sum(exp(x)) over axis", scratch=1, attrs=(Attr("axis", AXES, -1),), shape=infer.same_shape),
+        _reduction("log_softmax", kernels.log_softmax,
+                   lambda F, g, ins, out, a, k: F.sub(g, F.mul(F.exp(out), F.sum(g, a["axis"], True))),
+                   "x - logsumexp(x) over axis", scratch=2, attrs=(Attr("axis", AXES, -1),), shape=infer.same_shape),
         # shapes
-        OpSpec("reshape", 1, K.reshape, lambda F, g, ins, out, a, k: F.reshape(g, tuple(ins[0].shape)),
-               "same elements, new shape (one -1 allowed)", (Attr("shape", SHAPE),), _bind_reshape),
-        OpSpec("transpose", 1, K.transpose,
-               lambda F, g, ins, out, a, k: F.transpose(g, tuple(np.argsort(a["axes"]).tolist())),
-               "permute axes (None: reverse)", (Attr("axes", PERM, None),)),
-        OpSpec("broadcast_to", 1, K.broadcast_to, lambda F, g, ins, out, a, k: F.sum_to(g, tuple(ins[0].shape)),
-               "broadcast to shape (materialised)", (Attr("shape", SHAPE),), _bind_shape_to),
-        OpSpec("sum_to", 1, K.sum_to, lambda F, g, ins, out, a, k: F.broadcast_to(g, tuple(ins[0].shape)),
-               "sum down to a shape that broadcasts to x.shape", (Attr("shape", SHAPE),), _bind_shape_to),
-        OpSpec("matmul", 2, operator.matmul, _matmul_vjp, "matrix product, numpy semantics (1-D and batched)"),
-        OpSpec("getitem", -1, K.getitem,
-               lambda F, g, ins, out, a, k: F.scatter_add(g, *ins[1:], shape=tuple(ins[0].shape), index=a["index"]) if k == 0 else None,
-               "x[index]: basic and integer-array indexing", (Attr("index", INDEX),), _bind_getitem),
-        OpSpec("scatter_add", -1, K.scatter_add,
-               lambda F, g, ins, out, a, k: F.getitem(g, decode_index(a["index"], ins[1:])) if k == 0 else None,
-               "zeros(shape) with g added at index; repeats accumulate",
-               (Attr("shape", SHAPE), Attr("index", INDEX)), _bind_scatter_add),
-        OpSpec("concatenate", -1, K.concatenate,
-               lambda F, g, ins, out, a, k: F.getitem(g, _concat_slice(ins, a["axis"], k)),
-               "join arrays along an existing axis", (Attr("axis", AXIS, 0),), _bind_sequence),
-        OpSpec("stack", -1, K.stack,
-               lambda F, g, ins, out, a, k: F.getitem(g, (slice(None),) * a["axis"] + (k,)),
-               "join arrays along a new axis", (Attr("axis", AXIS, 0, extra_dims=1),), _bind_sequence),
+        OpSpec(name="reshape", arity=1, forward=kernels.reshape,
+               vjp=lambda F, g, ins, out, a, k: F.reshape(g, tuple(ins[0].shape)),
+               doc="same elements, new shape (one -1 allowed)", attrs=(Attr("shape", SHAPE),), binder=_bind_reshape,
+               shape=infer.reshape, elementwise=False, scratch=0, aliases=always_aliases, view=False, public=True),
+        OpSpec(name="transpose", arity=1, forward=kernels.transpose,
+               vjp=lambda F, g, ins, out, a, k: F.transpose(g, tuple(np.argsort(a["axes"]).tolist())),
+               doc="permute axes (None: reverse)", attrs=(Attr("axes", PERM, None),), binder=None,
+               shape=infer.transpose, elementwise=False, scratch=0, aliases=always_aliases, view=True, public=True),
+        OpSpec(name="broadcast_to", arity=1, forward=kernels.broadcast_to,
+               vjp=lambda F, g, ins, out, a, k: F.sum_to(g, tuple(ins[0].shape)),
+               doc="broadcast to shape (materialised)", attrs=(Attr("shape", SHAPE),), binder=_bind_shape_to,
+               shape=infer.broadcast_to, elementwise=False, scratch=0, aliases=never_aliases, view=False, public=True),
+        OpSpec(name="sum_to", arity=1, forward=kernels.sum_to,
+               vjp=lambda F, g, ins, out, a, k: F.broadcast_to(g, tuple(ins[0].shape)),
+               doc="sum down to a shape that broadcasts to x.shape", attrs=(Attr("shape", SHAPE),), binder=_bind_shape_to,
+               shape=infer.sum_to, elementwise=False, scratch=0, aliases=_sum_to_aliases, view=False, public=True),
+        OpSpec(name="matmul", arity=2, forward=operator.matmul, vjp=_matmul_vjp,
+               doc="matrix product, numpy semantics (1-D and batched)", attrs=(), binder=None,
+               shape=infer.matmul, elementwise=False, scratch=0, aliases=never_aliases, view=False, public=True),
+        OpSpec(name="getitem", arity=-1, forward=kernels.getitem, vjp=_getitem_vjp,
+               doc="x[index]: basic and integer-array indexing", attrs=(Attr("index", INDEX),), binder=_bind_getitem,
+               shape=infer.getitem, elementwise=False, scratch=0, aliases=_getitem_aliases, view=False, public=True),
+        OpSpec(name="scatter_add", arity=-1, forward=kernels.scatter_add, vjp=_scatter_add_vjp,
+               doc="zeros(shape) with g added at index; repeats accumulate",
+               attrs=(Attr("shape", SHAPE), Attr("index", INDEX)), binder=_bind_scatter_add,
+               shape=infer.scatter_add, elementwise=False, scratch=0, aliases=never_aliases, view=False, public=True),
+        OpSpec(name="concatenate", arity=-1, forward=kernels.concatenate,
+               vjp=lambda F, g, ins, out, a, k: F.getitem(g, _concat_slice(ins, a["axis"], k)),
+               doc="join arrays along an existing axis", attrs=(Attr("axis", AXIS, 0),), binder=_bind_sequence,
+               shape=infer.concatenate, elementwise=False, scratch=0, aliases=never_aliases, view=False, public=True),
+        OpSpec(name="stack", arity=-1, forward=kernels.stack,
+               vjp=lambda F, g, ins, out, a, k: F.getitem(g, (slice(None),) * a["axis"] + (k,)),
+               doc="join arrays along a new axis", attrs=(Attr("axis", AXIS, 0, extra_dims=1),), binder=_bind_sequence,
+               shape=infer.stack, elementwise=False, scratch=0, aliases=never_aliases, view=False, public=True),
         # control flow
-        OpSpec("guard", 1, K.guard, None, "the recording branched on bool/int/float(x) == value; replay re-checks it",
-               (Attr("value", SCALAR), Attr("kind", GUARD_KIND))),
+        OpSpec(name="guard", arity=1, forward=kernels.guard, vjp=None,
+               doc="the recording branched on bool/int/float(x) == value; replay re-checks it",
+               attrs=(Attr("value", SCALAR), Attr("kind", GUARD_KIND)), binder=None,
+               shape=infer.guard, elementwise=False, scratch=0, aliases=never_aliases, view=False, public=True),
     ]
-    rules = {"sum": I.reduction, "mean": I.reduction, "max": I.reduction, "min": I.reduction,
-             "logsumexp": I.reduction, "softmax": I.same_shape, "log_softmax": I.same_shape,
-             "astype": I.same_shape, "reshape": I.reshape, "transpose": I.transpose,
-             "broadcast_to": I.broadcast_to, "sum_to": I.sum_to, "matmul": I.matmul,
-             "getitem": I.getitem, "scatter_add": I.scatter_add, "concatenate": I.concatenate,
-             "stack": I.stack, "guard": I.guard}  # every other op is elementwise
-    return {s.name: replace(s, shape_rule=rules.get(s.name)) for s in specs}
+
+
+def _build() -> dict[str, OpSpec]:
+    table: dict[str, OpSpec] = {}
+    for spec in _rows():
+        if spec.name in table:
+            raise AssertionError(f"op {spec.name!r} has two rows")  # a registry bug, not user input
+        table[spec.name] = spec
+    return table
 
 
 REGISTRY: Mapping[str, OpSpec] = MappingProxyType(_build())
@@ -326,3 +436,15 @@ def backend(name: str, functions: Mapping[str, Callable[..., Any]]) -> Any:
 
 NUMPY: Any = backend("tapegrad.ops.numpy_backend", {name: _numpy_function(spec) for name, spec in REGISTRY.items()})
 """The numpy backend: every op with its public signature, computing on plain arrays."""
+
+
+def op_table_markdown() -> str:
+    """The registry as the Markdown table docs/FORMAT.md shows (a test keeps the two equal):
+    one row per op with its input count, stored attributes and doc line.
+    Regenerate with `python -m tapegrad.ops`."""
+    rows = ["| op | inputs | attributes (name: kind) | meaning |", "|----|--------|-------------------------|---------|"]
+    for spec in REGISTRY.values():
+        arity = "1 or more" if spec.arity < 0 else str(spec.arity)
+        attrs = ", ".join(f"`{a.name}`: {a.kind}" for a in spec.attrs) or "none"
+        rows.append(f"| `{spec.name}` | {arity} | {attrs} | {spec.doc.replace('|', '/')} |")
+    return "\n".join(rows)

@@ -70,18 +70,54 @@ class Attr:
     extra_dims: int = 0
 
 
-@dataclass(frozen=True)
+Aval = tuple[tuple[int, ...], "np.dtype[Any]"]
+AliasRule = Callable[[Aval, Aval, "Attrs | None"], bool]
+"""(input 0's shape and dtype, the output's, the stored attributes) -> whether the kernel's
+result is (a view of) the buffer of its C-contiguous input 0 rather than a new allocation."""
+
+
+def never_aliases(x: Aval, out: Aval, attrs: Attrs | None) -> bool:
+    """The alias rule of an op whose kernel always allocates its result."""
+    return False
+
+
+def always_aliases(x: Aval, out: Aval, attrs: Attrs | None) -> bool:
+    """The alias rule of an op whose kernel always returns a view of input 0 (reshape, transpose)."""
+    return True
+
+
+@dataclass(frozen=True, kw_only=True)
 class OpSpec:
-    """One primitive op: name, arity, numpy forward, VJP rule, attribute schema and doc line."""
+    """Everything tapegrad knows about one primitive op: one row of the registry.
+
+    Identity and semantics: `name` (the stable string files store), `arity` (-1: variadic, at
+    least one input), `forward` (numpy, record form), `vjp` (None: outputs carry no gradient),
+    `doc` (one line).  Signature: `attrs` (the attribute schema) and `binder` (None: the first
+    `arity` arguments are inputs and the attributes follow in order).
+    Shapes: `shape` infers the output's shape and dtype; `elementwise` says the op broadcasts its
+    inputs and maps them element by element, so cotangents come out in the inputs' shapes (the
+    reverse loop relies on it).  Memory: `scratch` is the kernel's temporary space in units of
+    the larger of input 0's and the output's bytes; `aliases` says when the result shares input
+    0's buffer; `view` says the result is a view in another layout than C order, which replay
+    recomputes rather than reading a stored copy.  Export: `public` makes the op a function
+    `tapegrad.<name>`.
+
+    Every fact is a required keyword: a row cannot leave one to a default.
+    """
 
     name: str
-    arity: int  # number of inputs; -1 means variadic (at least one)
+    arity: int
     forward: Callable[..., Any]
-    vjp: Vjp | None  # None: not differentiable (outputs carry no gradient)
+    vjp: Vjp | None
     doc: str
-    attrs: tuple[Attr, ...] = ()
-    binder: Binder | None = None
-    shape_rule: ShapeRule | None = None  # None: elementwise (broadcast shapes)
+    attrs: tuple[Attr, ...]
+    binder: Binder | None
+    shape: ShapeRule
+    elementwise: bool
+    scratch: int
+    aliases: AliasRule
+    view: bool
+    public: bool
     attr_names: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,10 +134,7 @@ class OpSpec:
 
         Attributes must be in stored form and schema-checked; nothing is allocated.
         """
-        from . import infer
-
-        rule = self.shape_rule or infer.elementwise
-        return rule(self, shapes, dtypes, attrs)
+        return self.shape(self, shapes, dtypes, attrs)
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Public call arguments -> (inputs, canonical attrs)."""
