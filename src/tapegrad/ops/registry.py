@@ -439,12 +439,15 @@ NUMPY: Any = backend("tapegrad.ops.numpy_backend", {name: _numpy_function(spec) 
 
 
 def op_table_markdown() -> str:
-    """The registry as the Markdown table docs/FORMAT.md shows (a test keeps the two equal):
-    one row per op with its input count, stored attributes and doc line.
+    """The attribute schemas of the registry as the Markdown table docs/FORMAT.md shows (a test
+    keeps the two equal): ops with the same attributes share a row, in registry order, and ops
+    without attributes fall under "every other op", so adding one leaves the table as it is.
     Regenerate with `python -m tapegrad.ops`."""
-    rows = ["| op | inputs | attributes (name: kind) | meaning |", "|----|--------|-------------------------|---------|"]
+    groups: dict[str, list[str]] = {}
     for spec in REGISTRY.values():
-        arity = "1 or more" if spec.arity < 0 else str(spec.arity)
-        attrs = ", ".join(f"`{a.name}`: {a.kind}" for a in spec.attrs) or "none"
-        rows.append(f"| `{spec.name}` | {arity} | {attrs} | {spec.doc.replace('|', '/')} |")
+        if spec.attrs:
+            groups.setdefault(", ".join(f"`{a.name}`: {a.kind}" for a in spec.attrs), []).append(spec.name)
+    rows = ["| op | attribute: kind |", "|----|-----------------|"]
+    rows += [f"| {', '.join(names)} | {attrs} |" for attrs, names in groups.items()]
+    rows.append("| every other op | none |")
     return "\n".join(rows)
