@@ -194,14 +194,17 @@ def test_comparisons_carry_no_gradient() -> None:
 
 SIMPLE_OPS = sorted(name for name, spec in REGISTRY.items() if spec.simple)
 
+# numpy's function of the op's own name is the reference, except for these.
 NUMPY_REFERENCE: dict[str, Callable[..., Any]] = {
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide, "pow": np.power,
-    "maximum": np.maximum, "minimum": np.minimum, "where": np.where, "neg": np.negative, "exp": np.exp,
-    "log": np.log, "sin": np.sin, "cos": np.cos, "tan": np.tan, "tanh": np.tanh, "sqrt": np.sqrt,
-    "abs": np.abs, "sign": np.sign, "sigmoid": lambda x: 1 / (1 + np.exp(-x)), "relu": lambda x: np.maximum(x, 0),
-    "equal": np.equal, "not_equal": np.not_equal, "less": np.less, "less_equal": np.less_equal,
-    "greater": np.greater, "greater_equal": np.greater_equal, "matmul": np.matmul,
+    "sub": np.subtract, "mul": np.multiply, "div": np.true_divide, "neg": np.negative,
+    "sigmoid": lambda x: 1 / (1 + np.exp(-x)), "relu": lambda x: np.maximum(x, 0),
 }
+
+
+def numpy_reference(name: str) -> Callable[..., Any]:
+    reference = NUMPY_REFERENCE.get(name, getattr(np, name, None))
+    assert callable(reference), f"add a numpy reference for {name} to NUMPY_REFERENCE"
+    return reference
 
 
 def _argument_sets(name: str) -> list[tuple[Any, ...]]:
@@ -216,12 +219,12 @@ def _argument_sets(name: str) -> list[tuple[Any, ...]]:
 
 @pytest.mark.parametrize("name", SIMPLE_OPS)
 def test_simple_op_accepts_every_argument_kind_in_every_position(name: str) -> None:
-    assert name in NUMPY_REFERENCE, f"add a numpy reference for {name}"
+    reference = numpy_reference(name)
     fn = getattr(tg, name)
     arity = REGISTRY[name].arity
     for values in _argument_sets(name):
         arrays = [np.asarray(v) for v in values]
-        expected = NUMPY_REFERENCE[name](*arrays)
+        expected = reference(*arrays)
         scalar_ok = all(a.ndim == 0 for a in arrays)
         for mask in range(3**arity):
             kinds = [(mask // 3**k) % 3 for k in range(arity)]  # 0 Variable, 1 ndarray, 2 scalar
