@@ -205,6 +205,7 @@ def op_cases(seed: int) -> dict[str, list[Case]]:
         "neg": [*_unary("neg", normal), Case("neg[-x]", lambda x: -x, (normal(3),))],
         "exp": _unary("exp", normal),
         "log": _unary("log", positive),
+        "log1p": _unary("log1p", positive),
         "sin": _unary("sin", normal),
         "cos": _unary("cos", normal),
         "tan": _unary("tan", lambda *s: np.asarray(RNG.uniform(-1.2, 1.2, s))),

@@ -316,6 +316,7 @@ def _rows() -> list[OpSpec]:
         E("neg", 1, operator.neg, lambda F, g, ins, out, a, k: F.neg(g), "-x"),
         E("exp", 1, np.exp, lambda F, g, ins, out, a, k: F.mul(g, out), "e ** x"),
         E("log", 1, np.log, lambda F, g, ins, out, a, k: F.div(g, ins[0]), "natural logarithm"),
+        E("log1p", 1, np.log1p, lambda F, g, ins, out, a, k: F.div(g, F.add(1, ins[0])), "log(1 + x), exact near 0"),
         E("sin", 1, np.sin, lambda F, g, ins, out, a, k: F.mul(g, F.cos(ins[0])), "sine"),
         E("cos", 1, np.cos, lambda F, g, ins, out, a, k: F.neg(F.mul(g, F.sin(ins[0]))), "cosine"),
         E("tan", 1, np.tan, lambda F, g, ins, out, a, k: F.mul(g, F.add(1, F.mul(out, out))), "tangent"),
