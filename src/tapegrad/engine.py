@@ -122,26 +122,35 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
                 continue
         else:
             xs = [values[i] for i in rec[3:]]
-        k = -1
-        for i in rec[3:]:
-            k += 1
-            if i in skip:
-                continue
-            gi = vjp(F, g, xs, out, attrs, k)
-            if gi is None:
-                continue
-            x = xs[k]  # broadcasting and dtype promotion are undone here, once for all ops
-            if gi.shape != x.shape:
-                gi = F.sum_to(gi, tuple(x.shape))
-            if gi.dtype != x.dtype:
-                gi = F.astype(gi, x.dtype)
-            prev = get(i)
-            cot[i] = gi if prev is None else F.add(prev, gi)
+        _pull_inputs(rec, xs, out, g, vjp, skip, cot, F)
     for i in want:
         g = cot.get(i)
         if g is not None:
             found[i] = g
     return found
+
+
+def _pull_inputs(rec: RawRecord, xs: Sequence[Any], out: Any, g: Any, vjp: Any, skip: set[int] | frozenset[int],
+                 cot: dict[int, Any], F: Any) -> None:
+    """The general step of `reverse`: add each input's cotangent from `rec` into `cot`.
+
+    Broadcasting and dtype promotion are undone here, once for all ops: a cotangent that came
+    out in another shape is summed back to its input's shape, one of another dtype is cast.
+    """
+    attrs = rec[1]
+    for k, i in enumerate(rec[3:]):
+        if i in skip:
+            continue
+        gi = vjp(F, g, xs, out, attrs, k)
+        if gi is None:
+            continue
+        x = xs[k]
+        if gi.shape != x.shape:
+            gi = F.sum_to(gi, tuple(x.shape))
+        if gi.dtype != x.dtype:
+            gi = F.astype(gi, x.dtype)
+        prev = cot.get(i)
+        cot[i] = gi if prev is None else F.add(prev, gi)
 
 
 def owned(g: Any, taken: set[int]) -> Any:
