@@ -1,4 +1,4 @@
-"""Faults (RELIABILITY.md, "Faults"): kill -9, failing fsync, a full disk, concurrent readers.
+"""Faults: kill -9, failing fsync, a full disk, concurrent readers.
 
 Real child processes are killed with SIGKILL at random moments; the parent then checks what the
 file system holds.  `TAPEGRAD_CRASH_ROUNDS` (default 3) sets how many kills each test makes.

@@ -1,4 +1,4 @@
-"""Array-level damage (RELIABILITY.md, "Arrays"): dtypes, shapes, payload references."""
+"""Array-level damage: dtypes, shapes, payload references."""
 
 from __future__ import annotations
 

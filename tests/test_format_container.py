@@ -1,4 +1,4 @@
-"""Container-level damage (RELIABILITY.md, "Container"): magic, versions, frames, truncation, tails."""
+"""Container-level damage: magic, versions, frames, truncation, tails."""
 
 from __future__ import annotations
 

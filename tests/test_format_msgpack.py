@@ -1,4 +1,4 @@
-"""msgpack-level damage behind valid checksums (RELIABILITY.md, "msgpack level").
+"""msgpack-level damage behind valid checksums.
 
 Every case re-frames the damaged payload with a correct CRC chain, so it reaches the decoder.
 """

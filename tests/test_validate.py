@@ -1,4 +1,4 @@
-"""Graph validation (RELIABILITY.md, "Graph"): every inconsistent tape is refused before replay.
+"""Graph validation: every inconsistent tape is refused before replay.
 
 Each bad tape is checked twice: `validate()` on the in-memory tape, and `loads(dumps(tape))`
 (the writer stores what it is given; the loader must refuse it).
