@@ -20,7 +20,7 @@ import numpy as np
 
 import tapegrad as tg
 from tapegrad.tape import Tape
-from tapegrad.tape_format_frames import MAGIC, PREAMBLE
+from tapegrad.tape_format.frames import MAGIC, PREAMBLE
 
 Frames = list[tuple[bytes, bytes]]
 

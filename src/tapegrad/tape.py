@@ -84,7 +84,7 @@ def _output(rec: RawRecord) -> int:
 
 
 class TapeSink(Protocol):
-    """Where a streaming recording sends what it records (see `tape_format.StreamWriter`).
+    """Where a streaming recording sends what it records (see `tape_format.stream.StreamWriter`).
 
     Leaves and names are reported as they happen.  Records are not: the tracer appends them to
     the tape and calls `due()` once the tape holds `tape._sink_at` records (a call per record

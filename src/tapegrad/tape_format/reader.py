@@ -1,7 +1,7 @@
 """Reading tapes: bytes, file objects or paths -> a fully validated `Tape`.
 
 Contract:
-- `read(source, recover=, verify=, limits=)` parses the container (`tape_format_frames`), decodes
+- `read(source, recover=, verify=, limits=)` parses the container (`frames`), decodes
   every frame with msgpack under strict limits, builds a `Tape` and runs `validate.validate` on it
   before returning it; nothing unvalidated ever leaves this module.  Frames are decoded into
   numpy columns (ids, op, attribute and type codes into tape-wide tables), from which the records
@@ -34,10 +34,12 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import numpy as np
 
-from .dtypes import DTYPES
-from .errors import TapeFormatError, TapegradError, TruncatedTapeError
-from .tape import VALUE_MODES, RawRecord, Tape
-from .tape_format_frames import (
+from ..dtypes import DTYPES
+from ..errors import TapeFormatError, TapegradError, TruncatedTapeError
+from ..ops.spec import show
+from ..tape import VALUE_MODES, RawRecord, Tape
+from .common import AvalTable, Ints, check_plain, no_gc
+from .frames import (
     ALIGN,
     CHUNKED,
     DATA,
@@ -53,9 +55,9 @@ from .tape_format_frames import (
     Frame,
     FrameScanner,
 )
-from .tape_format_limits import DEFAULT_LIMITS, Limits
-from .tape_format_sources import Source
-from .validate import AvalTable, Graph, Ints, no_gc, show, validate
+from .limits import DEFAULT_LIMITS, Limits
+from .sources import Source
+from .validate import Graph, validate
 
 
 class TapeRecoveryWarning(UserWarning):
@@ -159,27 +161,6 @@ def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     if len(result) != len(pairs):
         raise ValueError("duplicate map key")
     return result
-
-
-def check_plain(value: Any, limits: Limits, depth: int = 0) -> None:
-    """Raise TapegradError unless `value` is plain data (metadata): nesting and keys bounded."""
-    if depth > limits.max_nesting:
-        raise TapegradError(f"metadata nested deeper than max_nesting={limits.max_nesting}")
-    t = type(value)
-    if value is None or t in (bool, int, float, str, bytes):
-        return
-    if t in (list, tuple):
-        for item in value:
-            check_plain(item, limits, depth + 1)
-        return
-    if t is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                raise TapegradError(f"metadata keys must be strings, got {show(key)}")
-            check_plain(item, limits, depth + 1)
-        return
-    raise TapegradError(f"metadata values must be plain data (None, bool, int, float, str, bytes, lists, dicts), "
-                        f"got {show(value)}")
 
 
 class _Builder:

@@ -20,36 +20,29 @@ Contract:
   inferred once per distinct signature (op, attributes, input types), found by sorting integer
   keys, so a long tape of identical ops infers once; nothing is allocated in proportion to the
   shapes it reads.
-- `attrs_key(attrs)` is the hashable identity of an attribute map under which equal keys mean
-  identical stored values (`True`, `1` and `1.0` differ, and so do `0.0` and `-0.0`).
+- Attribute maps are told apart by `common.attrs_key` (`True`, `1` and `1.0` differ).
 - It works on any `Tape` (recorded or loaded) and never mutates it.
 """
 
 from __future__ import annotations
 
-import gc
-import struct
-import threading
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import chain, compress
+from itertools import chain
 from operator import attrgetter, itemgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from .dtypes import dtype_name
-from .errors import LimitError, TapeFormatError, TapegradError
-from .ops import REGISTRY
-from .ops.spec import check_stored, show
-from .tape import VALUE_MODES, Tape
-from .tape_format_limits import DEFAULT_LIMITS, Limits
+from ..dtypes import dtype_name
+from ..errors import LimitError, TapeFormatError, TapegradError
+from ..ops import REGISTRY
+from ..ops.spec import check_stored, show
+from ..tape import VALUE_MODES, Tape
+from .common import AvalTable, Ints, Reject, allowed_dtype_name, attr_codes, no_gc
+from .limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["Graph", "Limits", "Reject", "attr_codes", "attrs_key", "check", "explain", "graph_of", "group_rows", "locate", "show",
-           "validate"]
-
-Ints = np.ndarray[Any, np.dtype[np.int64]]
-AvalTable = list[tuple[tuple[int, ...], np.dtype[Any]]]
+__all__ = ["Graph", "check", "explain", "graph_of", "group_rows", "locate", "validate"]
 
 _SHAPE_DTYPE = attrgetter("shape", "dtype")
 _FIRST = itemgetter(0)
@@ -58,59 +51,19 @@ _THIRD = itemgetter(2)
 _INPUTS = itemgetter(slice(3, None))
 _ATTR_TYPES = {dict, MappingProxyType, type(None)}  # None: a record without attributes
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-_F64 = struct.Struct("<d")
 _WIDE = 3  # signatures hold the types of the first _WIDE inputs as columns; longer rows add a tail code
-
-_DTYPE_NAMES: dict[Any, str | None] = {}
 
 
 def _dtype_ok(dtype: Any) -> str | None:
     """The stored name of an allowed dtype object, else None."""
-    if not isinstance(dtype, np.dtype):
-        return None
-    name = _DTYPE_NAMES.get(dtype, "?")
-    if name == "?":
-        name = dtype_name(dtype)
-        _DTYPE_NAMES[dtype] = name
-    return name
+    return allowed_dtype_name(dtype) if isinstance(dtype, np.dtype) else None
 
 
 def _fail(n: int, op: Any, message: str) -> TapeFormatError:
     return TapeFormatError(f"record {n} ({show(op) if type(op) is not str else op}): {message}")
 
 
-class Reject(Exception):
-    """A bulk check failed; the reference pass (`explain`) says why."""
-
-
-class no_gc:  # (named like the function it replaced: `with no_gc():`)
-    """Pause the cyclic garbage collector while building or checking many small tuples.
-
-    Building a tape's records allocates millions of small objects; with the collector running,
-    each allocation burst triggers full traversals that cost more than the work itself.  Nested
-    and concurrent users share one pause; the collector's previous state is restored by the last.
-    """
-
-    def __enter__(self) -> None:
-        global _gc_users, _gc_was_enabled
-        with _gc_lock:
-            if _gc_users == 0:
-                _gc_was_enabled = gc.isenabled()
-                gc.disable()
-            _gc_users += 1
-
-    def __exit__(self, *exc: object) -> None:
-        global _gc_users
-        with _gc_lock:
-            _gc_users -= 1
-            if _gc_users == 0 and _gc_was_enabled:
-                gc.enable()
-
-
 _SMALL = 64  # records + variables below which `explain` alone is faster
-_gc_lock = threading.Lock()
-_gc_users = 0
-_gc_was_enabled = True
 
 
 def validate(tape: Tape, limits: Limits | None = None, *, graph: Graph | None = None) -> None:
@@ -389,26 +342,6 @@ def graph_of(tape: Tape) -> Graph:
                  out_type=_int64(map(var_type.get, outs)))
 
 
-def attr_codes(attrs: Sequence[Any]) -> tuple[list[Any], list[int]]:
-    """(table of the distinct attribute maps, None first; each entry's index into it), told apart
-    by `attrs_key` and touching only the entries that have attributes.  Raises `Reject(row)` for
-    the first entry that cannot be keyed (not a mapping, unhashable or absurdly nested values)."""
-    table: list[Any] = [None]
-    index: dict[Any, int] = {}
-    codes = [0] * len(attrs)
-    for row in compress(range(len(attrs)), attrs):
-        try:
-            key = attrs_key(attrs[row])
-            code = index.get(key)  # (hashing the key finds unhashable values)
-        except (TypeError, RecursionError, AttributeError):
-            raise Reject(row) from None
-        if code is None:
-            index[key] = code = len(table)
-            table.append(attrs[row])
-        codes[row] = code
-    return table, codes
-
-
 def _fast(tape: Tape, lim: Limits) -> None:
     """Every check of `explain`, in bulk: `check(graph_of(tape))` plus the checks of the
     variable table; raises `Reject` (or `LimitError`)."""
@@ -432,24 +365,6 @@ def _fast(tape: Tape, lim: Limits) -> None:
         raise Reject
     _only(names.values(), str)
     lim.check("max_total_elements", total, "the elements of all variables together")
-
-
-def attrs_key(attrs: Mapping[str, Any]) -> Any:
-    """A hashable key of an attribute map, equal only for identical stored values.
-
-    `==` takes `True == 1 == 1.0` and `0.0 == -0.0`; tables keyed that way would store one for
-    the other.  Raises TypeError for unhashable values and RecursionError for absurd nesting.
-    """
-    return tuple((name, _strict(value)) for name, value in attrs.items())
-
-
-def _strict(value: Any) -> Any:
-    kind = type(value)
-    if kind is tuple or kind is list:
-        return (kind, *map(_strict, value))
-    if kind is float:
-        return (kind, _F64.pack(value))
-    return (kind, value)
 
 
 # ---- the reference pass ---------------------------------------------------------------------
