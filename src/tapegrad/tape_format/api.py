@@ -27,8 +27,9 @@ def dump(tape: Tape, fileobj: IO[bytes]) -> None:
     with no_gc():
         enc = Encoder(fileobj, tape.values_mode, tape.metadata)
         dense = DenseIds()
-        rows = batch_rows(tape, tape._leaves, tape._records, dense, 0, {})
-        enc.batch(*rows, names=late_names(tape, dense, tape._names, tape._leaves))
+        parts = tape.parts()
+        rows = batch_rows(tape, parts.leaves, parts.records, dense, 0, {})
+        enc.batch(*rows, names=late_names(parts.names, dense, parts.names, parts.leaves))
         enc.footer()
 
 

@@ -8,6 +8,7 @@ Contract:
   records of `tape` into `LeafRows` and `RecordRows` (dense ids, values or (shape, dtype) pairs
   as the tape's `values_mode` stores them, and source lines where every record has one);
   `late_names(...)` gives the NAME entries for variables named after they were written.
+- It reads the tape through `Tape.parts()` and `Tape.source_runs()` only, and never changes it.
 - Raises `TapegradError` for what cannot be stored: records that are not `(op, attributes,
   output, *inputs)` with 64-bit integer ids, an id the tape does not define, a missing value
   the mode needs, more than 2**32 variables.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain, compress, zip_longest
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -25,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import TapegradError
-from ..tape import RawRecord, Tape
+from ..tape import RawRecord, Tape, TapeParts
 from .common import Ints
 from .writer import LeafRows, RecordRows, Sources, column, gather
 
@@ -113,7 +114,7 @@ def _sources(tape: Tape, start: int, count: int, cache: SourceCache) -> Sources 
     of a code is resolved once by `Tape.source_of` and remembered in `cache` under the code's id
     (the tape keeps its code objects alive).  The file table is in order of first use.
     """
-    runs, positions = tape._source_runs, tape._source_pos
+    runs, positions = tape.source_runs()
     stop = start + count
     if not count or len(positions) < stop or not runs or runs[0][0] > start:
         return None
@@ -144,16 +145,17 @@ def _sources(tape: Tape, start: int, count: int, cache: SourceCache) -> Sources 
     return list(files), b"".join(file_column), column(lines, "I", "a line number")
 
 
-def _values(tape: Tape, ids: Sequence[int], store: bool, dense: DenseIds) -> Sequence[Any]:
+def _values(parts: TapeParts, mode: str, ids: Sequence[int], store: bool, dense: DenseIds) -> Sequence[Any]:
     """The values of internal ids `ids`, or their (shape, dtype) where the tape has no value."""
-    values = tape._values
+    values = parts.values
     try:
         return gather(values, ids)
     except KeyError as exc:
         if store:
             raise TapegradError(f"cannot store v{int(dense(np.array(exc.args, dtype=np.int64))[0])}: the tape has no "
-                                f"value for it (values={tape.values_mode!r})") from None
-    return [values[i] if i in values else tape._avals[i] for i in ids]
+                                f"value for it (values={mode!r})") from None
+    avals = parts.avals
+    return [values[i] if i in values else avals[i] for i in ids]
 
 
 _NARROW = 8  # records are read as columns of their first _NARROW items; inputs past those one by one
@@ -223,8 +225,8 @@ def _record_columns(records: Sequence[RawRecord], first_record: int) -> _RecordC
     return _RecordColumns(cols[0], cols[1], cols[2], ids[0], nin, inputs)
 
 
-def batch_rows(tape: Tape, leaves: list[int], records: list[RawRecord], dense: DenseIds, first_record: int,
-             source_cache: SourceCache) -> tuple[LeafRows, RecordRows]:
+def batch_rows(tape: Tape, leaves: Sequence[int], records: Sequence[RawRecord], dense: DenseIds, first_record: int,
+               source_cache: SourceCache) -> tuple[LeafRows, RecordRows]:
     """The `Encoder.batch` rows of new leaves and records of `tape`, whose ids get the next dense
     ids in `dense` (in the order of their internal ids).
 
@@ -237,23 +239,24 @@ def batch_rows(tape: Tape, leaves: list[int], records: list[RawRecord], dense: D
         dense.add(np.sort(np.concatenate((leaf_ids, outs))) if leaves else outs)
         inputs, outs, leaf_dense = dense(cols.inputs), dense(outs), dense(leaf_ids)
         mode = tape.values_mode
-        names, consts = tape._names, tape._consts
+        parts = tape.parts()
+        names, consts = parts.names, parts.consts
         return (LeafRows(ids=leaf_dense, const=list(map(consts.__contains__, leaves)), names=list(map(names.get, leaves)),
-                         values=_values(tape, leaves, mode != "none", dense)),
+                         values=_values(parts, mode, leaves, mode != "none", dense)),
                 RecordRows(ops=cols.ops, attrs=cols.attrs, nin=cols.nin, inputs=inputs, outs=outs,
-                           values=_values(tape, cols.outputs, mode == "all", dense),
+                           values=_values(parts, mode, cols.outputs, mode == "all", dense),
                            sources=_sources(tape, first_record, len(records), source_cache)))
     except KeyError as exc:
         raise TapegradError(f"cannot store the tape: it refers to variable {exc.args[0]!r}, which it does not "
                             f"define") from None
 
 
-def late_names(tape: Tape, dense: DenseIds, named: Iterable[int], leaves: list[int]) -> list[tuple[int, str | None]]:
-    """NAME entries (dense id, name or None) for the internal ids in `named` that have a dense id,
-    except `leaves` (whose names their VARS rows carry)."""
+def late_names(names: Mapping[int, str], dense: DenseIds, named: Iterable[int],
+               leaves: Sequence[int]) -> list[tuple[int, str | None]]:
+    """NAME entries (dense id, name in `names` or None) for the internal ids in `named` that have
+    a dense id, except `leaves` (whose names their VARS rows carry)."""
     leaf_set = set(leaves)
     ids = [v for v in named if v not in leaf_set]
     found, known = dense.find(np.array(ids, dtype=np.int64))
-    names = tape._names
     return sorted(zip(found[known].tolist(), map(names.get, compress(ids, known.tolist())), strict=True))
 

@@ -568,26 +568,28 @@ class _Builder:
             cols["leaf_" + key] = _cat(leaf[key])
         for key in ("op", "attr", "nin", "inputs", "output", "type"):
             cols[key] = _cat(rec[key])
-        tape = Tape(self.mode, self.header["metadata"])
         leaves = cols["leaf_id"].tolist()
         outs = cols["output"].tolist()
-        tape._leaves += leaves
-        tape._consts.update(compress(leaves, cols["leaf_const"].tolist()))
+        records: list[RawRecord] = []
         if outs:
-            tape._records += _assemble(_objects(self.ops)[cols["op"]], _objects(self.attrs)[cols["attr"]], outs,
-                                       cols["inputs"], cols["nin"])
+            records = _assemble(_objects(self.ops)[cols["op"]], _objects(self.attrs)[cols["attr"]], outs,
+                                cols["inputs"], cols["nin"])
+        values: dict[int, Any] = {}
+        avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}
         if self.mode == "none":
-            tape._avals.update(zip(leaves, _objects(self.types)[cols["leaf_type"]].tolist(), strict=True))
+            avals.update(zip(leaves, _objects(self.types)[cols["leaf_type"]].tolist(), strict=True))
         else:
-            tape._values.update(zip(leaves, leaf["values"], strict=True))
+            values.update(zip(leaves, leaf["values"], strict=True))
         if self.mode == "all":
-            tape._values.update(zip(outs, rec["values"], strict=True))
+            values.update(zip(outs, rec["values"], strict=True))
         elif outs:
-            tape._avals.update(zip(outs, _objects(self.types)[cols["type"]].tolist(), strict=True))
-        tape._names.update(self.names)
+            avals.update(zip(outs, _objects(self.types)[cols["type"]].tolist(), strict=True))
+        sources = None
         if self.lines is not None and self.records and len(self.files) == self.records:
-            tape._add_sources(self.files, _cat(self.lines).tolist())  # what `Tape.source_of` reads
-        return tape
+            sources = self.files, _cat(self.lines).tolist()
+        return Tape.from_parts(self.mode, self.header["metadata"], leaves=leaves,
+                               consts=set(compress(leaves, cols["leaf_const"].tolist())), records=records,
+                               values=values, avals=avals, names=self.names, sources=sources)
 
     def graph(self) -> Graph:
         """The graph of the tape `build` made, as columns."""

@@ -39,7 +39,7 @@ class StreamWriter:
         self._dense = DenseIds()
         self._leaves_done = 0
         self._records_done = 0
-        self._renamed: dict[int, None] = dict.fromkeys(tape._names)  # names the tape already has
+        self._renamed: dict[int, None] = dict.fromkeys(tape.parts().names)  # names the tape already has
         self._where: SourceCache = {}  # resolved source locations
         self._failed: BaseException | None = None
         self._closed = False
@@ -84,14 +84,15 @@ class StreamWriter:
 
     def _flush(self) -> None:
         tape = self._tape
-        tape._sink_at = len(tape._records) + self._flush_every
-        leaves = tape._leaves[self._leaves_done:]
-        records = tape._records[self._records_done:]
+        parts = tape.parts()  # (once per batch: accessors cost nothing measurable here)
+        tape.sink_due_at(len(parts.records) + self._flush_every)
+        leaves = parts.leaves[self._leaves_done:]
+        records = parts.records[self._records_done:]
         try:
             rows = batch_rows(tape, leaves, records, self._dense, self._records_done, self._where)
             late: list[tuple[int, str | None]] = []
             if self._renamed:
-                late = late_names(tape, self._dense, self._renamed, leaves)
+                late = late_names(parts.names, self._dense, self._renamed, leaves)
                 self._renamed = {}
             self._enc.batch(*rows, names=late)
             self._enc.w.commit()

@@ -21,7 +21,7 @@ Contract:
   keys, so a long tape of identical ops infers once; nothing is allocated in proportion to the
   shapes it reads.
 - Attribute maps are told apart by `common.attrs_key` (`True`, `1` and `1.0` differ).
-- It works on any `Tape` (recorded or loaded) and never mutates it.
+- It works on any `Tape` (recorded or loaded), reads it through `Tape.parts()` and never mutates it.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def validate(tape: Tape, limits: Limits | None = None, *, graph: Graph | None = 
     is then `check(graph)` alone, the loader vouching for the variable table.
     """
     lim = DEFAULT_LIMITS if limits is None else limits
-    if len(tape._records) + len(tape._values) + len(tape._avals) < _SMALL:
+    parts = tape.parts()
+    if len(parts.records) + len(parts.values) + len(parts.avals) < _SMALL:
         explain(tape, lim)  # small tapes: the reference pass is quicker than the vectorised set-up
         return
     with no_gc():
@@ -95,12 +96,13 @@ def explain(tape: Tape, limits: Limits | None = None) -> None:
     mode = tape.values_mode
     if mode not in VALUE_MODES:
         raise TapeFormatError(f"values mode must be one of {VALUE_MODES}, got {show(mode)}")
-    values, avals, records = tape._values, tape._avals, tape._records
+    parts = tape.parts()
+    values, avals, records = parts.values, parts.avals, parts.records
     lim.check("max_records", len(records), "the number of records")
     lim.check("max_variables", len(values) + len(avals), "the number of variables")
     types, total = _types(values, avals, lim)
     defined: set[int] = set()
-    for vid in tape._leaves:
+    for vid in parts.leaves:
         if type(vid) is not int or vid not in types:
             raise TapeFormatError(f"leaf {show(vid)} has neither a value nor a stored type")
         if vid in defined:
@@ -108,13 +110,13 @@ def explain(tape: Tape, limits: Limits | None = None) -> None:
         if mode != "none" and vid not in values:
             raise TapeFormatError(f"leaf v{vid} has no stored value, but the tape stores values={mode!r}")
         defined.add(vid)
-    if not tape._consts <= defined:
+    if not parts.consts <= defined:
         raise TapeFormatError("a constant is not a leaf of the tape")
     _records(records, types, defined, mode == "all", values, lim)
     if len(defined) != len(types):
         stray = min(set(types) - defined)
         raise TapeFormatError(f"v{stray} has a value or type but is neither a leaf nor a record output")
-    for vid, name in tape._names.items():
+    for vid, name in parts.names.items():
         if vid not in defined or type(name) is not str:
             raise TapeFormatError(f"name {show(name)} belongs to {show(vid)}, which is not a variable of the tape")
     lim.check("max_total_elements", total, "the elements of all variables together")
@@ -301,7 +303,8 @@ def _int64(items: Iterable[Any]) -> Ints:
 
 def graph_of(tape: Tape) -> Graph:
     """The columns of `tape` (internal ids); `Reject` if it holds anything of an unexpected type."""
-    values, avals, records = tape._values, tape._avals, tape._records
+    parts = tape.parts()
+    values, avals, records, leaves = parts.values, parts.avals, parts.records, parts.leaves
     _only(values, int)
     _only(avals, int)
     if not values.keys().isdisjoint(avals.keys()):
@@ -320,7 +323,7 @@ def graph_of(tape: Tape) -> Graph:
     except TypeError:
         raise Reject from None
     var_type = dict(zip(chain(values, avals), map(index.__getitem__, keys), strict=True))
-    _only(tape._leaves, int)
+    _only(leaves, int)
     _only(records, tuple)
     if records and min(map(len, records)) < 3:
         raise Reject
@@ -336,7 +339,7 @@ def graph_of(tape: Tape) -> Graph:
         raise Reject
     op_index = {op: k for k, op in enumerate(dict.fromkeys(ops))}
     attr_table, codes = attr_codes(attrs)
-    return Graph(types=list(index), leaf_ids=_int64(tape._leaves), leaf_type=_int64(map(var_type.get, tape._leaves)),
+    return Graph(types=list(index), leaf_ids=_int64(leaves), leaf_type=_int64(map(var_type.get, leaves)),
                  ops=list(op_index), op=_int64(map(op_index.__getitem__, ops)), attrs=attr_table,
                  attr=_int64(codes), nin=_int64(map(len, ins)), inputs=_int64(flat), output=_int64(outs),
                  out_type=_int64(map(var_type.get, outs)))
@@ -348,19 +351,20 @@ def _fast(tape: Tape, lim: Limits) -> None:
     mode = tape.values_mode
     if mode not in VALUE_MODES:
         raise Reject
-    values, avals = tape._values, tape._avals
-    lim.check("max_records", len(tape._records), "the number of records")
+    parts = tape.parts()
+    values, avals = parts.values, parts.avals
+    lim.check("max_records", len(parts.records), "the number of records")
     lim.check("max_variables", len(values) + len(avals), "the number of variables")
     g = graph_of(tape)
     total = check(g, lim)
-    leaf_set = set(tape._leaves)
+    leaf_set = set(parts.leaves)
     out_set = set(g.output.tolist())
-    if not tape._consts <= leaf_set or (mode != "none" and not leaf_set <= values.keys()) or (
+    if not parts.consts <= leaf_set or (mode != "none" and not leaf_set <= values.keys()) or (
             mode == "all" and not out_set <= values.keys()):
         raise Reject
     if len(values) + len(avals) != len(leaf_set) + len(out_set):  # every typed variable is defined
         raise Reject
-    names = tape._names
+    names = parts.names
     if not names.keys() <= leaf_set | out_set:
         raise Reject
     _only(names.values(), str)
