@@ -111,8 +111,7 @@ def _read(source: Source, *, recover: bool, verify: bool, limits: Limits) -> Tap
                     f"nothing to recover: {stop.message}, before the header frame was complete")
             recovery = Recovery(builder.complete, builder.records, builder.variables, scanner.end,
                                 source.size() - scanner.end, stop.offset, stop.message)
-        elif not builder.complete:  # pragma: no cover - the scanner only ends cleanly at a footer
-            raise TruncatedTapeError("the tape has no footer")
+        # (no stop: the scanner ended just after the footer, which `builder.take` accepted)
     finally:
         source.close()
     tape = builder.build()

@@ -152,32 +152,63 @@ def check(g: Graph, lim: Limits) -> int:
     Raises `Reject` for any inconsistency and `LimitError` for a limit; the caller checks the
     returned total against `max_total_elements` once its own checks have passed.
     """
-    n = len(g.output)
-    lim.check("max_records", n, "the number of records")
-    lim.check("max_variables", len(g.leaf_ids) + n, "the number of variables")
+    lim.check("max_records", len(g.output), "the number of records")
+    lim.check("max_variables", len(g.leaf_ids) + len(g.output), "the number of variables")
     elements = [_elements(shape, dtype, lim) for shape, dtype in g.types]
+    leaves, leaf_type = _sorted_leaves(g)
+    specs = _known_ops(g)
+    in_type = _input_types(g, leaves, leaf_type)
+    starts = np.cumsum(g.nin) - g.nin  # each record's first entry in `g.inputs`
+    first, group = _signatures(g, in_type, starts)
+    expected = _inferred_types(g, specs, in_type, starts, first, lim)
+    if len(g.output) and np.any(expected[group] != g.out_type):
+        raise Reject  # a recorded output type that its op does not produce
+    counts = np.bincount(g.leaf_type, minlength=len(elements)) + np.bincount(g.out_type, minlength=len(elements))
+    return sum(c * e for c, e in zip(counts.tolist(), elements, strict=True) if c)
+
+
+def _sorted_leaves(g: Graph) -> tuple[Ints, Ints]:
+    """(the leaf ids sorted, their types); `Reject` for a leaf listed twice, outputs that do not
+    increase in record order, or an output that is also a leaf."""
     order = np.argsort(g.leaf_ids, kind="stable")
     leaves, leaf_type = g.leaf_ids[order], g.leaf_type[order]
-    out, nin, ins = g.output, g.nin, g.inputs
+    out = g.output
     if np.any(leaves[1:] == leaves[:-1]) or np.any(out[1:] <= out[:-1]) or np.any(locate(leaves, out)[1]):
-        raise Reject  # a leaf listed twice, outputs not increasing, an output that is also a leaf
+        raise Reject
+    return leaves, leaf_type
+
+
+def _known_ops(g: Graph) -> list[Any]:
+    """The `OpSpec` of each of `g.ops` (None for names not in `REGISTRY`, which no record may
+    use); `Reject` for an unknown op or a record whose input count is not its op's arity."""
     specs = [REGISTRY.get(name) if type(name) is str else None for name in g.ops]  # the only use of op names
     used = np.flatnonzero(np.bincount(g.op, minlength=len(specs)))
     if any(specs[k] is None for k in used.tolist()):
         raise Reject
     arity = np.array([-1 if spec is None else spec.arity for spec in specs], dtype=np.int64)[g.op]
-    if np.any(np.where(arity >= 0, nin != arity, nin == 0)):
+    nin = g.nin
+    if np.any(np.where(arity >= 0, nin != arity, nin == 0)):  # (arity -1: any number but none)
         raise Reject
-    # inputs defined before use: the output of an earlier record, or a leaf
-    at, from_record = locate(out, ins)
-    if np.any(from_record & (at >= np.repeat(np.arange(n), nin))):
+    return specs
+
+
+def _input_types(g: Graph, leaves: Ints, leaf_type: Ints) -> Ints:
+    """The type of each entry of `g.inputs`; `Reject` unless each is defined before its use: the
+    output of an earlier record, or a leaf (`leaves` sorted, of types `leaf_type`)."""
+    ins = g.inputs
+    at, from_record = locate(g.output, ins)
+    if np.any(from_record & (at >= np.repeat(np.arange(len(g.output)), g.nin))):
         raise Reject
     leaf_at, from_leaf = locate(leaves, ins)
     if not np.all(from_record | from_leaf):
         raise Reject
-    in_type = np.where(from_record, _gather(g.out_type, at), _gather(leaf_type, leaf_at))
-    # one attribute check and one inference per distinct (op, attributes, input types)
-    starts = np.cumsum(nin) - nin
+    return np.where(from_record, _gather(g.out_type, at), _gather(leaf_type, leaf_at))
+
+
+def _signatures(g: Graph, in_type: Ints, starts: Ints) -> tuple[Ints, Ints]:
+    """Records grouped by signature (op, attributes, input types): `group_rows` of columns of
+    op and attribute codes, the types of the first `_WIDE` inputs and a code for the rest."""
+    n, nin = len(g.output), g.nin
     columns = [g.op, g.attr]
     for k in range(_WIDE):
         columns.append(np.where(nin > k, _gather(in_type, starts + k) + 1, 0))
@@ -189,14 +220,20 @@ def check(g: Graph, lim: Limits) -> int:
             a = int(starts[row])
             tail[row] = tails.setdefault(tuple(in_type[a + _WIDE:a + int(nin[row])].tolist()), len(tails) + 1)
         columns.append(tail)
-    first, group = group_rows(columns)
+    return group_rows(columns)
+
+
+def _inferred_types(g: Graph, specs: list[Any], in_type: Ints, starts: Ints, first: Ints, lim: Limits) -> Ints:
+    """For each signature (its first record in `first`), the index in `g.types` of the output
+    type its op infers (-1 if none there), after checking its attributes: one check and one
+    inference per signature.  `Reject` for bad attributes or inputs the op refuses."""
     index = {t: k for k, t in enumerate(g.types)}
     expected = []
     for row in first.tolist():
         spec = specs[int(g.op[row])]
         assert spec is not None
         attrs = g.attrs[int(g.attr[row])] or _EMPTY
-        a, b = int(starts[row]), int(starts[row] + nin[row])
+        a, b = int(starts[row]), int(starts[row] + g.nin[row])
         in_types = tuple(g.types[t] for t in in_type[a:b].tolist())
         try:
             if attrs or spec.attrs:
@@ -207,10 +244,7 @@ def check(g: Graph, lim: Limits) -> int:
         except TapeFormatError:
             raise Reject from None
         expected.append(index.get(inferred, -1))
-    if n and np.any(np.array(expected, dtype=np.int64)[group] != g.out_type):
-        raise Reject
-    counts = np.bincount(g.leaf_type, minlength=len(elements)) + np.bincount(g.out_type, minlength=len(elements))
-    return sum(c * e for c, e in zip(counts.tolist(), elements, strict=True) if c)
+    return np.array(expected, dtype=np.int64)
 
 
 def group_rows(columns: Sequence[Ints]) -> tuple[Ints, Ints]:
