@@ -4,7 +4,8 @@ Contract: the tape is written (`api.dump`) to a temporary file in the same direc
 flushed, fsynced and renamed over `path` (`os.replace`); then the directory is fsynced.  On any
 failure the temporary file is removed, `path` is untouched and the error propagates.  Temporary
 files (`.<name>.<pid>.<random>.tapegrad-tmp`) left by writers that were killed are removed by
-the next save to the same path; those of live processes are left alone.
+the next save to the same path; those of other live processes, and saves in progress, are left
+alone.
 """
 
 from __future__ import annotations

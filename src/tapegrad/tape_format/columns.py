@@ -3,7 +3,8 @@
 Contract:
 - `DenseIds` gives the internal ids of a tape (the tracer's serial numbers) the dense ids a file
   stores, in batches: each batch's new variables get the next ids in the order of their
-  internal ids, so one recording always gets the same ids.
+  internal ids, so a stream and `dump` number a recording alike when all its inputs were made
+  inside the `record()` block.
 - `batch_rows(tape, leaves, records, dense, first_record, source_cache)` turns new leaves and
   records of `tape` into `LeafRows` and `RecordRows` (dense ids, values or (shape, dtype) pairs
   as the tape's `values_mode` stores them, and source lines where every record has one);

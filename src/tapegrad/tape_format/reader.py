@@ -2,8 +2,8 @@
 
 Contract:
 - `read(source, recover=, verify=, limits=)` parses the container (`frames`), decodes
-  every frame with msgpack under strict limits, builds a `Tape` and runs `validate.validate` on it
-  before returning it; nothing unvalidated ever leaves this module.  Frames are decoded into
+  every frame with msgpack under strict limits, builds a `Tape` (`Tape.from_parts`) and runs
+  `validate.validate` on it before returning it; nothing unvalidated ever leaves this module.  Frames are decoded into
   numpy columns (ids, op, attribute and type codes into tape-wide tables), from which the records
   are built a group of equal arity at a time and which `validate.check` validates in bulk.
 - Only `TapegradError` subclasses escape for bad content: `TruncatedTapeError` for a tape that
