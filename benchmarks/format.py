@@ -31,6 +31,7 @@ import numpy as np
 import tapegrad as tg
 from tapegrad import tape_format as tf
 from tapegrad.tape import Tape
+from tapegrad.tape_format.frames import MAGIC
 
 X0 = np.linspace(0.1, 0.4, 4)
 C = np.full(4, 0.9)
@@ -101,7 +102,7 @@ def big_array(folder: str, mb: int, repeat: int) -> None:
         with open(f"{path}{k}.tape", "rb") as f:
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         head, tail = mapped[:64], mapped[-64:]  # the first and the last page: header and footer
-        assert head.startswith(tf.MAGIC) and len(tail) == 64
+        assert head.startswith(MAGIC) and len(tail) == 64
         return mapped
 
     ours, base = median_pair(bare_map, lambda k: np.load(f"{path}{k}.npy"), repeat, fresh)

@@ -175,7 +175,7 @@ def test_fsync_failure_means_no_rename_and_the_error_surfaces(tmp_path, monkeypa
 
 
 def test_a_failing_write_leaves_the_old_file(tmp_path, monkeypatch) -> None:
-    from tapegrad import tape_format_frames
+    from tapegrad.tape_format import frames
 
     path = tmp_path / "t.tape"
     tf.save(Tape("all", {"v": "old"}), path)
@@ -184,7 +184,7 @@ def test_a_failing_write_leaves_the_old_file(tmp_path, monkeypatch) -> None:
     def no_space(self: object, data: object) -> None:
         raise OSError(28, "No space left on device (injected)")
 
-    monkeypatch.setattr(tape_format_frames.FrameWriter, "_write", no_space)
+    monkeypatch.setattr(frames.FrameWriter, "_write", no_space)
     with pytest.raises(OSError, match="No space"):
         tf.save(Tape("all", {"v": "new"}), path)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["t.tape"]

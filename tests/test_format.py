@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 import tapegrad as tg
 from op_cases import op_tape
 from tapegrad import tape_format as tf
-from tapegrad import tape_format_writer
 from tapegrad.dtypes import DTYPES
 from tapegrad.ops import REGISTRY
 from tapegrad.tape import Tape
+from tapegrad.tape_format import columns, writer
+from tapegrad.tape_format.limits import DEFAULT_LIMITS
+from tapegrad.tape_format.stream import StreamWriter
 from test_format_helpers import edit_frame, join_frames, pack, payload_of, preamble, split_frames, tiny_tape
 
 
@@ -212,7 +214,7 @@ def test_a_loaded_array_copied_and_mutated_by_the_caller_changes_nothing_else() 
 
 
 def test_arrays_larger_than_a_chunk_are_split_and_reassembled(monkeypatch) -> None:
-    monkeypatch.setattr(tape_format_writer, "CHUNK_BYTES", 256)
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 256)
     tape = Tape("all")
     big = np.arange(300, dtype=np.float64)  # 2400 bytes: ten chunks
     tape._add_leaf(0, big, "big", False)
@@ -403,19 +405,19 @@ def test_a_stream_is_closed_with_a_footer_when_the_block_raises(tmp_path) -> Non
 
 def test_stream_writer_used_directly(tmp_path) -> None:
     tape = tiny_tape()  # a sink attached to a tape that already has content writes it first
-    writer = tf.StreamWriter(tmp_path / "w.tape", tape, flush_every=1)
-    writer.close()
-    writer.close()  # idempotent
+    sink = StreamWriter(tmp_path / "w.tape", tape, flush_every=1)
+    sink.close()
+    sink.close()  # idempotent
     same_tape(tape, tf.load_path(tmp_path / "w.tape"))
     with pytest.raises(tg.TapegradError):
-        tf.StreamWriter(tmp_path / "bad.tape", tape, flush_every=0)
+        StreamWriter(tmp_path / "bad.tape", tape, flush_every=0)
 
 
 @given(st.lists(st.lists(st.integers(0, 60), max_size=12), max_size=8))
 def test_dense_ids_given_out_in_batches_match_a_plain_mapping(batches: list[list[int]]) -> None:
-    """`_DenseIds` (runs of consecutive ids) against a dict filled batch by batch, as a stream
+    """`DenseIds` (runs of consecutive ids) against a dict filled batch by batch, as a stream
     numbers its variables: each batch's new ids get the next dense ids in increasing order."""
-    dense = tf._DenseIds()
+    dense = columns.DenseIds()
     reference: dict[int, int] = {}
     for batch in batches:
         new = sorted(set(batch) - reference.keys())
@@ -474,7 +476,7 @@ def test_records_of_many_inputs_keep_their_inputs_in_order(chunk: int, monkeypat
     """The writer reads records as columns of their first few items (`_NARROW`), `_CHUNK`
     records at a time; inputs past those items are spliced back after each long record's first
     ones, among short records."""
-    monkeypatch.setattr(tf, "_CHUNK", chunk)
+    monkeypatch.setattr(columns, "_CHUNK", chunk)
     with tg.record() as tape:
         xs = [tg.Variable(np.full(2, float(i))) for i in range(12)]
         a = xs[0] + xs[1]
@@ -482,7 +484,7 @@ def test_records_of_many_inputs_keep_their_inputs_in_order(chunk: int, monkeypat
         tg.stack(xs[3:12], axis=0)
         tg.concatenate([a] * 8 + [xs[2]], axis=0) * tg.concatenate([a] * 9, axis=0)
     arities = [len(r.inputs) for r in tape.records]
-    assert max(arities) + 3 > tf._NARROW and min(arities) + 3 <= tf._NARROW
+    assert max(arities) + 3 > columns._NARROW and min(arities) + 3 <= columns._NARROW
     loaded = tf.loads(tf.dumps(tape))
     assert [(r.op, r.inputs) for r in loaded.records] == [(r.op, r.inputs) for r in tape.records]
     tape._records[1] = (*tape._records[1][:-1], "12")  # a string among the inputs past the columns
@@ -508,7 +510,7 @@ def test_limits_name_the_limit_and_how_to_raise_it() -> None:
                         ("max_array_bytes", 8)]:
         with pytest.raises(tg.LimitError, match=name):
             tf.loads(data, limits=tf.Limits(**{name: value}))
-    assert tf.loads(data, limits=tf.DEFAULT_LIMITS.replace(max_records=2)).records
+    assert tf.loads(data, limits=DEFAULT_LIMITS.replace(max_records=2)).records
     with pytest.raises(TypeError):
         tf.Limits(max_records=True)
 
@@ -558,7 +560,7 @@ def test_recovery_of_a_complete_tape_is_none_and_no_warning() -> None:
 
 
 def test_structure_frames_are_split_to_stay_small(monkeypatch) -> None:
-    monkeypatch.setattr(tape_format_writer, "FRAME_TARGET", 2000)
+    monkeypatch.setattr(writer, "FRAME_TARGET", 2000)
     tape = tiny_tape()
     for k in range(200):
         tape._add_leaf(10 + k, np.array(float(k)), f"leaf-{k:03d}-" + "n" * 40, k % 2 == 0)
@@ -568,7 +570,7 @@ def test_structure_frames_are_split_to_stay_small(monkeypatch) -> None:
     assert all(len(p) <= 2000 for tag, p in frames if tag != b"DATA")
     same_tape(tape, tf.loads(data))
     huge = tiny_tape()
-    huge._names[3] = "y" * (tf.DEFAULT_LIMITS.max_frame_bytes + 1)
+    huge._names[3] = "y" * (DEFAULT_LIMITS.max_frame_bytes + 1)
     with pytest.raises(tg.TapegradError, match="exceeds the frame limit"):
         tf.dumps(huge)
 

@@ -16,10 +16,10 @@ import pytest
 
 import tapegrad as tg
 from tapegrad import tape_format as tf
-from tapegrad import tape_format_frames, tape_format_sources
 from tapegrad.tape import Tape
-from tapegrad.tape_format_frames import MAGIC, crc_shift, crc_shifter
-from tapegrad.tape_format_limits import Limits
+from tapegrad.tape_format import sources
+from tapegrad.tape_format.frames import _BATCH, _BIG, MAGIC, FrameWriter, crc_shift, crc_shifter
+from tapegrad.tape_format.limits import Limits
 from test_format_helpers import join_frames, preamble, split_frames, tiny_tape
 
 
@@ -94,9 +94,9 @@ def test_a_pickle_that_would_create_a_file_never_runs(tmp_path) -> None:
 def test_the_loader_never_imports_pickle_or_evaluates_code() -> None:
     import tapegrad
 
-    root = os.path.dirname(tapegrad.__file__)
-    names = ["tape_format.py", "tape_format_frames.py", "tape_format_reader.py", "tape_format_writer.py",
-             "tape_format_limits.py", "validate.py"]
+    root = os.path.join(os.path.dirname(tapegrad.__file__), "tape_format")
+    names = sorted(name for name in os.listdir(root) if name.endswith(".py"))
+    assert {"__init__.py", "frames.py", "reader.py", "writer.py", "validate.py"} <= set(names)
     for name in names:
         with open(os.path.join(root, name), encoding="utf-8") as f:
             source = f.read()
@@ -311,7 +311,7 @@ def big_payload_tape() -> Tape:
 
 @pytest.fixture
 def small_pieces(monkeypatch) -> int:
-    monkeypatch.setattr(tape_format_sources, "PIECE", 512)
+    monkeypatch.setattr(sources, "PIECE", 512)
     return 512
 
 
@@ -322,7 +322,7 @@ def test_files_read_in_pieces_check_every_byte(tmp_path, small_pieces: int) -> N
     assert len(data) > 60 * small_pieces
     for use_fd in (True, False):  # positional reads from two threads, or one file object in order
         with open(path, "rb", buffering=0) as f:
-            source = tape_format_sources.FileSource(f, len(data), True, f.fileno() if use_fd else None)
+            source = sources.FileSource(f, len(data), True, f.fileno() if use_fd else None)
             assert source.wait(len(data)) and not source.wait(len(data) + 1)
             rng = np.random.default_rng(int(use_fd))
             for _ in range(500):
@@ -428,11 +428,11 @@ def test_a_big_frame_of_many_parts_is_written_in_bounded_pieces() -> None:
 
     parts = [np.full(600_000, k, dtype=np.uint8) for k in range(12)]  # 7.2 MB: over _BIG
     total = sum(p.nbytes for p in parts)
-    assert total >= tape_format_frames._BIG and parts[0].nbytes < tape_format_frames._BATCH
-    writer = tape_format_frames.FrameWriter(Recording())
+    assert total >= _BIG and parts[0].nbytes < _BATCH
+    writer = FrameWriter(Recording())
     writer.frame(b"DATA", parts, total)
     writer.commit()
-    assert max(map(len, written)) < 2 * tape_format_frames._BATCH
+    assert max(map(len, written)) < 2 * _BATCH
     frame = b"".join(written)
     assert frame[8:-4] == b"".join(p.tobytes() for p in parts)
     assert struct.unpack("<I", frame[-4:])[0] == zlib.crc32(frame[:-4])  # (the chain starts from 0 here)

@@ -18,7 +18,7 @@ import msgpack
 import numpy as np
 
 from tapegrad.tape import Tape
-from tapegrad.tape_format_frames import MAGIC, PREAMBLE
+from tapegrad.tape_format.frames import MAGIC, PREAMBLE
 
 Frames = list[tuple[bytes, bytes]]
 

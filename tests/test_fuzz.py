@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 import tapegrad as tg
 from op_cases import op_tape
 from tapegrad import tape_format as tf
-from tapegrad import tape_format_writer
 from tapegrad.tape import Tape
-from tapegrad.validate import _fast, explain
+from tapegrad.tape_format import writer
+from tapegrad.tape_format.validate import _fast, explain
 from test_format_helpers import join_frames, split_frames, tiny_tape
 
 EXAMPLES = int(os.environ.get("TAPEGRAD_FUZZ_EXAMPLES", "150"))
@@ -54,12 +54,12 @@ def _seeds() -> list[bytes]:
     none.values_mode = "none"
     tapes.append(none)
     seeds = [tf.dumps(t) for t in tapes]
-    chunk = tape_format_writer.CHUNK_BYTES
+    chunk = writer.CHUNK_BYTES
     try:
-        tape_format_writer.CHUNK_BYTES = 128  # arrays split over several DATA frames
+        writer.CHUNK_BYTES = 128  # arrays split over several DATA frames
         seeds.append(tf.dumps(op_tape("stack")))
     finally:
-        tape_format_writer.CHUNK_BYTES = chunk
+        writer.CHUNK_BYTES = chunk
     return seeds
 
 

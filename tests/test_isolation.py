@@ -1,7 +1,9 @@
 """Module boundaries and code-safety properties, checked on the source and in fresh interpreters.
 
 - `replay` never imports the tracer (or `functional`, which needs it): a tape can be replayed
-  without the code that recorded it.  `tape_format*` modules import neither tracer nor replay.
+  without the code that recorded it.  The `tape_format` package imports neither tracer nor
+  replay, and its writer (`writer`, `columns`) never imports its reader (`reader`, `sources`,
+  `validate`), directly or through other modules.
 - No module uses eval/exec/compile/__import__ or pickle-like modules: loading a tape can never
   run code from it.
 """
@@ -13,6 +15,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +27,11 @@ SOURCES = sorted(PACKAGE_DIR.rglob("*.py"))
 
 # Module -> tapegrad modules it must never load, directly or through its own imports.
 FORBIDDEN_IMPORTS = {"tapegrad.replay": ("tapegrad.tracer", "tapegrad.functional", "tapegrad.testing")}
-for _path in sorted(PACKAGE_DIR.glob("tape_format*.py")):
-    FORBIDDEN_IMPORTS[f"tapegrad.{_path.stem}"] = (
-        "tapegrad.tracer", "tapegrad.functional", "tapegrad.testing", "tapegrad.replay")
+FORMAT_DIR = PACKAGE_DIR / "tape_format"
+FORMAT_MODULES = ["tapegrad.tape_format"] + [f"tapegrad.tape_format.{p.stem}" for p in sorted(FORMAT_DIR.glob("*.py"))
+                                             if p.stem != "__init__"]
+for _module in FORMAT_MODULES:
+    FORBIDDEN_IMPORTS[_module] = ("tapegrad.tracer", "tapegrad.functional", "tapegrad.testing", "tapegrad.replay")
 
 # Import one submodule in a fresh interpreter *without* running tapegrad/__init__.py (which
 # imports the tracer for the public API): register a bare package object whose __path__ is the
@@ -82,6 +87,80 @@ def test_replay_source_imports_nothing_from_tracer_or_functional() -> None:
     for name in _imported_names(tree):
         parts = set(name.split("."))
         assert not parts & {"tracer", "functional", "testing"}, f"replay.py imports {name}"
+
+
+def _module_level(node: ast.AST) -> Iterator[ast.AST]:
+    """The nodes of `node` outside function bodies: what runs when the module is imported (an
+    import inside a function, like `Tape.save`'s, runs only when the function is called)."""
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            yield child
+            yield from _module_level(child)
+
+
+def _package_imports(path: Path) -> set[str]:
+    """The tapegrad modules that the module at `path` imports when it is imported (relative
+    imports resolved)."""
+    parts = path.relative_to(PACKAGE_DIR).with_suffix("").parts
+    module = ".".join(("tapegrad", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in _module_level(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            base = f"{base}.{node.module}" if node.level and node.module else base if node.level else node.module or ""
+            candidates = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        else:
+            continue
+        found.update(c for c in candidates if _module_path(c) is not None)
+    return found
+
+
+def _module_path(module: str) -> Path | None:
+    """The source file of tapegrad module `module`, or None if it is not one."""
+    if module != "tapegrad" and not module.startswith("tapegrad."):
+        return None
+    base = PACKAGE_DIR.joinpath(*module.split(".")[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _reachable(module: str) -> set[str]:
+    """Every tapegrad module whose code importing `module` runs, directly or through other
+    tapegrad modules, found by reading the sources.  Parent packages are left out: importing a
+    submodule for real first runs its package's `__init__` (which loads the whole package), but
+    that is not code the submodule depends on."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        path = _module_path(todo.pop())
+        assert path is not None
+        for name in _package_imports(path) - seen:
+            seen.add(name)
+            todo.append(name)
+    return seen
+
+
+@pytest.mark.parametrize("module", ["tapegrad.tape_format.writer", "tapegrad.tape_format.columns"])
+def test_the_format_writer_never_imports_the_reader(module: str) -> None:
+    reached = _reachable(module)
+    assert "tapegrad.tape_format.frames" in reached  # (the scan sees the writer's own imports)
+    bad = sorted(reached & {"tapegrad.tape_format.reader", "tapegrad.tape_format.sources",
+                            "tapegrad.tape_format.validate", "tapegrad.tape_format"})
+    assert not bad, f"{module} imports {bad}"
+
+
+def test_import_scan_follows_imports_through_other_modules() -> None:
+    # The reader imports validate; the package's front door reaches the reader through `api`.
+    assert "tapegrad.tape_format.validate" in _reachable("tapegrad.tape_format.reader")
+    assert "tapegrad.tape_format.reader" in _reachable("tapegrad.tape_format")
+    assert "tapegrad.tape_format" not in _reachable("tapegrad.tape")  # `Tape.save` imports it when called
 
 
 def test_source_scan_finds_forbidden_imports() -> None:

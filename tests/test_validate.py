@@ -19,8 +19,9 @@ from tapegrad import tape_format as tf
 from tapegrad.ops import REGISTRY
 from tapegrad.ops.spec import OpSpec
 from tapegrad.tape import Tape
-from tapegrad.tape_format_limits import DEFAULT_LIMITS
-from tapegrad.validate import Reject, _fast, explain, group_rows, validate
+from tapegrad.tape_format.common import Reject
+from tapegrad.tape_format.limits import DEFAULT_LIMITS
+from tapegrad.tape_format.validate import _fast, explain, group_rows, validate
 from test_format_helpers import tiny_tape
 
 F64 = np.dtype("float64")

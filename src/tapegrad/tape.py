@@ -10,6 +10,11 @@ Contract:
   `v0, v1, ...` in definition order, identical for identical recordings.
 - Variables are looked up by unique name, dense integer id, or the Variable object itself;
   failures raise `TapegradError` listing what the tape has.
+- `Tape` owns its fields (documented on the class).  A loader builds a tape with
+  `Tape.from_parts`; readers outside the tracer and replay (the format package) read it through
+  `parts()` (a `TapeParts`) and `source_runs()`, and a streaming sink sets its next call with
+  `sink_due_at()`.  The tracer, replay and plan modules still use the fields directly (their
+  hot loops append to and read them).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
@@ -84,18 +90,30 @@ def _output(rec: RawRecord) -> int:
 
 
 class TapeSink(Protocol):
-    """Where a streaming recording sends what it records (see `tape_format.StreamWriter`).
+    """Where a streaming recording sends what it records (see `tape_format.stream.StreamWriter`).
 
     Leaves and names are reported as they happen.  Records are not: the tracer appends them to
     the tape and calls `due()` once the tape holds `tape._sink_at` records (a call per record
     would cost more than a tiny op's recording); the sink then takes the new records from the
-    tape and sets the next `_sink_at`.
+    tape and sets the next count with `tape.sink_due_at(count)`.
     """
 
     def leaf(self, vid: int, value: Any, name: str | None, const: bool) -> None: ...
     def due(self) -> None: ...
     def name(self, vid: int, name: str | None) -> None: ...
     def close(self) -> None: ...
+
+
+class TapeParts(NamedTuple):
+    """A tape's variable table and records as the tape holds them: internal ids, the tape's own
+    containers (not copies; read them, never modify them).  See `Tape` for what each holds."""
+
+    leaves: Sequence[int]
+    consts: AbstractSet[int]
+    records: Sequence[RawRecord]
+    values: Mapping[int, Any]
+    avals: Mapping[int, tuple[tuple[int, ...], np.dtype[Any]]]
+    names: Mapping[int, str]
 
 
 class Tape:
@@ -105,6 +123,37 @@ class Tape:
     recomputes the rest) or "none" (structure only).  A recorded tape holds every value in
     memory regardless; a loaded tape holds what its file stored, and `_avals` gives shape and
     dtype of the variables without a value.
+
+    Public fields:
+    - `values_mode`: "all", "inputs" or "none" (the `values` argument).
+    - `metadata`: a dict of plain data, stored in the file's header.
+    - `source`: whether recording keeps each record's user file and line (`record(source=...)`).
+    - `recovery`: None, or what a `recover=True` load dropped (a `tape_format.Recovery`).
+
+    The graph (what `parts()` returns and `from_parts` takes), by internal id:
+    - `_leaves`: the inputs and constants, each once, in the order they entered the tape.
+    - `_consts`: the leaves that are constants (a subset of `_leaves`): not replaceable by
+      `forward(inputs=...)` and never given a gradient.
+    - `_records`: `RawRecord`s `(op, attrs, output, *inputs)` in tape order, a topological
+      order: every input is a leaf or the output of an earlier record, every output is assigned
+      once and is no leaf, and outputs increase in tape order.
+    - `_values`: id -> value (a C-contiguous ndarray); `_avals`: id -> (shape, dtype) for the ids
+      without a value.  Every leaf and every output has exactly one of the two, and no other id
+      has either.  A recording holds every value (`_avals` is empty).
+    - `_names`: id -> name, for variables of the tape only.  Names need not be unique (lookup by
+      name then reports the ambiguity).
+    Internal ids are the tracer's serial numbers, which grow as variables are made; a loaded tape
+    uses the file's dense ids.  Dense (public) ids rank the internal ids: `_ids()` sorts them.
+
+    Sources (empty unless the tape has them): `_source_pos` holds one position per record (a
+    bytecode offset while recording, a line once loaded), and `_source_runs` a run `(first
+    record, code object or file name)` wherever that changes (`_source_last`: the last run's);
+    `source_of(n)` resolves them, `source_runs()` gives both to the writer.
+
+    Caches and links, owned by their users: `_dense_cache` (for `_ids()`, valid while the
+    record and leaf counts are unchanged), `_plans` (replay plans, likewise), `_leaf_vars`
+    (id -> the Variable that entered as an input; tracer), `_sink` and `_sink_at` (a streaming
+    `TapeSink` and the record count at which the tracer calls its `due()`).
     """
 
     def __init__(self, values: str = "all", metadata: Mapping[str, Any] | None = None) -> None:
@@ -133,7 +182,45 @@ class Tape:
         self.recovery: Any = None  # set by a load with recover=True: what was dropped (a Recovery)
         self._plans: dict[Any, Any] = {}  # replay plans by request, valid while len(records) is unchanged
 
-    # -- building (the tracer and the loader call these) --
+    # -- for the format package: a constructor and read accessors --
+    @classmethod
+    def from_parts(cls, values_mode: str, metadata: Mapping[str, Any] | None, *, leaves: list[int], consts: set[int],
+                   records: list[RawRecord], values: dict[int, Any],
+                   avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]], names: dict[int, str],
+                   sources: tuple[Sequence[str], Sequence[int]] | None = None) -> Tape:
+        """A tape made of decoded parts (what a loader builds; see the class docstring for each).
+
+        The tape takes the containers over (they are not copied): the caller must not keep
+        using them.  `sources`, if given, is each record's file name and line.  Nothing is
+        checked here: a loader runs `tape_format.validate.validate` on the result before anyone
+        else sees it.
+        """
+        tape = cls(values_mode, metadata)
+        tape._leaves = leaves
+        tape._consts = consts
+        tape._records = records
+        tape._values = values
+        tape._avals = avals
+        tape._names = names
+        if sources is not None:
+            tape._add_sources(*sources)
+        return tape
+
+    def parts(self) -> TapeParts:
+        """The tape's variable table and records (internal ids), for readers such as the writer
+        and the validator: the tape's own containers, read-only by contract (not copies)."""
+        return TapeParts(self._leaves, self._consts, self._records, self._values, self._avals, self._names)
+
+    def source_runs(self) -> tuple[Sequence[tuple[int, Any]], Sequence[int]]:
+        """(the source runs, the per-record positions): the raw form of `source_of` (see the
+        class docstring); both empty without sources, and not copies."""
+        return self._source_runs, self._source_pos
+
+    def sink_due_at(self, count: int) -> None:
+        """Have the tracer call the streaming sink's `due()` once the tape holds `count` records."""
+        self._sink_at = count
+
+    # -- building (the tracer calls these; `from_parts` uses `_add_sources`) --
     def _add_leaf(self, vid: int, value: Any, name: str | None, const: bool) -> None:
         self._values[vid] = value
         self._leaves.append(vid)
@@ -221,7 +308,11 @@ class Tape:
 
     # -- files --
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write this tape to `path` atomically (see `tapegrad.tape_format.save`)."""
+        """Write this tape to `path` atomically: a forwarder to `tapegrad.tape_format.save`.
+
+        The format package depends on this module (it builds and reads `Tape`s), so this one
+        imports it only when called: at import time `tape` depends on nothing of the format.
+        """
         from .tape_format import save
 
         save(self, path)

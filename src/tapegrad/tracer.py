@@ -547,7 +547,7 @@ def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, f
     tape = Tape(values, metadata)
     tape.source = source
     if path is not None:
-        from .tape_format import StreamWriter
+        from .tape_format.stream import StreamWriter
 
         tape._sink = StreamWriter(path, tape, flush_every=flush_every, fsync=fsync)
     outer = _tape

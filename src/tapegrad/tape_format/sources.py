@@ -29,9 +29,9 @@ from typing import IO, Any, cast
 
 import numpy as np
 
-from .errors import TapeFormatError
-from .tape_format_frames import crc_shift, crc_shifter
-from .tape_format_limits import Limits
+from ..errors import TapeFormatError
+from .frames import crc_shift, crc_shifter
+from .limits import Limits
 
 _READ_CHUNK = 8 << 20  # reads of streams of unknown size
 PIECE = 2 << 20  # files are read and checksummed in pieces of this size

@@ -221,37 +221,21 @@ class FrameScanner:
         self.trailing = 0  # bytes after the footer
 
     def frames(self) -> Iterator[Frame]:
+        """The checked frames in order, until the footer or the first problem (then `stop`)."""
         buf = self.buf
         pos = PREAMBLE_SIZE
         seed = preamble_seed(buf[:PREAMBLE_SIZE])
         index = 0
         while True:
             if not self.wait(pos + FRAME_HEAD):
-                size = self.size()
-                if pos == size:
-                    self.stop = Stop(pos, f"the tape ends at byte {pos} without a footer (the writer did not "
-                                          f"finish)", True)
-                elif _all_zero(buf[pos:size]):
-                    self.stop = Stop(pos, f"zero-filled tail of {size - pos} bytes from byte {pos} (the writer "
-                                          f"died before writing it)", True)
-                else:
-                    self.stop = Stop(pos, f"the tape ends at byte {size} inside the header of frame {index} "
-                                          f"at byte {pos}", True)
+                self.stop = self._no_header(index, pos)
                 return
             tag, length = _HEAD.unpack_from(buf, pos)
             if tag not in TAGS and not (self.optional_ok and tag[:1].islower() and tag.isalnum()):
-                self.wait(1 << 62)
-                if _all_zero(buf[pos:self.size()]):
-                    self.stop = Stop(pos, f"zero-filled tail of {self.size() - pos} bytes from byte {pos} "
-                                          f"(the writer died before writing it)", True)
-                else:
-                    self.stop = Stop(pos, f"frame {index} at byte {pos} has unknown tag {tag!r}", False)
+                self.stop = self._unknown(index, tag, pos)
                 return
             start = pos + FRAME_HEAD
             end = start + length + FRAME_TAIL
-            if end > self.size() and not self.wait(end):
-                self.stop = self._cut(index, tag, pos, length)
-                return
             if not self.wait(end):
                 self.stop = self._cut(index, tag, pos, length)
                 return
@@ -267,13 +251,44 @@ class FrameScanner:
             index += 1
             pos = end
             if tag == FOOT:
-                self.wait(1 << 62)
-                size = self.size()
-                if size > end:
-                    self.trailing = size - end
-                    self.stop = Stop(end, f"{size - end:,} unexpected bytes after the footer at byte {end}", False)
+                self.stop = self._after_footer(end)
                 return
 
+    def _no_header(self, index: int, pos: int) -> Stop:
+        """Why the source ended before the header of frame `index` at byte `pos` (a truncation)."""
+        size = self.size()
+        if pos == size:
+            return Stop(pos, f"the tape ends at byte {pos} without a footer (the writer did not finish)", True)
+        tail = self._zero_tail(pos, size)
+        if tail is not None:
+            return tail
+        return Stop(pos, f"the tape ends at byte {size} inside the header of frame {index} at byte {pos}", True)
+
+    def _unknown(self, index: int, tag: bytes, pos: int) -> Stop:
+        """Why frame `index` at byte `pos` with a tag it may not have stops the scan: a zero-filled
+        tail (a truncation) or corruption."""
+        self.wait(1 << 62)
+        tail = self._zero_tail(pos, self.size())
+        if tail is not None:
+            return tail
+        return Stop(pos, f"frame {index} at byte {pos} has unknown tag {tag!r}", False)
+
+    def _zero_tail(self, pos: int, size: int) -> Stop | None:
+        """A truncation if bytes `pos` to `size` are all zero (a writer that died after its file
+        was extended), else None."""
+        if not _all_zero(self.buf[pos:size]):
+            return None
+        return Stop(pos, f"zero-filled tail of {size - pos} bytes from byte {pos} (the writer died before writing "
+                         f"it)", True)
+
+    def _after_footer(self, end: int) -> Stop | None:
+        """None if the tape ends at byte `end`, just after its footer; else the trailing bytes."""
+        self.wait(1 << 62)
+        size = self.size()
+        if size <= end:
+            return None
+        self.trailing = size - end
+        return Stop(end, f"{size - end:,} unexpected bytes after the footer at byte {end}", False)
 
     def _cut(self, index: int, tag: bytes, pos: int, length: int) -> Stop:
         size = self.size()

@@ -20,36 +20,29 @@ Contract:
   inferred once per distinct signature (op, attributes, input types), found by sorting integer
   keys, so a long tape of identical ops infers once; nothing is allocated in proportion to the
   shapes it reads.
-- `attrs_key(attrs)` is the hashable identity of an attribute map under which equal keys mean
-  identical stored values (`True`, `1` and `1.0` differ, and so do `0.0` and `-0.0`).
-- It works on any `Tape` (recorded or loaded) and never mutates it.
+- Attribute maps are told apart by `common.attrs_key` (`True`, `1` and `1.0` differ).
+- It works on any `Tape` (recorded or loaded), reads it through `Tape.parts()` and never mutates it.
 """
 
 from __future__ import annotations
 
-import gc
-import struct
-import threading
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import chain, compress
+from itertools import chain
 from operator import attrgetter, itemgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from .dtypes import dtype_name
-from .errors import LimitError, TapeFormatError, TapegradError
-from .ops import REGISTRY
-from .ops.spec import check_stored, show
-from .tape import VALUE_MODES, Tape
-from .tape_format_limits import DEFAULT_LIMITS, Limits
+from ..dtypes import dtype_name
+from ..errors import LimitError, TapeFormatError, TapegradError
+from ..ops import REGISTRY
+from ..ops.spec import check_stored, show
+from ..tape import VALUE_MODES, Tape
+from .common import AvalTable, Ints, Reject, allowed_dtype_name, attr_codes, no_gc
+from .limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["Graph", "Limits", "Reject", "attr_codes", "attrs_key", "check", "explain", "graph_of", "group_rows", "locate", "show",
-           "validate"]
-
-Ints = np.ndarray[Any, np.dtype[np.int64]]
-AvalTable = list[tuple[tuple[int, ...], np.dtype[Any]]]
+__all__ = ["Graph", "check", "explain", "graph_of", "group_rows", "locate", "validate"]
 
 _SHAPE_DTYPE = attrgetter("shape", "dtype")
 _FIRST = itemgetter(0)
@@ -58,59 +51,19 @@ _THIRD = itemgetter(2)
 _INPUTS = itemgetter(slice(3, None))
 _ATTR_TYPES = {dict, MappingProxyType, type(None)}  # None: a record without attributes
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-_F64 = struct.Struct("<d")
 _WIDE = 3  # signatures hold the types of the first _WIDE inputs as columns; longer rows add a tail code
-
-_DTYPE_NAMES: dict[Any, str | None] = {}
 
 
 def _dtype_ok(dtype: Any) -> str | None:
     """The stored name of an allowed dtype object, else None."""
-    if not isinstance(dtype, np.dtype):
-        return None
-    name = _DTYPE_NAMES.get(dtype, "?")
-    if name == "?":
-        name = dtype_name(dtype)
-        _DTYPE_NAMES[dtype] = name
-    return name
+    return allowed_dtype_name(dtype) if isinstance(dtype, np.dtype) else None
 
 
 def _fail(n: int, op: Any, message: str) -> TapeFormatError:
     return TapeFormatError(f"record {n} ({show(op) if type(op) is not str else op}): {message}")
 
 
-class Reject(Exception):
-    """A bulk check failed; the reference pass (`explain`) says why."""
-
-
-class no_gc:  # (named like the function it replaced: `with no_gc():`)
-    """Pause the cyclic garbage collector while building or checking many small tuples.
-
-    Building a tape's records allocates millions of small objects; with the collector running,
-    each allocation burst triggers full traversals that cost more than the work itself.  Nested
-    and concurrent users share one pause; the collector's previous state is restored by the last.
-    """
-
-    def __enter__(self) -> None:
-        global _gc_users, _gc_was_enabled
-        with _gc_lock:
-            if _gc_users == 0:
-                _gc_was_enabled = gc.isenabled()
-                gc.disable()
-            _gc_users += 1
-
-    def __exit__(self, *exc: object) -> None:
-        global _gc_users
-        with _gc_lock:
-            _gc_users -= 1
-            if _gc_users == 0 and _gc_was_enabled:
-                gc.enable()
-
-
 _SMALL = 64  # records + variables below which `explain` alone is faster
-_gc_lock = threading.Lock()
-_gc_users = 0
-_gc_was_enabled = True
 
 
 def validate(tape: Tape, limits: Limits | None = None, *, graph: Graph | None = None) -> None:
@@ -122,7 +75,8 @@ def validate(tape: Tape, limits: Limits | None = None, *, graph: Graph | None = 
     is then `check(graph)` alone, the loader vouching for the variable table.
     """
     lim = DEFAULT_LIMITS if limits is None else limits
-    if len(tape._records) + len(tape._values) + len(tape._avals) < _SMALL:
+    parts = tape.parts()
+    if len(parts.records) + len(parts.values) + len(parts.avals) < _SMALL:
         explain(tape, lim)  # small tapes: the reference pass is quicker than the vectorised set-up
         return
     with no_gc():
@@ -142,12 +96,13 @@ def explain(tape: Tape, limits: Limits | None = None) -> None:
     mode = tape.values_mode
     if mode not in VALUE_MODES:
         raise TapeFormatError(f"values mode must be one of {VALUE_MODES}, got {show(mode)}")
-    values, avals, records = tape._values, tape._avals, tape._records
+    parts = tape.parts()
+    values, avals, records = parts.values, parts.avals, parts.records
     lim.check("max_records", len(records), "the number of records")
     lim.check("max_variables", len(values) + len(avals), "the number of variables")
     types, total = _types(values, avals, lim)
     defined: set[int] = set()
-    for vid in tape._leaves:
+    for vid in parts.leaves:
         if type(vid) is not int or vid not in types:
             raise TapeFormatError(f"leaf {show(vid)} has neither a value nor a stored type")
         if vid in defined:
@@ -155,13 +110,13 @@ def explain(tape: Tape, limits: Limits | None = None) -> None:
         if mode != "none" and vid not in values:
             raise TapeFormatError(f"leaf v{vid} has no stored value, but the tape stores values={mode!r}")
         defined.add(vid)
-    if not tape._consts <= defined:
+    if not parts.consts <= defined:
         raise TapeFormatError("a constant is not a leaf of the tape")
     _records(records, types, defined, mode == "all", values, lim)
     if len(defined) != len(types):
         stray = min(set(types) - defined)
         raise TapeFormatError(f"v{stray} has a value or type but is neither a leaf nor a record output")
-    for vid, name in tape._names.items():
+    for vid, name in parts.names.items():
         if vid not in defined or type(name) is not str:
             raise TapeFormatError(f"name {show(name)} belongs to {show(vid)}, which is not a variable of the tape")
     lim.check("max_total_elements", total, "the elements of all variables together")
@@ -197,32 +152,63 @@ def check(g: Graph, lim: Limits) -> int:
     Raises `Reject` for any inconsistency and `LimitError` for a limit; the caller checks the
     returned total against `max_total_elements` once its own checks have passed.
     """
-    n = len(g.output)
-    lim.check("max_records", n, "the number of records")
-    lim.check("max_variables", len(g.leaf_ids) + n, "the number of variables")
+    lim.check("max_records", len(g.output), "the number of records")
+    lim.check("max_variables", len(g.leaf_ids) + len(g.output), "the number of variables")
     elements = [_elements(shape, dtype, lim) for shape, dtype in g.types]
+    leaves, leaf_type = _sorted_leaves(g)
+    specs = _known_ops(g)
+    in_type = _input_types(g, leaves, leaf_type)
+    starts = np.cumsum(g.nin) - g.nin  # each record's first entry in `g.inputs`
+    first, group = _signatures(g, in_type, starts)
+    expected = _inferred_types(g, specs, in_type, starts, first, lim)
+    if len(g.output) and np.any(expected[group] != g.out_type):
+        raise Reject  # a recorded output type that its op does not produce
+    counts = np.bincount(g.leaf_type, minlength=len(elements)) + np.bincount(g.out_type, minlength=len(elements))
+    return sum(c * e for c, e in zip(counts.tolist(), elements, strict=True) if c)
+
+
+def _sorted_leaves(g: Graph) -> tuple[Ints, Ints]:
+    """(the leaf ids sorted, their types); `Reject` for a leaf listed twice, outputs that do not
+    increase in record order, or an output that is also a leaf."""
     order = np.argsort(g.leaf_ids, kind="stable")
     leaves, leaf_type = g.leaf_ids[order], g.leaf_type[order]
-    out, nin, ins = g.output, g.nin, g.inputs
+    out = g.output
     if np.any(leaves[1:] == leaves[:-1]) or np.any(out[1:] <= out[:-1]) or np.any(locate(leaves, out)[1]):
-        raise Reject  # a leaf listed twice, outputs not increasing, an output that is also a leaf
+        raise Reject
+    return leaves, leaf_type
+
+
+def _known_ops(g: Graph) -> list[Any]:
+    """The `OpSpec` of each of `g.ops` (None for names not in `REGISTRY`, which no record may
+    use); `Reject` for an unknown op or a record whose input count is not its op's arity."""
     specs = [REGISTRY.get(name) if type(name) is str else None for name in g.ops]  # the only use of op names
     used = np.flatnonzero(np.bincount(g.op, minlength=len(specs)))
     if any(specs[k] is None for k in used.tolist()):
         raise Reject
     arity = np.array([-1 if spec is None else spec.arity for spec in specs], dtype=np.int64)[g.op]
-    if np.any(np.where(arity >= 0, nin != arity, nin == 0)):
+    nin = g.nin
+    if np.any(np.where(arity >= 0, nin != arity, nin == 0)):  # (arity -1: any number but none)
         raise Reject
-    # inputs defined before use: the output of an earlier record, or a leaf
-    at, from_record = locate(out, ins)
-    if np.any(from_record & (at >= np.repeat(np.arange(n), nin))):
+    return specs
+
+
+def _input_types(g: Graph, leaves: Ints, leaf_type: Ints) -> Ints:
+    """The type of each entry of `g.inputs`; `Reject` unless each is defined before its use: the
+    output of an earlier record, or a leaf (`leaves` sorted, of types `leaf_type`)."""
+    ins = g.inputs
+    at, from_record = locate(g.output, ins)
+    if np.any(from_record & (at >= np.repeat(np.arange(len(g.output)), g.nin))):
         raise Reject
     leaf_at, from_leaf = locate(leaves, ins)
     if not np.all(from_record | from_leaf):
         raise Reject
-    in_type = np.where(from_record, _gather(g.out_type, at), _gather(leaf_type, leaf_at))
-    # one attribute check and one inference per distinct (op, attributes, input types)
-    starts = np.cumsum(nin) - nin
+    return np.where(from_record, _gather(g.out_type, at), _gather(leaf_type, leaf_at))
+
+
+def _signatures(g: Graph, in_type: Ints, starts: Ints) -> tuple[Ints, Ints]:
+    """Records grouped by signature (op, attributes, input types): `group_rows` of columns of
+    op and attribute codes, the types of the first `_WIDE` inputs and a code for the rest."""
+    n, nin = len(g.output), g.nin
     columns = [g.op, g.attr]
     for k in range(_WIDE):
         columns.append(np.where(nin > k, _gather(in_type, starts + k) + 1, 0))
@@ -234,14 +220,20 @@ def check(g: Graph, lim: Limits) -> int:
             a = int(starts[row])
             tail[row] = tails.setdefault(tuple(in_type[a + _WIDE:a + int(nin[row])].tolist()), len(tails) + 1)
         columns.append(tail)
-    first, group = group_rows(columns)
+    return group_rows(columns)
+
+
+def _inferred_types(g: Graph, specs: list[Any], in_type: Ints, starts: Ints, first: Ints, lim: Limits) -> Ints:
+    """For each signature (its first record in `first`), the index in `g.types` of the output
+    type its op infers (-1 if none there), after checking its attributes: one check and one
+    inference per signature.  `Reject` for bad attributes or inputs the op refuses."""
     index = {t: k for k, t in enumerate(g.types)}
     expected = []
     for row in first.tolist():
         spec = specs[int(g.op[row])]
         assert spec is not None
         attrs = g.attrs[int(g.attr[row])] or _EMPTY
-        a, b = int(starts[row]), int(starts[row] + nin[row])
+        a, b = int(starts[row]), int(starts[row] + g.nin[row])
         in_types = tuple(g.types[t] for t in in_type[a:b].tolist())
         try:
             if attrs or spec.attrs:
@@ -252,10 +244,7 @@ def check(g: Graph, lim: Limits) -> int:
         except TapeFormatError:
             raise Reject from None
         expected.append(index.get(inferred, -1))
-    if n and np.any(np.array(expected, dtype=np.int64)[group] != g.out_type):
-        raise Reject
-    counts = np.bincount(g.leaf_type, minlength=len(elements)) + np.bincount(g.out_type, minlength=len(elements))
-    return sum(c * e for c, e in zip(counts.tolist(), elements, strict=True) if c)
+    return np.array(expected, dtype=np.int64)
 
 
 def group_rows(columns: Sequence[Ints]) -> tuple[Ints, Ints]:
@@ -348,7 +337,8 @@ def _int64(items: Iterable[Any]) -> Ints:
 
 def graph_of(tape: Tape) -> Graph:
     """The columns of `tape` (internal ids); `Reject` if it holds anything of an unexpected type."""
-    values, avals, records = tape._values, tape._avals, tape._records
+    parts = tape.parts()
+    values, avals, records, leaves = parts.values, parts.avals, parts.records, parts.leaves
     _only(values, int)
     _only(avals, int)
     if not values.keys().isdisjoint(avals.keys()):
@@ -367,7 +357,7 @@ def graph_of(tape: Tape) -> Graph:
     except TypeError:
         raise Reject from None
     var_type = dict(zip(chain(values, avals), map(index.__getitem__, keys), strict=True))
-    _only(tape._leaves, int)
+    _only(leaves, int)
     _only(records, tuple)
     if records and min(map(len, records)) < 3:
         raise Reject
@@ -383,30 +373,10 @@ def graph_of(tape: Tape) -> Graph:
         raise Reject
     op_index = {op: k for k, op in enumerate(dict.fromkeys(ops))}
     attr_table, codes = attr_codes(attrs)
-    return Graph(types=list(index), leaf_ids=_int64(tape._leaves), leaf_type=_int64(map(var_type.get, tape._leaves)),
+    return Graph(types=list(index), leaf_ids=_int64(leaves), leaf_type=_int64(map(var_type.get, leaves)),
                  ops=list(op_index), op=_int64(map(op_index.__getitem__, ops)), attrs=attr_table,
                  attr=_int64(codes), nin=_int64(map(len, ins)), inputs=_int64(flat), output=_int64(outs),
                  out_type=_int64(map(var_type.get, outs)))
-
-
-def attr_codes(attrs: Sequence[Any]) -> tuple[list[Any], list[int]]:
-    """(table of the distinct attribute maps, None first; each entry's index into it), told apart
-    by `attrs_key` and touching only the entries that have attributes.  Raises `Reject(row)` for
-    the first entry that cannot be keyed (not a mapping, unhashable or absurdly nested values)."""
-    table: list[Any] = [None]
-    index: dict[Any, int] = {}
-    codes = [0] * len(attrs)
-    for row in compress(range(len(attrs)), attrs):
-        try:
-            key = attrs_key(attrs[row])
-            code = index.get(key)  # (hashing the key finds unhashable values)
-        except (TypeError, RecursionError, AttributeError):
-            raise Reject(row) from None
-        if code is None:
-            index[key] = code = len(table)
-            table.append(attrs[row])
-        codes[row] = code
-    return table, codes
 
 
 def _fast(tape: Tape, lim: Limits) -> None:
@@ -415,41 +385,24 @@ def _fast(tape: Tape, lim: Limits) -> None:
     mode = tape.values_mode
     if mode not in VALUE_MODES:
         raise Reject
-    values, avals = tape._values, tape._avals
-    lim.check("max_records", len(tape._records), "the number of records")
+    parts = tape.parts()
+    values, avals = parts.values, parts.avals
+    lim.check("max_records", len(parts.records), "the number of records")
     lim.check("max_variables", len(values) + len(avals), "the number of variables")
     g = graph_of(tape)
     total = check(g, lim)
-    leaf_set = set(tape._leaves)
+    leaf_set = set(parts.leaves)
     out_set = set(g.output.tolist())
-    if not tape._consts <= leaf_set or (mode != "none" and not leaf_set <= values.keys()) or (
+    if not parts.consts <= leaf_set or (mode != "none" and not leaf_set <= values.keys()) or (
             mode == "all" and not out_set <= values.keys()):
         raise Reject
     if len(values) + len(avals) != len(leaf_set) + len(out_set):  # every typed variable is defined
         raise Reject
-    names = tape._names
+    names = parts.names
     if not names.keys() <= leaf_set | out_set:
         raise Reject
     _only(names.values(), str)
     lim.check("max_total_elements", total, "the elements of all variables together")
-
-
-def attrs_key(attrs: Mapping[str, Any]) -> Any:
-    """A hashable key of an attribute map, equal only for identical stored values.
-
-    `==` takes `True == 1 == 1.0` and `0.0 == -0.0`; tables keyed that way would store one for
-    the other.  Raises TypeError for unhashable values and RecursionError for absurd nesting.
-    """
-    return tuple((name, _strict(value)) for name, value in attrs.items())
-
-
-def _strict(value: Any) -> Any:
-    kind = type(value)
-    if kind is tuple or kind is list:
-        return (kind, *map(_strict, value))
-    if kind is float:
-        return (kind, _F64.pack(value))
-    return (kind, value)
 
 
 # ---- the reference pass ---------------------------------------------------------------------

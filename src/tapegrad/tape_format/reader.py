@@ -1,9 +1,9 @@
 """Reading tapes: bytes, file objects or paths -> a fully validated `Tape`.
 
 Contract:
-- `read(source, recover=, verify=, limits=)` parses the container (`tape_format_frames`), decodes
-  every frame with msgpack under strict limits, builds a `Tape` and runs `validate.validate` on it
-  before returning it; nothing unvalidated ever leaves this module.  Frames are decoded into
+- `read(source, recover=, verify=, limits=)` parses the container (`frames`), decodes
+  every frame with msgpack under strict limits, builds a `Tape` (`Tape.from_parts`) and runs
+  `validate.validate` on it before returning it; nothing unvalidated ever leaves this module.  Frames are decoded into
   numpy columns (ids, op, attribute and type codes into tape-wide tables), from which the records
   are built a group of equal arity at a time and which `validate.check` validates in bulk.
 - Only `TapegradError` subclasses escape for bad content: `TruncatedTapeError` for a tape that
@@ -34,10 +34,12 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import numpy as np
 
-from .dtypes import DTYPES
-from .errors import TapeFormatError, TapegradError, TruncatedTapeError
-from .tape import VALUE_MODES, RawRecord, Tape
-from .tape_format_frames import (
+from ..dtypes import DTYPES
+from ..errors import TapeFormatError, TapegradError, TruncatedTapeError
+from ..ops.spec import show
+from ..tape import VALUE_MODES, RawRecord, Tape
+from .common import AvalTable, Ints, check_plain, no_gc
+from .frames import (
     ALIGN,
     CHUNKED,
     DATA,
@@ -53,9 +55,9 @@ from .tape_format_frames import (
     Frame,
     FrameScanner,
 )
-from .tape_format_limits import DEFAULT_LIMITS, Limits
-from .tape_format_sources import Source
-from .validate import AvalTable, Graph, Ints, no_gc, show, validate
+from .limits import DEFAULT_LIMITS, Limits
+from .sources import Source
+from .validate import Graph, validate
 
 
 class TapeRecoveryWarning(UserWarning):
@@ -109,8 +111,7 @@ def _read(source: Source, *, recover: bool, verify: bool, limits: Limits) -> Tap
                     f"nothing to recover: {stop.message}, before the header frame was complete")
             recovery = Recovery(builder.complete, builder.records, builder.variables, scanner.end,
                                 source.size() - scanner.end, stop.offset, stop.message)
-        elif not builder.complete:  # pragma: no cover - the scanner only ends cleanly at a footer
-            raise TruncatedTapeError("the tape has no footer")
+        # (no stop: the scanner ended just after the footer, which `builder.take` accepted)
     finally:
         source.close()
     tape = builder.build()
@@ -159,27 +160,6 @@ def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     if len(result) != len(pairs):
         raise ValueError("duplicate map key")
     return result
-
-
-def check_plain(value: Any, limits: Limits, depth: int = 0) -> None:
-    """Raise TapegradError unless `value` is plain data (metadata): nesting and keys bounded."""
-    if depth > limits.max_nesting:
-        raise TapegradError(f"metadata nested deeper than max_nesting={limits.max_nesting}")
-    t = type(value)
-    if value is None or t in (bool, int, float, str, bytes):
-        return
-    if t in (list, tuple):
-        for item in value:
-            check_plain(item, limits, depth + 1)
-        return
-    if t is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                raise TapegradError(f"metadata keys must be strings, got {show(key)}")
-            check_plain(item, limits, depth + 1)
-        return
-    raise TapegradError(f"metadata values must be plain data (None, bool, int, float, str, bytes, lists, dicts), "
-                        f"got {show(value)}")
 
 
 class _Builder:
@@ -587,26 +567,28 @@ class _Builder:
             cols["leaf_" + key] = _cat(leaf[key])
         for key in ("op", "attr", "nin", "inputs", "output", "type"):
             cols[key] = _cat(rec[key])
-        tape = Tape(self.mode, self.header["metadata"])
         leaves = cols["leaf_id"].tolist()
         outs = cols["output"].tolist()
-        tape._leaves += leaves
-        tape._consts.update(compress(leaves, cols["leaf_const"].tolist()))
+        records: list[RawRecord] = []
         if outs:
-            tape._records += _assemble(_objects(self.ops)[cols["op"]], _objects(self.attrs)[cols["attr"]], outs,
-                                       cols["inputs"], cols["nin"])
+            records = _assemble(_objects(self.ops)[cols["op"]], _objects(self.attrs)[cols["attr"]], outs,
+                                cols["inputs"], cols["nin"])
+        values: dict[int, Any] = {}
+        avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}
         if self.mode == "none":
-            tape._avals.update(zip(leaves, _objects(self.types)[cols["leaf_type"]].tolist(), strict=True))
+            avals.update(zip(leaves, _objects(self.types)[cols["leaf_type"]].tolist(), strict=True))
         else:
-            tape._values.update(zip(leaves, leaf["values"], strict=True))
+            values.update(zip(leaves, leaf["values"], strict=True))
         if self.mode == "all":
-            tape._values.update(zip(outs, rec["values"], strict=True))
+            values.update(zip(outs, rec["values"], strict=True))
         elif outs:
-            tape._avals.update(zip(outs, _objects(self.types)[cols["type"]].tolist(), strict=True))
-        tape._names.update(self.names)
+            avals.update(zip(outs, _objects(self.types)[cols["type"]].tolist(), strict=True))
+        sources = None
         if self.lines is not None and self.records and len(self.files) == self.records:
-            tape._add_sources(self.files, _cat(self.lines).tolist())  # what `Tape.source_of` reads
-        return tape
+            sources = self.files, _cat(self.lines).tolist()
+        return Tape.from_parts(self.mode, self.header["metadata"], leaves=leaves,
+                               consts=set(compress(leaves, cols["leaf_const"].tolist())), records=records,
+                               values=values, avals=avals, names=self.names, sources=sources)
 
     def graph(self) -> Graph:
         """The graph of the tape `build` made, as columns."""

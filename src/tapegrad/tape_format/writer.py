@@ -5,7 +5,7 @@ Contract:
   records, names)` call writes one batch of definitions (the DATA frames holding its arrays, then
   VARS frames for its leaves, RECS frames for its records and NAME frames for late names);
   `footer()` ends the tape.  Ids passed in are the dense ids the file stores.
-- A batch is encoded in bulk: its attribute maps (told apart by `validate.attrs_key`, so `True`
+- A batch is encoded in bulk: its attribute maps (told apart by `common.attrs_key`, so `True`
   is never stored for `1`) and types are interned once into batch-wide tables and code columns
   (types by runs: only where a value's type differs from the one before is it looked up), op
   names into an encoder-wide table; each frame stores the entries it uses, renumbered, in
@@ -34,9 +34,10 @@ from typing import IO, Any, NamedTuple
 import msgpack  # type: ignore[import-untyped]
 import numpy as np
 
-from .dtypes import dtype_name
-from .errors import TapegradError
-from .tape_format_frames import (
+from ..dtypes import DTYPES
+from ..errors import TapegradError
+from .common import Ints, Reject, allowed_dtype_name, attr_codes, check_plain
+from .frames import (
     ALIGN,
     CHUNKED,
     DATA,
@@ -50,9 +51,7 @@ from .tape_format_frames import (
     VARS,
     FrameWriter,
 )
-from .tape_format_limits import DEFAULT_LIMITS
-from .tape_format_reader import check_plain
-from .validate import Ints, Reject, attr_codes
+from .limits import DEFAULT_LIMITS
 
 CHUNK_BYTES = 1 << 30
 """Largest DATA frame payload; bigger arrays are split into chunks of at most this size.
@@ -73,7 +72,6 @@ class _TooBig(Exception):
 _PADS = [bytes(k) for k in range(ALIGN)]
 _WHAT = {VARS: "the tape's inputs", RECS: "a record", NAME: "the tape's names"}  # (for errors)
 _DTYPE, _NDIM, _SHAPE = attrgetter("dtype"), attrgetter("ndim"), attrgetter("shape")
-_DTYPE_NAMES: dict[Any, str] = {}
 
 Sources = tuple[list[str], bytes, bytes]
 """Source locations of records: (file table, each record's index into it and each record's line,
@@ -106,19 +104,12 @@ class RecordRows(NamedTuple):
 
 def stored_dtype_name(dt: Any) -> str:
     """The file name of dtype `dt` (big-endian dtypes name their little-endian twin)."""
-    name = _DTYPE_NAMES.get(dt)
+    name = allowed_dtype_name(dt)
+    if name is None and getattr(dt, "byteorder", "=") == ">":
+        name = allowed_dtype_name(dt.newbyteorder("<"))
     if name is None:
-        found = dtype_name(dt.newbyteorder("<") if getattr(dt, "byteorder", "=") == ">" else dt)
-        if found is None:
-            raise TapegradError(f"cannot store dtype {dt}: tapes hold only {', '.join(_allowed())}")
-        _DTYPE_NAMES[dt] = name = found
+        raise TapegradError(f"cannot store dtype {dt}: tapes hold only {', '.join(sorted(DTYPES))}")
     return name
-
-
-def _allowed() -> list[str]:
-    from .dtypes import DTYPES
-
-    return sorted(DTYPES)
 
 
 def column(values: Sequence[int], code: str, what: str) -> bytes:

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import LimitError
+from ..errors import LimitError
 
 GiB = 1 << 30
 MiB = 1 << 20
