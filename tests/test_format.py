@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import tapegrad as tg
 from op_cases import op_tape
+from tape_bytes import edit_frame, join_frames, pack, payload_of, preamble, split_frames, tiny_tape
 from tapegrad import tape_format as tf
 from tapegrad.dtypes import DTYPES
 from tapegrad.ops import REGISTRY
@@ -24,7 +25,6 @@ from tapegrad.tape import Tape
 from tapegrad.tape_format import columns, writer
 from tapegrad.tape_format.limits import DEFAULT_LIMITS
 from tapegrad.tape_format.stream import StreamWriter
-from test_format_helpers import edit_frame, join_frames, pack, payload_of, preamble, split_frames, tiny_tape
 
 
 def same_tape(a: Tape, b: Tape, values: bool = True) -> None:

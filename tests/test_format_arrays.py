@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
+from tape_bytes import edit_frame, tiny_tape
 from tapegrad import tape_format as tf
-from test_format_helpers import edit_frame, tiny_tape
 
 DATA = tf.dumps(tiny_tape())
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
+from tape_bytes import join_frames, preamble, split_frames, tiny_tape
 from tapegrad import tape_format as tf
 from tapegrad.tape import Tape
 from tapegrad.tape_format import sources
 from tapegrad.tape_format.frames import _BATCH, _BIG, MAGIC, FrameWriter, crc_shift, crc_shifter
 from tapegrad.tape_format.limits import Limits
-from test_format_helpers import join_frames, preamble, split_frames, tiny_tape
 
 
 def recording() -> Tape:

@@ -29,11 +29,11 @@ from hypothesis import strategies as st
 
 import tapegrad as tg
 from op_cases import op_tape
+from tape_bytes import join_frames, split_frames, tiny_tape
 from tapegrad import tape_format as tf
 from tapegrad.tape import Tape
 from tapegrad.tape_format import writer
 from tapegrad.tape_format.validate import _fast, explain
-from test_format_helpers import join_frames, split_frames, tiny_tape
 
 EXAMPLES = int(os.environ.get("TAPEGRAD_FUZZ_EXAMPLES", "150"))
 CORPUS = Path(__file__).parent / "corpus"

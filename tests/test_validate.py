@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import tapegrad as tg
 from op_cases import op_tape
+from tape_bytes import tiny_tape
 from tapegrad import tape_format as tf
 from tapegrad.ops import REGISTRY
 from tapegrad.ops.spec import OpSpec
@@ -22,7 +23,6 @@ from tapegrad.tape import Tape
 from tapegrad.tape_format.common import Reject
 from tapegrad.tape_format.limits import DEFAULT_LIMITS
 from tapegrad.tape_format.validate import _fast, explain, group_rows, validate
-from test_format_helpers import tiny_tape
 
 F64 = np.dtype("float64")
 

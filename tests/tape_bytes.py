@@ -25,15 +25,11 @@ Frames = list[tuple[bytes, bytes]]
 
 def tiny_tape() -> Tape:
     """x = [1, 2] (input "x"), the constant 3, v2 = x * 3, v3 = sum(v2) named "y"."""
-    t = Tape("all", {"note": "tiny"})
-    t._add_leaf(0, np.array([1.0, 2.0]), "x", False)
-    t._add_leaf(1, np.array(3.0), None, True)
-    t._records.append(("mul", {}, 2, 0, 1))  # (op, attrs, output, *inputs)
-    t._values[2] = np.array([3.0, 6.0])
-    t._records.append(("sum", {"axis": None, "keepdims": False}, 3, 2))
-    t._values[3] = np.array(9.0)
-    t._names[3] = "y"
-    return t
+    return Tape.from_parts(
+        "all", {"note": "tiny"}, leaves=[0, 1], consts={1},
+        records=[("mul", {}, 2, 0, 1), ("sum", {"axis": None, "keepdims": False}, 3, 2)],  # (op, attrs, output, *inputs)
+        values={0: np.array([1.0, 2.0]), 1: np.array(3.0), 2: np.array([3.0, 6.0]), 3: np.array(9.0)},
+        avals={}, names={0: "x", 3: "y"})
 
 
 def split_frames(data: bytes) -> tuple[bytes, Frames]:
