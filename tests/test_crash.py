@@ -92,8 +92,8 @@ def test_kill_9_while_streaming_recovers_every_flushed_record(tmp_path) -> None:
         assert len(got) >= flushed[-1], (len(got), flushed[-1])
         assert got.recovery is not None and not got.recovery.complete
         assert got.records == reference.records[:len(got)]
-        ref_ids = reference._internal()
-        for vid in got._internal():
+        ref_ids = reference.ids_in_order()
+        for vid in got.ids_in_order():
             assert got._values[vid].tobytes() == reference._values[ref_ids[vid]].tobytes()
 
 

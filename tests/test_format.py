@@ -37,13 +37,13 @@ def same_tape(a: Tape, b: Tape, values: bool = True) -> None:
     assert a.inputs == b.inputs
     assert a.values_mode == b.values_mode
     assert a.metadata == b.metadata
-    da, db = a._dense(), b._dense()
+    da, db = a.dense_ids(), b.dense_ids()
     assert {da[v] for v in a._consts} == {db[v] for v in b._consts}
-    for vid in a._internal():
-        assert a.shape_dtype(vid) == b.shape_dtype(b._internal()[da[vid]])
+    for vid in a.ids_in_order():
+        assert a.shape_dtype(vid) == b.shape_dtype(b.ids_in_order()[da[vid]])
     if values:
         for vid, value in a._values.items():
-            other = b._values[b._internal()[da[vid]]]
+            other = b._values[b.ids_in_order()[da[vid]]]
             assert other.dtype == value.dtype and other.shape == value.shape
             assert other.tobytes() == value.tobytes()
 
@@ -77,9 +77,9 @@ def test_round_trip_in_every_values_mode(mode: str) -> None:
     same_tape(tape, loaded, values=False)
     leaves = set(loaded._leaves)
     stored = set(loaded._values)
-    assert stored == {"all": set(loaded._internal()), "inputs": leaves, "none": set()}[mode]
+    assert stored == {"all": set(loaded.ids_in_order()), "inputs": leaves, "none": set()}[mode]
     for vid in stored:  # what is stored is stored exactly
-        assert loaded._values[vid].tobytes() == tape._values[tape._internal()[vid]].tobytes()
+        assert loaded._values[vid].tobytes() == tape._values[tape.ids_in_order()[vid]].tobytes()
     assert loaded.metadata == {"run": 7, "tags": ["a", "b"], "lr": 0.5, "ok": True}
     if mode == "inputs":  # replay recomputes what was not stored
         got = tg.replay.backward(loaded, of="loss", wrt=["w", "x"], inputs={})
@@ -436,7 +436,7 @@ def test_names_of_variables_not_on_the_tape_are_not_written() -> None:
         kept = dict(tape._names)
         tape._names[10**6] = "ghost"
         loaded = tf.loads(tf.dumps(tape))
-        assert dict(loaded.names) == {name: tape._dense()[vid] for vid, name in kept.items()}
+        assert dict(loaded.names) == {name: tape.dense_ids()[vid] for vid, name in kept.items()}
 
 
 def test_unstorable_tapes_are_refused_when_writing() -> None:

@@ -143,6 +143,6 @@ def test_values_of_one_type_load_as_independent_read_only_arrays(shape: tuple[in
             y = tg.sin(y) * 2.0
     loaded = tf.loads(tf.dumps(tape))
     for vid, value in tape._values.items():
-        got = loaded.value(tape._dense()[vid])
+        got = loaded.value(tape.dense_ids()[vid])
         assert got.shape == value.shape and got.tobytes() == value.tobytes()
         assert got.flags.c_contiguous and not got.flags.writeable

@@ -78,8 +78,8 @@ def exercise(data: bytes) -> None:
         explain(tape, LIMITS)  # the reference and the vectorised validators agree
         _fast(tape, LIMITS)
         str(tape)
-        for vid in tape._internal():
-            tape.var(tape._dense()[vid])
+        for vid in tape.ids_in_order():
+            tape.var(tape.dense_ids()[vid])
         if tape.values_mode == "all" and len(tape):
             with np.errstate(all="ignore"), contextlib.suppress(tg.TapegradError):
                 tg.replay.backward(tape)

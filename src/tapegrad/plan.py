@@ -221,7 +221,7 @@ class Plan:
             return "in the reverse pass"
         src = self.tape.source_of(rec)
         at = f" at {src[0]}:{src[1]}" if src else ""
-        return f"record {rec} ({self.tape._records[rec][0]}){at}"
+        return f"record {rec} ({self.tape.parts().records[rec][0]}){at}"
 
 
 def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of: int | None = None,
@@ -237,10 +237,11 @@ def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of
 def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | None,
              replaced: Sequence[int]) -> Program:
     """`compile_plan` in slot form."""
-    ids = tape._internal()
+    ids = tape.ids_in_order()
     slot_of = {vid: n for n, vid in enumerate(ids)}
     avals: list[Aval] = [tape.shape_dtype(vid) for vid in ids]
-    records = tape._records
+    parts = tape.parts()
+    records = parts.records
     producer = {rec[2]: n for n, rec in enumerate(records)}
 
     # Which records the backward pass walks: those `of` depends on.
@@ -248,7 +249,7 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     live_records = [n for n, rec in enumerate(records) if rec[2] in needed]
 
     # Forward: recompute what is missing or depends on a replaced input (guards included).
-    stored = tape._values
+    stored = parts.values
     dirty = set(replaced)
     forward: list[int] = []
     for n in live_records:

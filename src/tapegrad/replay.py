@@ -24,6 +24,7 @@ Contract:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -66,7 +67,8 @@ def _as_refs(refs: Any) -> list[Any]:
 
 def _ref_key(tape: Tape, vid: int) -> Any:
     """How results are keyed when the caller named nothing: the name, else the dense id."""
-    return tape._names.get(vid, tape._dense()[vid])
+    name = tape.name_of(vid)
+    return tape.dense_ids()[vid] if name is None else name
 
 
 def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: bool) -> dict[int, Any]:
@@ -74,8 +76,8 @@ def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: boo
     out: dict[int, Any] = {}
     for ref, value in (inputs or {}).items():
         vid = tape.resolve(ref)
-        label = f"input {ref!r} (v{tape._dense()[vid]})"
-        if tape._producer(vid) is not None or vid in tape._consts:
+        label = f"input {ref!r} (v{tape.dense_ids()[vid]})"
+        if tape.producer(vid) is not None or vid in tape.parts().consts:
             raise TapegradError(f"{label} is not an input of the tape; only inputs can be replaced")
         shape, dtype = tape.shape_dtype(vid)
         if recording and hasattr(value, "_tapegrad_serial"):
@@ -92,9 +94,9 @@ def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: boo
 
 def _default_outputs(tape: Tape) -> list[int]:
     """Named results of records, plus the last record's output (found without a pass over the tape)."""
-    outs = sorted(vid for vid in tape._names if tape._producer(vid) is not None)
-    if tape._records and tape._last_output() not in outs:
-        outs.append(tape._last_output())
+    outs = sorted(vid for vid in tape.parts().names if tape.producer(vid) is not None)
+    if len(tape) and tape.last_output() not in outs:
+        outs.append(tape.last_output())
     return outs
 
 
@@ -111,7 +113,7 @@ def plan(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Sequence[Any] =
     wrt_ids: list[int] = []
     gradient = of is not None or wrt is not None
     if gradient:
-        of_id = tape._last_output() if of is None else tape.resolve(of)
+        of_id = tape.last_output() if of is None else tape.resolve(of)
         wrt_ids = _wrt_ids(tape, wrt)[1]
     if outputs is not None:
         out_ids = [tape.resolve(r) for r in outputs]
@@ -122,23 +124,13 @@ def plan(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Sequence[Any] =
 
 def _plan(tape: Tape, out_ids: Sequence[int], of_id: int | None, wrt_ids: Sequence[int], replaced: Sequence[int]) -> Plan:
     key = ("plan", tuple(out_ids), of_id, tuple(wrt_ids), tuple(sorted(replaced)))
-    built: Plan = _cached(tape, key, lambda: compile_plan(tape, out_ids, wrt_ids, of_id, sorted(replaced)))
-    return built
-
-
-def _cached(tape: Tape, key: Any, build: Any) -> Any:
-    stamp = (len(tape._records), len(tape._leaves))
-    hit = tape._plans.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    built = build()
-    tape._plans[key] = (stamp, built)
-    return built
+    return tape.cached(key, lambda: compile_plan(tape, out_ids, wrt_ids, of_id, sorted(replaced)))
 
 
 def _wrt_ids(tape: Tape, wrt: Any) -> tuple[list[Any], list[int]]:
     if wrt is None:
-        ids = [v for v in tape._leaves if v not in tape._consts and tape.shape_dtype(v)[1].kind == "f"]
+        parts = tape.parts()
+        ids = [v for v in parts.leaves if v not in parts.consts and tape.shape_dtype(v)[1].kind == "f"]
         return [_ref_key(tape, v) for v in ids], ids
     refs = _as_refs(wrt)
     ids = [tape.resolve(r) for r in refs]
@@ -156,7 +148,7 @@ def _seed(tape: Tape, of_id: int, seed: Any) -> Any:
     seed = np.asarray(seed)
     if seed.shape != shape or seed.dtype != dtype:
         raise TapegradError(f"seed has shape {seed.shape} and dtype {seed.dtype}, but the output "
-                            f"v{tape._dense()[of_id]} has shape {shape} and dtype {dtype}")
+                            f"v{tape.dense_ids()[of_id]} has shape {shape} and dtype {dtype}")
     return seed
 
 
@@ -186,7 +178,7 @@ def backward(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Mapping[Any
     (default: ones).  Inside `record()` the gradients are Variables on the active tape.
     """
     rec = _recording()
-    of_id = tape._last_output() if of is None else tape.resolve(of)
+    of_id = tape.last_output() if of is None else tape.resolve(of)
     refs, wrt_ids = _wrt_ids(tape, wrt)
     replaced = _resolve_inputs(tape, inputs, rec is not None)
     seed_value = _seed(tape, of_id, seed)
@@ -235,7 +227,7 @@ def jvp(tape: Tape, tangents: Mapping[Any, Any], *, inputs: Mapping[Any, Any] | 
             result[key] = np.zeros(shape, dtype)
             continue
         cache_key = ("jvp", out_id, tuple(t_ids), tuple(sorted(replaced)))
-        p = _cached(tape, cache_key, lambda o=out_id: compile_jvp(tape, o, t_ids, sorted(replaced)))
+        p = tape.cached(cache_key, partial(compile_jvp, tape, out_id, t_ids, sorted(replaced)))
         vals = p.run(replaced, None, tangents=[t_vals[v] for v in t_ids])
         slot = p.outputs[out_id]
         result[key] = np.zeros(shape, dtype) if slot < 0 else engine.owned(vals[slot], taken)
@@ -246,22 +238,23 @@ def jvp(tape: Tape, tangents: Mapping[Any, Any], *, inputs: Mapping[Any, Any] | 
 
 def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_ids: Sequence[int]) -> dict[int, Any]:
     """Run the needed records through the tracer; every tape input enters under its name."""
-    needed = engine.needed_ids(tape._records, out_ids)
+    parts = tape.parts()
+    needed = engine.needed_ids(parts.records, out_ids)
     values: dict[int, Any] = {}
-    for vid in tape._leaves:
+    for vid in parts.leaves:
         if vid not in needed:
             continue
         if vid in replaced and hasattr(replaced[vid], "_tapegrad_serial"):
             values[vid] = replaced[vid]
-        elif vid in tape._consts:
-            values[vid] = tape._values[vid]
+        elif vid in parts.consts:
+            values[vid] = parts.values[vid]
         else:
-            value = replaced[vid] if vid in replaced else tape._values.get(vid)
+            value = replaced[vid] if vid in replaced else parts.values.get(vid)
             if value is None:
-                raise TapegradError(f"cannot replay: the tape stores no value for input v{tape._dense()[vid]}; "
+                raise TapegradError(f"cannot replay: the tape stores no value for input v{tape.dense_ids()[vid]}; "
                                     "pass it in `inputs`")
-            values[vid] = rec.input(np.array(value), tape._names.get(vid))
-    for n, r in enumerate(tape._records):
+            values[vid] = rec.input(np.array(value), tape.name_of(vid))
+    for n, r in enumerate(parts.records):
         op = r[0]
         if r[2] in needed:
             try:
@@ -274,7 +267,7 @@ def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_
 def _record_backward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], of_id: int, wrt_ids: Sequence[int],
                      seed: Any) -> list[Any]:
     values = _record_forward(rec, tape, replaced, [of_id])
-    needed = [r for r in tape._records if r[2] in values]
+    needed = [r for r in tape.parts().records if r[2] in values]
     active = engine.active_set(needed, wrt_ids)
     skip = {v for v in values if v not in active}
     found = engine.reverse(needed, values, {of_id: seed}, skip, set(wrt_ids), rec.backend)

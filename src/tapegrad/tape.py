@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -33,6 +33,8 @@ from .errors import TapegradError
 from .ops.spec import AttrValue
 
 EMPTY_ATTRS: Mapping[str, AttrValue] = MappingProxyType({})
+
+_T = TypeVar("_T")
 
 RawRecord = tuple[Any, ...]
 """How a tape stores a record internally: one flat tuple `(op, attrs, output, *inputs)`, with
@@ -216,6 +218,21 @@ class Tape:
         class docstring); both empty without sources, and not copies."""
         return self._source_runs, self._source_pos
 
+    def name_of(self, vid: int) -> str | None:
+        """The name of internal id `vid`, if it has one."""
+        return self._names.get(vid)
+
+    def cached(self, key: Any, build: Callable[[], _T]) -> _T:
+        """`build()`, kept under `key` while the tape has as many records and leaves as when it
+        was built (replay keeps its compiled plans here)."""
+        stamp = (len(self._records), len(self._leaves))
+        hit = self._plans.get(key)
+        if hit is not None and hit[0] == stamp:
+            return cast("_T", hit[1])
+        built = build()
+        self._plans[key] = (stamp, built)
+        return built
+
     def sink_due_at(self, count: int) -> None:
         """Have the tracer call the streaming sink's `due()` once the tape holds `count` records."""
         self._sink_at = count
@@ -239,7 +256,7 @@ class Tape:
         if self._sink is not None:
             self._sink.name(vid, name)
 
-    def _producer(self, vid: int) -> int | None:
+    def producer(self, vid: int) -> int | None:
         """Index of the record that defines internal id `vid` (None for leaves); O(log n)."""
         records = self._records
         n = bisect_left(records, vid, key=_output)
@@ -298,11 +315,11 @@ class Tape:
                                          {vid: n for n, vid in enumerate(order)})
         return cache[2], cache[3]
 
-    def _dense(self) -> dict[int, int]:
+    def dense_ids(self) -> dict[int, int]:
         """Internal id -> dense public id (rank in definition order)."""
         return self._ids()[1]
 
-    def _internal(self) -> list[int]:
+    def ids_in_order(self) -> list[int]:
         """Every internal id, in definition order (a dense id indexes it)."""
         return self._ids()[0]
 
@@ -324,14 +341,14 @@ class Tape:
     @property
     def records(self) -> Sequence[Record]:
         """The op records with dense ids, numbered from 0 in tape order."""
-        d = self._dense()
+        d = self.dense_ids()
         return tuple(Record(rec[0], tuple(d[i] for i in rec[3:]), (d[rec[2]],), MappingProxyType(dict(rec[1] or {})))
                      for rec in self._records)
 
     @property
     def names(self) -> Mapping[str, int]:
         """Name -> dense id for every uniquely named variable."""
-        d = self._dense()
+        d = self.dense_ids()
         out: dict[str, int] = {}
         for vid, name in self._names.items():
             out[name] = -1 if name in out else d[vid]
@@ -340,20 +357,20 @@ class Tape:
     def var(self, ref: Any) -> VarInfo:
         """Describe one variable (by name, dense id or Variable)."""
         vid = self.resolve(ref)
-        d = self._dense()
+        d = self.dense_ids()
         shape, dtype = self.shape_dtype(vid)
         producer = None
         kind = "const" if vid in self._consts else "input"
         if vid not in self._leaves:
             kind = "op"
-            producer = self._producer(vid)
+            producer = self.producer(vid)
         return VarInfo(d[vid], shape, dtype, self._names.get(vid), kind, producer)
 
     def value(self, ref: Any) -> Any:
         """The recorded value of a variable, read-only view."""
         vid = self.resolve(ref)
         if vid not in self._values:
-            raise TapegradError(f"v{self._dense()[vid]} has no stored value on this tape (values={self.values_mode!r})")
+            raise TapegradError(f"v{self.dense_ids()[vid]} has no stored value on this tape (values={self.values_mode!r})")
         v = self._values[vid].view()
         v.flags.writeable = False
         return v
@@ -361,7 +378,7 @@ class Tape:
     @property
     def inputs(self) -> tuple[int, ...]:
         """Dense ids of the non-constant leaves (what `forward(inputs=...)` may replace)."""
-        d = self._dense()
+        d = self.dense_ids()
         return tuple(d[v] for v in self._leaves if v not in self._consts)
 
     # -- lookup --
@@ -371,7 +388,7 @@ class Tape:
             hits = [vid for vid, name in self._names.items() if name == ref]
             if len(hits) == 1:
                 return hits[0]
-            d = self._dense()
+            d = self.dense_ids()
             if hits:
                 ids = ", ".join(f"v{d[h]}" for h in sorted(hits))
                 raise TapegradError(f"name {ref!r} is ambiguous on this tape: variables {ids}")
@@ -383,13 +400,13 @@ class Tape:
                 return int(serial)
             raise TapegradError(f"variable {ref!r} is not on this tape")
         if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
-            order = self._internal()
+            order = self.ids_in_order()
             if 0 <= ref < len(order):
                 return order[int(ref)]
             raise TapegradError(f"no variable v{ref} on this tape (ids are v0..v{len(order) - 1})")
         raise TapegradError(f"cannot look up a variable by {type(ref).__name__} {ref!r}")
 
-    def _last_output(self) -> int:
+    def last_output(self) -> int:
         if not self._records:
             raise TapegradError("the tape has no records, so there is no output to differentiate")
         return int(self._records[-1][2])
@@ -402,11 +419,11 @@ class Tape:
         return "\n".join(self.listing())
 
     def __repr__(self) -> str:
-        return f"<Tape {len(self._records)} records, {len(self._internal())} variables>"
+        return f"<Tape {len(self._records)} records, {len(self.ids_in_order())} variables>"
 
     def listing(self) -> list[str]:
         """One line per variable in id order: leaves, and records as `  3  v7:f64[3] = mul v3 v5`."""
-        d = self._dense()
+        d = self.dense_ids()
         producer = {r[2]: n for n, r in enumerate(self._records)}
         lines = []
 
@@ -418,7 +435,7 @@ class Tape:
             name = self._names.get(vid)
             return f"  # {escape(name)}" if name is not None else ""
 
-        for vid in self._internal():
+        for vid in self.ids_in_order():
             n = producer.get(vid)
             if n is not None:
                 rec = self._records[n]

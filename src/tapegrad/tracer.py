@@ -475,7 +475,7 @@ class _TapeNodes(dict[int, Any]):
 
 def _produced_on_tape(v: Variable) -> int | None:
     tape = v._tape
-    return None if tape is None else tape._producer(v._tapegrad_serial)
+    return None if tape is None else tape.producer(v._tapegrad_serial)
 
 
 def pull(y: Variable, seed: Any, targets: dict[int, Variable] | None, backend: Any) -> dict[int, tuple[Variable, Any]]:
