@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .ops import NUMPY, REGISTRY, pass_on
-from .tape import RawRecord
+from .tape import INPUTS, OP, OUTPUT, RawRecord
 
 
 def _no_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, attrs: Any, k: int) -> None:
@@ -33,9 +33,9 @@ def active_set(records: Iterable[RawRecord], sources: Iterable[int]) -> set[int]
     """Ids that depend on any of `sources` (forward sweep over the records)."""
     active = set(sources)
     for rec in records:
-        for i in rec[3:]:
+        for i in rec[INPUTS:]:
             if i in active:
-                active.add(rec[2])
+                active.add(rec[OUTPUT])
                 break
     return active
 
@@ -46,10 +46,10 @@ def needed_ids(records: Sequence[RawRecord], outputs: Iterable[int]) -> set[int]
     Guards are always included: a replay must re-check the branches the recording took.
     """
     needed = set(outputs)
-    needed.update(rec[2] for rec in records if rec[0] == "guard")
+    needed.update(rec[OUTPUT] for rec in records if rec[OP] == "guard")
     for rec in reversed(records):
-        if rec[2] in needed:
-            needed.update(rec[3:])
+        if rec[OUTPUT] in needed:
+            needed.update(rec[INPUTS:])
     return needed
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from . import engine
 from .errors import GuardError, TapegradError
 from .ops import REGISTRY, OpSpec
-from .tape import RawRecord, Tape
+from .tape import ATTRS, INPUTS, OP, OUTPUT, RawRecord, Tape
 
 Aval = tuple[tuple[int, ...], np.dtype[Any]]
 
@@ -242,11 +242,11 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     avals: list[Aval] = [tape.shape_dtype(vid) for vid in ids]
     parts = tape.parts()
     records = parts.records
-    producer = {rec[2]: n for n, rec in enumerate(records)}
+    producer = {rec[OUTPUT]: n for n, rec in enumerate(records)}
 
     # Which records the backward pass walks: those `of` depends on.
     needed = engine.needed_ids(records, [*outputs, *([] if of is None else [of])])
-    live_records = [n for n, rec in enumerate(records) if rec[2] in needed]
+    live_records = [n for n, rec in enumerate(records) if rec[OUTPUT] in needed]
 
     # Forward: recompute what is missing or depends on a replaced input (guards included).
     stored = parts.values
@@ -254,8 +254,8 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     forward: list[int] = []
     for n in live_records:
         rec = records[n]
-        if rec[2] not in stored or REGISTRY[rec[0]].view or any(i in dirty for i in rec[3:]):
-            dirty.add(rec[2])
+        if rec[OUTPUT] not in stored or REGISTRY[rec[OP]].view or any(i in dirty for i in rec[INPUTS:]):
+            dirty.add(rec[OUTPUT])
             forward.append(n)
     missing = [vid for vid in needed if vid not in stored and vid not in dirty and vid not in producer]
     if missing:
@@ -312,7 +312,7 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
     found = engine.reverse(program, symbols, seeds, skip, {seed_slot}, comp.ops)
     out_slot = found[seed_slot].slot if seed_slot in found else -1
 
-    keep = [rec for rec in program if rec[2] not in linear]
+    keep = [rec for rec in program if rec[OUTPUT] not in linear]
     records = base.records[:n_fwd] + keep + comp.steps
     origins = base.origins[:n_fwd] + [_REVERSE] * (len(keep) + len(comp.steps))
     return _lower(Program(tape, comp.avals, {**base.initial, **comp.consts}, records, origins, base.inputs,
@@ -321,12 +321,12 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
 
 def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> RawRecord:
     """A tape record with its ids replaced by slots."""
-    return (rec[0], rec[1], slot_of[rec[2]], *(slot_of[i] for i in rec[3:]))
+    return (rec[OP], rec[ATTRS], slot_of[rec[OUTPUT]], *(slot_of[i] for i in rec[INPUTS:]))
 
 
 def _step(rec: RawRecord, ins: Sequence[int], out: int) -> Step:
     """The executable step of a slot-form record whose inputs and output are in these registers."""
-    op, attrs = rec[0], rec[1]
+    op, attrs = rec[OP], rec[ATTRS]
     fn = REGISTRY[op].forward
     if attrs:
         fn = partial(fn, **attrs)
@@ -349,7 +349,7 @@ class _Memory:
 
     def compute(self, rec: RawRecord) -> None:
         """A step runs: its kernel's scratch space and its result are allocated."""
-        op, attrs, out, ins, avals = rec[0], rec[1], rec[2], rec[3:], self.avals
+        op, attrs, out, ins, avals = rec[OP], rec[ATTRS], rec[OUTPUT], rec[INPUTS:], self.avals
         spec = REGISTRY[op]
         scratch = spec.scratch * max(_nbytes(avals[ins[0]]), _nbytes(avals[out]))
         if spec.aliases(avals[ins[0]], avals[out], attrs):
@@ -388,7 +388,7 @@ def _lower(prog: Program) -> Plan:
     """
     avals, records = prog.avals, prog.records
     pinned = {*prog.outputs.values(), *(s for s in prog.grads.values() if s is not None)}
-    last = {s: k for k, rec in enumerate(records) for s in rec[3:]}  # slot -> index of its last use
+    last = {s: k for k, rec in enumerate(records) for s in rec[INPUTS:]}  # slot -> index of its last use
     reg_of: dict[int, int] = {}
     holder: list[int | None] = []  # register -> the slot whose value it holds (live or dead)
     free: list[int] = []  # registers whose value is dead, most recently freed last
@@ -421,7 +421,7 @@ def _lower(prog: Program) -> Plan:
         place(s)
     free.extend(reg_of[s] for s in preset if s not in last and s not in pinned)
     for k, rec in enumerate(records):
-        out, ins = rec[2], rec[3:]
+        out, ins = rec[OUTPUT], rec[INPUTS:]
         in_regs = [reg_of[s] for s in ins]
         mem.compute(rec)
         dying = sorted((s for s in dict.fromkeys(ins) if last[s] == k and s not in pinned), key=mem.held, reverse=True)

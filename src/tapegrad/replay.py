@@ -32,7 +32,7 @@ import numpy as np
 from . import engine
 from .errors import TapegradError
 from .plan import Plan, compile_jvp, compile_plan
-from .tape import Tape
+from .tape import ATTRS, INPUTS, OP, OUTPUT, Tape
 
 
 class Recorder(Protocol):
@@ -255,10 +255,10 @@ def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_
                                     "pass it in `inputs`")
             values[vid] = rec.input(np.array(value), tape.name_of(vid))
     for n, r in enumerate(parts.records):
-        op = r[0]
-        if r[2] in needed:
+        op = r[OP]
+        if r[OUTPUT] in needed:
             try:
-                values[r[2]] = rec.apply(op, [values[i] for i in r[3:]], r[1])
+                values[r[OUTPUT]] = rec.apply(op, [values[i] for i in r[INPUTS:]], r[ATTRS])
             except TapegradError as exc:
                 raise type(exc)(f"record {n} ({op}): {exc}") from None
     return values
@@ -267,7 +267,7 @@ def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_
 def _record_backward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], of_id: int, wrt_ids: Sequence[int],
                      seed: Any) -> list[Any]:
     values = _record_forward(rec, tape, replaced, [of_id])
-    needed = [r for r in tape.parts().records if r[2] in values]
+    needed = [r for r in tape.parts().records if r[OUTPUT] in values]
     active = engine.active_set(needed, wrt_ids)
     skip = {v for v in values if v not in active}
     found = engine.reverse(needed, values, {of_id: seed}, skip, set(wrt_ids), rec.backend)

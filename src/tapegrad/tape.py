@@ -46,13 +46,19 @@ collection walks them (measured: 2x slower recording on tiny ops).  `Record` is 
 """
 
 
+OP, ATTRS, OUTPUT, INPUTS = 0, 1, 2, 3
+"""Named positions in a `RawRecord`: `rec[OP]`, `rec[ATTRS]`, `rec[OUTPUT]`, `rec[INPUTS:]`.  The hot
+loops (the tracer's fast paths, `engine.reverse`, `Plan.run`) index by number instead."""
+
+
 class Record(NamedTuple):
-    """One op application: `outputs = op(*inputs, **attrs)` (the public, read-only view)."""
+    """One op application: `outputs = op(*inputs, **attrs)` (the public, read-only view, with
+    dense ids, in the field order of `RawRecord`)."""
 
     op: str
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
     attrs: Mapping[str, AttrValue]
+    outputs: tuple[int, ...]
+    inputs: tuple[int, ...]
 
 
 class VarInfo(NamedTuple):
@@ -88,7 +94,7 @@ _FIRST = itemgetter(0)
 
 
 def _output(rec: RawRecord) -> int:
-    return int(rec[2])
+    return int(rec[OUTPUT])
 
 
 class TapeSink(Protocol):
@@ -342,7 +348,7 @@ class Tape:
     def records(self) -> Sequence[Record]:
         """The op records with dense ids, numbered from 0 in tape order."""
         d = self.dense_ids()
-        return tuple(Record(rec[0], tuple(d[i] for i in rec[3:]), (d[rec[2]],), MappingProxyType(dict(rec[1] or {})))
+        return tuple(Record(rec[OP], MappingProxyType(dict(rec[ATTRS] or {})), (d[rec[OUTPUT]],), tuple(d[i] for i in rec[INPUTS:]))
                      for rec in self._records)
 
     @property
@@ -424,7 +430,7 @@ class Tape:
     def listing(self) -> list[str]:
         """One line per variable in id order: leaves, and records as `  3  v7:f64[3] = mul v3 v5`."""
         d = self.dense_ids()
-        producer = {r[2]: n for n, r in enumerate(self._records)}
+        producer = {r[OUTPUT]: n for n, r in enumerate(self._records)}
         lines = []
 
         def head(vid: int) -> str:
@@ -439,9 +445,9 @@ class Tape:
             n = producer.get(vid)
             if n is not None:
                 rec = self._records[n]
-                args = " ".join(f"v{d[i]}" for i in rec[3:])
-                attrs = "".join(f" {k}={v!r}" for k, v in (rec[1] or {}).items())
-                lines.append(f"{n:5d} {head(vid)} = {escape(rec[0])} {args}{attrs}{note(vid)}")
+                args = " ".join(f"v{d[i]}" for i in rec[INPUTS:])
+                attrs = "".join(f" {k}={v!r}" for k, v in (rec[ATTRS] or {}).items())
+                lines.append(f"{n:5d} {head(vid)} = {escape(rec[OP])} {args}{attrs}{note(vid)}")
             elif vid in self._consts:
                 value = self._values.get(vid)
                 shown = ""

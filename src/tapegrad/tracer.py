@@ -32,7 +32,7 @@ from . import engine, replay
 from .errors import TapegradError
 from .ops import NUMPY, REGISTRY, OpSpec
 from .ops.registry import backend
-from .tape import RawRecord, Tape
+from .tape import INPUTS, RawRecord, Tape
 
 _serials = itertools.count()
 _tape: Tape | None = None  # the active recording, if any
@@ -448,7 +448,7 @@ def _eager_plan(y: Variable, stop: set[int]) -> tuple[list[RawRecord], dict[int,
             continue
         rec, ins = link
         records.append(rec)
-        for s, u in zip(rec[3:], ins, strict=True):
+        for s, u in zip(rec[INPUTS:], ins, strict=True):
             if s not in nodes:
                 nodes[s] = u
                 if type(u) is Variable:

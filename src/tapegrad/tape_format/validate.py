@@ -38,7 +38,7 @@ from ..dtypes import dtype_name
 from ..errors import LimitError, TapeFormatError, TapegradError
 from ..ops import REGISTRY
 from ..ops.spec import check_stored, show
-from ..tape import VALUE_MODES, Tape
+from ..tape import ATTRS, INPUTS, OP, OUTPUT, VALUE_MODES, Tape
 from .common import AvalTable, Ints, Reject, allowed_dtype_name, attr_codes, no_gc
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -445,8 +445,8 @@ def _records(records: Any, types: dict[int, Any], defined: set[int], need_values
     for n, rec in enumerate(records):
         if type(rec) is not tuple or len(rec) < 3:
             raise TapeFormatError(f"record {n}: not an (op, attrs, output, *inputs) tuple")
-        op, attrs, out = rec[0], rec[1], rec[2]
-        ins = rec[3:]
+        op, attrs, out = rec[OP], rec[ATTRS], rec[OUTPUT]
+        ins = rec[INPUTS:]
         spec = REGISTRY.get(op) if type(op) is str else None  # the only use of a file's op name
         if spec is None:
             raise _fail(n, op, f"unknown op {show(op)}; known ops are {', '.join(sorted(REGISTRY))}")
