@@ -5,7 +5,7 @@ Public API: `Variable`, the op functions (`add`, `mul`, `sum`, ...), `record`, `
 """
 
 from . import replay
-from .errors import GuardError, LimitError, TapeFormatError, TapegradError, TruncatedTapeError
+from .errors import DTypeError, GuardError, LimitError, TapeFormatError, TapegradError, TruncatedTapeError
 from .functional import grad, hessian, value_and_grad
 from .tape import Record, Tape
 from .tape_format import Limits, Recovery, TapeRecoveryWarning, dumps, loads, save
@@ -65,7 +65,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Limits", "Recovery", "TapeRecoveryWarning", "dumps", "load", "loads", "save",
-    "GuardError", "LimitError", "Record", "Tape", "TapeFormatError", "TapegradError",
+    "DTypeError", "GuardError", "LimitError", "Record", "Tape", "TapeFormatError", "TapegradError",
     "TruncatedTapeError", "Variable", "abs", "add", "astype", "broadcast_to", "clip",
     "concatenate", "cos", "div", "equal", "exp", "getitem", "grad", "greater", "greater_equal", "guard", "hessian",
     "less", "less_equal", "log", "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean",

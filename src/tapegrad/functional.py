@@ -5,6 +5,8 @@ Contract:
 - Called with Variables (for instance inside another `grad`, or inside `record()`), it records
   the reverse pass itself and returns Variables, so `grad(grad(f))` gives second derivatives and
   a recorded gradient computation can be saved and replayed.
+- Integer and bool arguments are differentiated as float64; complex and other non-numeric
+  arguments raise `DTypeError` (never a cast: that would differentiate another function).
 - `f` must return a single-element Variable (a scalar loss).  `argnums` is an int (one gradient)
   or a tuple of ints (a tuple of gradients).
 """
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import engine, tracer
-from .errors import TapegradError
+from .errors import DTypeError, TapegradError
 from .ops import NUMPY
 from .tracer import Variable
 
@@ -35,10 +37,7 @@ def value_and_grad(f: Callable[..., Any], argnums: int | tuple[int, ...] = 0) ->
         with tracer._linked():
             for n in nums:
                 if not isinstance(vs[n], Variable):
-                    arr = np.asarray(vs[n])
-                    if arr.dtype.kind != "f":
-                        arr = arr.astype(np.float64)
-                    vs[n] = Variable(arr)
+                    vs[n] = Variable(_float_array(vs[n]))
             out = f(*vs, **kwargs)
             if not isinstance(out, Variable):
                 raise TapegradError(f"the function must return a Variable, got {type(out).__name__}")
@@ -62,6 +61,17 @@ def grad(f: Callable[..., Any], argnums: int | tuple[int, ...] = 0) -> Callable[
 
     wrapped.__name__ = f"grad({getattr(f, '__name__', 'f')})"
     return wrapped
+
+
+def _float_array(a: Any) -> Any:
+    """A differentiated argument as a floating-point ndarray (integers and bools become float64)."""
+    arr = np.asarray(a)
+    if arr.dtype.kind == "f":
+        return arr
+    if arr.dtype.kind in "biu":
+        return arr.astype(np.float64)
+    raise DTypeError(f"cannot differentiate with respect to a value of dtype {arr.dtype}: tapegrad computes on "
+                     "bool, integer and float values only (complex numbers are not supported) and never casts")
 
 
 def _reverse(out: Variable, wrt: list[Variable], traced: bool) -> list[Any]:
@@ -89,8 +99,7 @@ def hessian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Any]:
     g = grad(f, argnums)
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        x = np.asarray(args[argnums])
-        x = x if x.dtype.kind == "f" else x.astype(np.float64)
+        x = _float_array(args[argnums])
         args = args[:argnums] + (x,) + args[argnums + 1:]
         rows = []
         for i in range(x.size):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import engine, replay
-from .errors import TapegradError
+from .errors import DTypeError, TapegradError
 from .ops import NUMPY, REGISTRY, OpSpec
 from .tape import RawRecord, Tape
 
@@ -177,9 +177,9 @@ class Variable:
     def __init__(self, data: Any, name: str | None = None) -> None:
         if data is not None:
             if not isinstance(data, np.ndarray):
-                raise TypeError(f"{type(data).__name__} is not supported: Variable data must be an np.ndarray or None")
+                raise DTypeError(f"{type(data).__name__} is not supported: Variable data must be an np.ndarray or None")
             if data.dtype.kind not in _ALLOWED_KINDS:
-                raise TypeError(f"dtype {data.dtype} is not supported: use bool, integer or float arrays")
+                raise DTypeError(f"dtype {data.dtype} is not supported: use bool, integer or float arrays (never cast)")
         if name is not None and not isinstance(name, str):
             raise TypeError("Variable name must be a str or None")
         self.data = data
@@ -374,7 +374,7 @@ def _constant(a: Any, dtype: Any) -> Any:
     except (OverflowError, ValueError, TypeError) as exc:
         raise TapegradError(f"cannot use {a!r} as an array: {exc}") from None
     if arr.dtype.kind not in _ALLOWED_KINDS:
-        raise TapegradError(f"cannot use {type(a).__name__} of dtype {arr.dtype} in an op")
+        raise DTypeError(f"cannot use {type(a).__name__} of dtype {arr.dtype} in an op (never cast)")
     return arr
 
 
@@ -396,7 +396,7 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
             ids.append(s)
         elif type(a) is np.ndarray:
             if a.dtype.kind not in _ALLOWED_KINDS:
-                raise TapegradError(f"{spec.name}: arrays of dtype {a.dtype} are not supported")
+                raise DTypeError(f"{spec.name}: arrays of dtype {a.dtype} are not supported (never cast)")
             xs.append(a)
             ids.append(-1)
         elif isinstance(a, (bool, int, float)):
