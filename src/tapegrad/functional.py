@@ -7,8 +7,12 @@ Contract:
   a recorded gradient computation can be saved and replayed.
 - Integer and bool arguments are differentiated as float64; complex and other non-numeric
   arguments raise `DTypeError` (never a cast: that would differentiate another function).
-- `f` must return a single-element Variable (a scalar loss).  `argnums` is an int (one gradient)
-  or a tuple of ints (a tuple of gradients).
+- `f` must return a scalar: a one-element floating-point Variable, or a number that does not
+  depend on the inputs (a Python int or float, a one-element float array), whose gradient is zero
+  (zeros of each input's shape and dtype, as in JAX and autograd).  A value computed with numpy
+  from `x.data` has left the graph: it is such a constant, and its gradient is zero.  Any other
+  result (several elements, an integer or bool dtype, None, a tuple, a string) raises
+  `TapegradError` saying why.  `argnums` is an int (one gradient) or a tuple of ints (a tuple).
 """
 
 from __future__ import annotations
@@ -38,14 +42,11 @@ def value_and_grad(f: Callable[..., Any], argnums: int | tuple[int, ...] = 0) ->
             for n in nums:
                 if not isinstance(vs[n], Variable):
                     vs[n] = Variable(_float_array(vs[n]))
-            out = f(*vs, **kwargs)
-            if not isinstance(out, Variable):
-                raise TapegradError(f"the function must return a Variable, got {type(out).__name__}")
-            if out.size != 1:
-                raise TapegradError(f"grad needs a scalar output, got shape {out.shape}")
-            wrt = [vs[n] for n in nums]
-            grads = _reverse(out, wrt, traced)
-        value: Any = out if traced else out.data
+            out = _scalar(f(*vs, **kwargs))
+            grads = _reverse(out, [vs[n] for n in nums], traced)
+            if traced and not isinstance(out, Variable):
+                out = Variable(out)
+        value: Any = out if traced or not isinstance(out, Variable) else out.data
         return value, grads[0] if isinstance(argnums, int) else tuple(grads)
 
     wrapped.__name__ = f"value_and_grad({getattr(f, '__name__', 'f')})"
@@ -74,11 +75,34 @@ def _float_array(a: Any) -> Any:
                      "bool, integer and float values only (complex numbers are not supported) and never casts")
 
 
-def _reverse(out: Variable, wrt: list[Variable], traced: bool) -> list[Any]:
-    targets = {v._tapegrad_serial: v for v in wrt if v.data.dtype.kind == "f"}
-    seed = np.ones_like(out.data)
-    found = tracer.pull(out, seed, targets, tracer.OPS if traced else NUMPY)
-    taken: set[int] = {id(seed)}
+def _scalar(out: Any) -> Any:
+    """`f`'s result checked to be a scalar: a Variable, or a float ndarray for a constant."""
+    if isinstance(out, Variable):
+        data = out.data
+    elif isinstance(out, (int, float)) and not isinstance(out, bool):
+        data = np.asarray(float(out))  # Python numbers are weakly typed (numpy 2): float64
+    elif isinstance(out, (np.ndarray, np.generic)):
+        data = np.array(out)
+    else:
+        raise TapegradError(f"the function must return a scalar (a one-element Variable or a number), "
+                            f"got {type(out).__name__}")
+    if data is None or data.size != 1:
+        raise TapegradError(f"grad needs a scalar output, got shape {None if data is None else data.shape}")
+    if data.dtype.kind != "f":
+        raise TapegradError(f"grad needs a floating-point output, got dtype {data.dtype} "
+                            "(integer and bool values carry no gradient)")
+    return out if isinstance(out, Variable) else data
+
+
+def _reverse(out: Any, wrt: list[Variable], traced: bool) -> list[Any]:
+    """Gradients of `out` (a Variable, or an ndarray constant) for `wrt`, zeros where none flows."""
+    found: dict[int, tuple[Variable, Any]] = {}
+    taken: set[int] = set()
+    if isinstance(out, Variable):
+        targets = {v._tapegrad_serial: v for v in wrt if v.data.dtype.kind == "f"}
+        seed = np.ones_like(out.data)
+        found = tracer.pull(out, seed, targets, tracer.OPS if traced else NUMPY)
+        taken.add(id(seed))
     result = []
     for v in wrt:
         hit = found.get(v._tapegrad_serial)
