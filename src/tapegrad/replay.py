@@ -17,7 +17,9 @@ Contract:
   them, with `.peak_bytes`).
 - Inside `record()`, replay computes with Variables through the tracer's hooks and returns
   Variables: the replayed tape's inputs enter the new tape under their own names, so the
-  reverse pass itself is recorded and can be saved and differentiated again.
+  reverse pass itself is recorded and can be saved and differentiated again.  Inside a function
+  being differentiated (`tg.grad`) it does the same, so inputs passed as Variables stay on the
+  graph of that differentiation.
 - Input, seed and tangent values of an unsupported dtype (complex numbers, objects, strings)
   raise `DTypeError` (a `TypeError`); they are never cast.
 - This module never imports the tracer.

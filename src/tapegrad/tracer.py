@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import engine, replay
+from . import engine, nesting, replay
 from .errors import DTypeError, TapegradError
 from .ops import NUMPY, REGISTRY, OpSpec
 from .tape import RawRecord, Tape
@@ -261,15 +261,24 @@ class Variable:
         """Accumulate d(self)/d(leaf) into `.grad` of every floating leaf Variable it depends on.
 
         The seed is `self.grad`, or ones when it is None.  Gradients add up across calls until
-        `cleargrad()`; intermediate results do not keep gradients.
+        `cleargrad()`; intermediate results do not keep gradients.  Inside a function being
+        differentiated (`grad`, `value_and_grad`, `hessian`) the gradients are Variables that keep
+        their dependence on the enclosing function's inputs, so using `.grad` there is differentiated
+        correctly; elsewhere they are numpy arrays.  Either way every floating leaf `self` depends
+        on receives its gradient, the enclosing function's Variables included.
         """
         if self.data is None:
             raise TapegradError("cannot call backward() on a Variable with no data")
         if self.grad is None:
             self.grad = np.ones_like(self.data)
-        found = pull(self, self.grad, None, NUMPY)
+        traced = nesting.active()
+        found = pull(self, self.grad, None, OPS if traced else NUMPY)
         taken = {id(self.grad)}
         for v, g in found.values():
+            if traced:  # a Variable, also where the seed reached a leaf unchanged
+                g = g if type(g) is Variable else Variable(engine.owned(g, taken))
+                v.grad = g if v.grad is None else add(v.grad, g)
+                continue
             g = engine.owned(g, taken)
             v.grad = g if v.grad is None else v.grad + g
 
@@ -671,8 +680,8 @@ class _Recorder:
 
     backend = OPS
 
-    def active(self) -> bool:
-        return _tape is not None
+    def active(self) -> bool:  # also inside a differentiated function: replay must stay on its graph
+        return _tape is not None or nesting.active()
 
     def input(self, value: Any, name: str | None) -> Variable:
         return Variable(value, name=name)
