@@ -9,7 +9,7 @@ at `TapegradError`.
 from typing import TYPE_CHECKING
 
 from . import replay
-from .errors import GuardError, LimitError, TapeFormatError, TapegradError, TruncatedTapeError
+from .errors import DTypeError, GuardError, LimitError, TapeFormatError, TapegradError, TruncatedTapeError
 from .functional import grad, hessian, value_and_grad
 from .tape import Record, Tape
 from .tape_format import Limits, Recovery, TapeRecoveryWarning, dumps, loads, save
@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Limits", "Recovery", "TapeRecoveryWarning", "dumps", "load", "loads", "save",
-    "GuardError", "LimitError", "Record", "Tape", "TapeFormatError", "TapegradError",
+    "DTypeError", "GuardError", "LimitError", "Record", "Tape", "TapeFormatError", "TapegradError",
     "TruncatedTapeError", "Variable", "grad", "hessian", "no_record", "record", "replay", "value_and_grad",
     *FUNCTIONS,
 ]

@@ -17,7 +17,11 @@ Contract:
   them, with `.peak_bytes`).
 - Inside `record()`, replay computes with Variables through the tracer's hooks and returns
   Variables: the replayed tape's inputs enter the new tape under their own names, so the
-  reverse pass itself is recorded and can be saved and differentiated again.
+  reverse pass itself is recorded and can be saved and differentiated again.  Inside a function
+  being differentiated (`tg.grad`) it does the same, so inputs passed as Variables stay on the
+  graph of that differentiation.
+- Input, seed and tangent values of an unsupported dtype (complex numbers, objects, strings)
+  raise `DTypeError` (a `TypeError`); they are never cast.
 - This module never imports the tracer.
 """
 
@@ -30,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import engine
-from .errors import TapegradError
+from .errors import DTypeError, TapegradError
 from .plan import Plan, compile_jvp, compile_plan
 from .tape import ATTRS, INPUTS, OP, OUTPUT, Tape
 
@@ -55,6 +59,16 @@ def install_recorder(recorder: Recorder) -> None:
 
 def _recording() -> Recorder | None:
     return _recorder[0] if _recorder and _recorder[0].active() else None
+
+
+def _array(value: Any, label: str) -> Any:
+    """`value` as an ndarray of a dtype tapegrad computes with (never a cast: a complex value cast
+    to real would replay another function)."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise DTypeError(f"{label} has dtype {arr.dtype}: tapegrad computes on bool, integer and float "
+                         "values only (complex numbers are not supported) and never casts")
+    return arr
 
 
 def _as_refs(refs: Any) -> list[Any]:
@@ -83,7 +97,7 @@ def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: boo
         if recording and hasattr(value, "_tapegrad_serial"):
             got_shape, got_dtype = tuple(value.shape), value.dtype
         else:
-            value = np.asarray(value)
+            value = _array(value, label)
             got_shape, got_dtype = value.shape, value.dtype
         if got_shape != shape or got_dtype != dtype:
             raise TapegradError(f"{label} was recorded with shape {shape} and dtype {dtype}, "
@@ -145,7 +159,7 @@ def _seed(tape: Tape, of_id: int, seed: Any) -> Any:
     shape, dtype = tape.shape_dtype(of_id)
     if seed is None:
         return np.ones(shape, dtype)
-    seed = np.asarray(seed)
+    seed = _array(seed, "seed")
     if seed.shape != shape or seed.dtype != dtype:
         raise TapegradError(f"seed has shape {seed.shape} and dtype {seed.dtype}, but the output "
                             f"v{tape.dense_ids()[of_id]} has shape {shape} and dtype {dtype}")
@@ -212,7 +226,7 @@ def jvp(tape: Tape, tangents: Mapping[Any, Any], *, inputs: Mapping[Any, Any] | 
         shape, dtype = tape.shape_dtype(vid)
         if dtype.kind != "f":
             raise TapegradError(f"tangent for {ref!r}: its dtype {dtype} is not floating point")
-        value = np.asarray(tangents[ref])
+        value = _array(tangents[ref], f"tangent for {ref!r}")
         if value.shape != shape or value.dtype != dtype:
             raise TapegradError(f"tangent for {ref!r} must have shape {shape} and dtype {dtype}, "
                                 f"got {value.shape} and {value.dtype}")

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from . import engine, replay
-from .errors import TapegradError
+from . import engine, nesting, replay
+from .errors import DTypeError, TapegradError
 from .ops import NUMPY, REGISTRY, OpSpec
 from .ops.registry import backend
 from .tape import INPUTS, RawRecord, Tape
@@ -178,9 +178,9 @@ class Variable:
     def __init__(self, data: Any, name: str | None = None) -> None:
         if data is not None:
             if not isinstance(data, np.ndarray):
-                raise TypeError(f"{type(data).__name__} is not supported: Variable data must be an np.ndarray or None")
+                raise DTypeError(f"{type(data).__name__} is not supported: Variable data must be an np.ndarray or None")
             if data.dtype.kind not in _ALLOWED_KINDS:
-                raise TypeError(f"dtype {data.dtype} is not supported: use bool, integer or float arrays")
+                raise DTypeError(f"dtype {data.dtype} is not supported: use bool, integer or float arrays (never cast)")
         if name is not None and not isinstance(name, str):
             raise TypeError("Variable name must be a str or None")
         self.data = data
@@ -262,15 +262,24 @@ class Variable:
         """Accumulate d(self)/d(leaf) into `.grad` of every floating leaf Variable it depends on.
 
         The seed is `self.grad`, or ones when it is None.  Gradients add up across calls until
-        `cleargrad()`; intermediate results do not keep gradients.
+        `cleargrad()`; intermediate results do not keep gradients.  Inside a function being
+        differentiated (`grad`, `value_and_grad`, `hessian`) the gradients are Variables that keep
+        their dependence on the enclosing function's inputs, so using `.grad` there is differentiated
+        correctly; elsewhere they are numpy arrays.  Either way every floating leaf `self` depends
+        on receives its gradient, the enclosing function's Variables included.
         """
         if self.data is None:
             raise TapegradError("cannot call backward() on a Variable with no data")
         if self.grad is None:
             self.grad = np.ones_like(self.data)
-        found = pull(self, self.grad, None, NUMPY)
+        traced = nesting.active()
+        found = pull(self, self.grad, None, OPS if traced else NUMPY)
         taken = {id(self.grad)}
         for v, g in found.values():
+            if traced:  # a Variable, also where the seed reached a leaf unchanged
+                g = g if type(g) is Variable else Variable(engine.owned(g, taken))
+                v.grad = g if v.grad is None else OPS.add(v.grad, g)
+                continue
             g = engine.owned(g, taken)
             v.grad = g if v.grad is None else v.grad + g
 
@@ -375,7 +384,7 @@ def _constant(a: Any, dtype: Any) -> Any:
     except (OverflowError, ValueError, TypeError) as exc:
         raise TapegradError(f"cannot use {a!r} as an array: {exc}") from None
     if arr.dtype.kind not in _ALLOWED_KINDS:
-        raise TapegradError(f"cannot use {type(a).__name__} of dtype {arr.dtype} in an op")
+        raise DTypeError(f"cannot use {type(a).__name__} of dtype {arr.dtype} in an op (never cast)")
     return arr
 
 
@@ -397,7 +406,7 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
             ids.append(s)
         elif type(a) is np.ndarray:
             if a.dtype.kind not in _ALLOWED_KINDS:
-                raise TapegradError(f"{spec.name}: arrays of dtype {a.dtype} are not supported")
+                raise DTypeError(f"{spec.name}: arrays of dtype {a.dtype} are not supported (never cast)")
             xs.append(a)
             ids.append(-1)
         elif isinstance(a, (bool, int, float)):
@@ -642,8 +651,8 @@ class _Recorder:
 
     backend = OPS
 
-    def active(self) -> bool:
-        return _tape is not None
+    def active(self) -> bool:  # also inside a differentiated function: replay must stay on its graph
+        return _tape is not None or nesting.active()
 
     def input(self, value: Any, name: str | None) -> Variable:
         return Variable(value, name=name)
