@@ -26,7 +26,14 @@ PACKAGE_DIR = Path(tapegrad.__file__).resolve().parent
 SOURCES = sorted(PACKAGE_DIR.rglob("*.py"))
 
 # Module -> tapegrad modules it must never load, directly or through its own imports.
-FORBIDDEN_IMPORTS = {"tapegrad.replay": ("tapegrad.tracer", "tapegrad.functional", "tapegrad.testing")}
+FORBIDDEN_IMPORTS = {
+    "tapegrad.replay": ("tapegrad.tracer", "tapegrad.functional", "tapegrad.testing"),
+    # the shared machinery of every reverse pass stands below the tracer
+    "tapegrad.engine": ("tapegrad.tracer", "tapegrad.functional", "tapegrad.replay"),
+    "tapegrad.backprop": ("tapegrad.tracer", "tapegrad.functional", "tapegrad.replay"),
+    "tapegrad.ops": ("tapegrad.tracer", "tapegrad.tape", "tapegrad.engine", "tapegrad.replay"),
+    "tapegrad.nesting": ("tapegrad.tracer", "tapegrad.tape", "tapegrad.ops"),
+}
 FORMAT_DIR = PACKAGE_DIR / "tape_format"
 FORMAT_MODULES = ["tapegrad.tape_format"] + [f"tapegrad.tape_format.{p.stem}" for p in sorted(FORMAT_DIR.glob("*.py"))
                                              if p.stem != "__init__"]

@@ -30,7 +30,6 @@ import numpy as np
 
 from . import engine, nesting, tracer
 from .errors import DTypeError, TapegradError
-from .ops import NUMPY
 from .tracer import Variable
 
 
@@ -134,7 +133,7 @@ def _reverse(out: Any, wrt: list[Variable], traced: bool) -> list[Any]:
     if isinstance(out, Variable):
         targets = {v._tapegrad_serial: v for v in wrt if v.data.dtype.kind == "f"}
         seed = np.ones_like(out.data)
-        found = tracer.pull(out, seed, targets, tracer.OPS if traced else NUMPY)
+        found = tracer.reverse_pass(out, seed, targets, traced)
         taken.add(id(seed))
     result = []
     for v in wrt:

@@ -224,6 +224,10 @@ class Tape:
         class docstring); both empty without sources, and not copies."""
         return self._source_runs, self._source_pos
 
+    def input_variables(self) -> dict[int, Any]:
+        """The Variables that entered this recording as inputs, by internal id (a new dict)."""
+        return dict(self._leaf_vars)
+
     def name_of(self, vid: int) -> str | None:
         """The name of internal id `vid`, if it has one."""
         return self._names.get(vid)

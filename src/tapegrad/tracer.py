@@ -21,18 +21,17 @@ import itertools
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from operator import itemgetter
 from sys import _getframe
 from types import FrameType, MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from . import engine, nesting, replay
+from . import backprop, engine, nesting, replay
 from .errors import DTypeError, TapegradError
 from .ops import NUMPY, REGISTRY, OpSpec
 from .ops.registry import backend
-from .tape import INPUTS, RawRecord, Tape
+from .tape import RawRecord, Tape
 
 _serials = itertools.count()
 _tape: Tape | None = None  # the active recording, if any
@@ -273,7 +272,7 @@ class Variable:
         if self.grad is None:
             self.grad = np.ones_like(self.data)
         traced = nesting.active()
-        found = pull(self, self.grad, None, OPS if traced else NUMPY)
+        found = reverse_pass(self, self.grad, None, traced)
         taken = {id(self.grad)}
         for v, g in found.values():
             if traced:  # a Variable, also where the seed reached a leaf unchanged
@@ -439,102 +438,22 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
     return _emit(spec.name, attrs, out, tape, tuple(ids), links)
 
 
-_by_output = itemgetter(2)
+def reverse_pass(y: Variable, seed: Any, targets: dict[int, Variable] | None, traced: bool) -> dict[int, tuple[Variable, Any]]:
+    """`backprop.pull` from `y`: on numpy arrays, or `traced` on Variables (so that the reverse
+    pass is itself recorded and differentiable)."""
+    if traced:
+        return backprop.pull(y, seed, targets, OPS, _tape_node)
+    return backprop.pull(y, seed, targets, NUMPY)
 
 
-def _eager_plan(y: Variable, stop: set[int]) -> tuple[list[RawRecord], dict[int, Any]]:
-    """The linked records `y` depends on, in tape order, and every node they mention.
-
-    Nodes are Variables (or constant arrays); the walk does not go past serials in `stop`.
-    """
-    nodes: dict[int, Any] = {y._tapegrad_serial: y}
-    records: list[RawRecord] = []
-    stack = [y]
-    while stack:
-        v = stack.pop()
-        link = v._link
-        if link is None or v._tapegrad_serial in stop:
-            continue
-        rec, ins = link
-        records.append(rec)
-        for s, u in zip(rec[INPUTS:], ins, strict=True):
-            if s not in nodes:
-                nodes[s] = u
-                if type(u) is Variable:
-                    stack.append(u)
-    records.sort(key=_by_output)
-    return records, nodes
-
-
-class _TapeNodes(dict[int, Any]):
-    """Variables standing for a tape's values, made on demand (for a recorded reverse pass)."""
-
-    def __init__(self, tape: Tape) -> None:
-        super().__init__()
-        self.tape = tape
-
-    def __missing__(self, s: int) -> Any:
-        v = self.tape._leaf_vars.get(s)
-        if v is None:
-            v = _new_variable(Variable)
-            v.data, v.grad, v._name, v._tapegrad_serial, v._link, v._tape = self.tape._values[s], None, None, s, None, self.tape
-        self[s] = v
-        return v
-
-
-def _produced_on_tape(v: Variable) -> int | None:
-    tape = v._tape
-    return None if tape is None else tape.producer(v._tapegrad_serial)
-
-
-def pull(y: Variable, seed: Any, targets: dict[int, Variable] | None, backend: Any) -> dict[int, tuple[Variable, Any]]:
-    """Cotangents of `targets` (None: every floating leaf) from seeding `y` with `seed`.
-
-    Walks eager links and recorded tapes alike: a Variable reached at the edge of one (a tape
-    input with eager history, or a recorded result used eagerly) is continued from with its
-    cotangent, which is exact because the reverse pass is linear in its seed.  With the traced
-    backend (`OPS`) the cotangents are Variables, so the reverse pass itself is recorded.
-    Returns `{serial: (Variable, cotangent)}`.
-    """
-    traced = backend is not NUMPY
-    stop = set(targets or ())
-    result: dict[int, tuple[Variable, Any]] = {}
-    work: list[tuple[Variable, Any]] = [(y, seed)]
-    while work:
-        v, g = work.pop()
-        me = v._tapegrad_serial
-        n = None if v._link is not None or me in stop else _produced_on_tape(v)
-        if me in stop or (v._link is None and n is None):  # a target, or a true leaf
-            if targets is not None or v.data.dtype.kind == "f":
-                prev = result.get(me)
-                result[me] = (v, g if prev is None else backend.add(prev[1], g))
-            continue
-        if v._link is not None:
-            records, nodes = _eager_plan(v, stop)
-            data = {s: (u.data if type(u) is Variable else u) for s, u in nodes.items()}
-            values: Any = nodes if traced else data
-            edge = {s: u for s, u in nodes.items() if type(u) is Variable and (u._link is None or s in stop)}
-            consts: set[int] = {s for s, u in nodes.items() if type(u) is not Variable}
-        else:
-            tape = v._tape
-            assert tape is not None and n is not None
-            records = tape._records[: n + 1]
-            data = tape._values
-            values = _TapeNodes(tape) if traced else data
-            edge = dict(tape._leaf_vars)
-            edge.update((s, t) for s, t in (targets or {}).items() if s in data)
-            consts = tape._consts
-        edge.pop(me, None)
-        sources = {s for s, u in edge.items() if data[s].dtype.kind == "f"}
-        if targets is None:  # every leaf wanted: skip only what cannot carry a gradient
-            skip = {s for s in edge if s not in sources} | consts
-        else:
-            active = engine.active_set(records, sources)
-            skip = {s for s in data if s not in active}
-        found = engine.reverse(records, values, {me: g}, skip, sources, backend,
-                               outputs_wanted=targets is not None)  # else only leaves are wanted
-        work.extend((edge[s], gs) for s, gs in found.items())
-    return result
+def _tape_node(tape: Tape, s: int) -> Variable:
+    """The Variable standing for value `s` of `tape` in a traced reverse pass: the Variable that
+    entered the tape as an input, else a new one holding the recorded value."""
+    v = tape._leaf_vars.get(s)
+    if v is None:
+        v = _new_variable(Variable)
+        v.data, v.grad, v._name, v._tapegrad_serial, v._link, v._tape = tape._values[s], None, None, s, None, tape
+    return v
 
 
 # ---- recording contexts --------------------------------------------------------------------

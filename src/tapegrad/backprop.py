@@ -1,0 +1,120 @@
+"""The reverse pass from a Variable: over eager links and recorded tapes alike.
+
+Contract:
+- `pull(y, seed, targets, backend, node)` returns the cotangents `{serial: (Variable,
+  cotangent)}` of `targets` (None: every floating leaf `y` depends on) from seeding `y` with
+  `seed`.  It walks what `y`'s history is made of: eager links (each result's `_link`, a record
+  and its input Variables or constant arrays) and recorded tapes (a result produced on a tape is
+  continued from its records).  A Variable reached at the edge of one (a tape input with eager
+  history, or a recorded result used eagerly) is continued from with its cotangent, which is
+  exact because the reverse pass is linear in its seed.
+- With `node` None the cotangents are numpy arrays (the NUMPY backend).  With the traced
+  backend the reverse pass computes on Variables, so it is itself recorded and differentiable;
+  `node(tape, serial)` then gives the Variable standing for a recorded value.
+- Each stretch of history is differentiated by the one engine loop, `engine.reverse`.
+- This module reads Variables only through their slots (`_tapegrad_serial`, `_link`, `_tape`,
+  `data`) and does not import the tracer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+
+from . import engine
+from .tape import INPUTS, RawRecord, Tape
+
+Node = Callable[[Tape, int], Any]
+_NDARRAY = np.ndarray
+_by_output = itemgetter(2)
+
+
+def _eager_plan(y: Any, stop: set[int]) -> tuple[list[RawRecord], dict[int, Any]]:
+    """The linked records `y` depends on, in tape order, and every node they mention.
+
+    Nodes are Variables (or constant arrays); the walk does not go past serials in `stop`.
+    """
+    nodes: dict[int, Any] = {y._tapegrad_serial: y}
+    records: list[RawRecord] = []
+    stack = [y]
+    while stack:
+        v = stack.pop()
+        link = v._link
+        if link is None or v._tapegrad_serial in stop:
+            continue
+        rec, ins = link
+        records.append(rec)
+        for s, u in zip(rec[INPUTS:], ins, strict=True):
+            if s not in nodes:
+                nodes[s] = u
+                if type(u) is not _NDARRAY:  # a Variable: its own history goes on
+                    stack.append(u)
+    records.sort(key=_by_output)
+    return records, nodes
+
+
+class _TapeNodes(dict[int, Any]):
+    """Variables standing for a tape's values, made on demand (for a traced reverse pass)."""
+
+    def __init__(self, tape: Tape, node: Node) -> None:
+        super().__init__()
+        self.tape, self.node = tape, node
+
+    def __missing__(self, s: int) -> Any:
+        v = self[s] = self.node(self.tape, s)
+        return v
+
+
+def _produced_on_tape(v: Any) -> int | None:
+    tape = v._tape
+    return None if tape is None else tape.producer(v._tapegrad_serial)
+
+
+def pull(y: Any, seed: Any, targets: dict[int, Any] | None, backend: Any, node: Node | None = None) -> dict[int, tuple[Any, Any]]:
+    """Cotangents of `targets` (None: every floating leaf) from seeding `y` with `seed` (see
+    the module docstring); traced when `node` is given, on numpy arrays otherwise."""
+    traced = node is not None
+    stop = set(targets or ())
+    result: dict[int, tuple[Any, Any]] = {}
+    work: list[tuple[Any, Any]] = [(y, seed)]
+    while work:
+        v, g = work.pop()
+        me = v._tapegrad_serial
+        n = None if v._link is not None or me in stop else _produced_on_tape(v)
+        if me in stop or (v._link is None and n is None):  # a target, or a true leaf
+            if targets is not None or v.data.dtype.kind == "f":
+                prev = result.get(me)
+                result[me] = (v, g if prev is None else backend.add(prev[1], g))
+            continue
+        records: Sequence[RawRecord]
+        if v._link is not None:
+            records, nodes = _eager_plan(v, stop)
+            data = {s: (u if type(u) is _NDARRAY else u.data) for s, u in nodes.items()}
+            values: Any = nodes if traced else data
+            edge = {s: u for s, u in nodes.items() if type(u) is not _NDARRAY and (u._link is None or s in stop)}
+            consts: AbstractSet[int] = {s for s, u in nodes.items() if type(u) is _NDARRAY}
+        else:
+            tape = v._tape
+            assert tape is not None and n is not None
+            parts = tape.parts()
+            records = parts.records[: n + 1]
+            data = parts.values
+            values = _TapeNodes(tape, node) if node is not None else data
+            edge = tape.input_variables()
+            edge.update((s, t) for s, t in (targets or {}).items() if s in data)
+            consts = parts.consts
+        edge.pop(me, None)
+        sources = {s for s, u in edge.items() if data[s].dtype.kind == "f"}
+        if targets is None:  # every leaf wanted: skip only what cannot carry a gradient
+            skip = {s for s in edge if s not in sources} | consts
+        else:
+            active = engine.active_set(records, sources)
+            skip = {s for s in data if s not in active}
+        found = engine.reverse(records, values, {me: g}, skip, sources, backend,
+                               outputs_wanted=targets is not None)  # else only leaves are wanted
+        work.extend((edge[s], gs) for s, gs in found.items())
+    return result
