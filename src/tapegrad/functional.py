@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import engine, nesting, tracer
+from . import engine, nesting, replay, tracer
 from .errors import DTypeError, TapegradError
 from .tracer import Variable
 
@@ -49,7 +49,8 @@ def value_and_grad(f: Callable[..., Any], argnums: int | tuple[int, ...] = 0) ->
                 vs[n] = _own_variable(vs[n])
             level = nesting.enter()  # reverse passes inside f return Variables: they may depend on vs
             try:
-                out = f(*vs, **kwargs)
+                with replay.computing_through(tracer.RECORDER):  # and so do replays
+                    out = f(*vs, **kwargs)
             finally:
                 nesting.leave(level)
             out = _scalar(out)

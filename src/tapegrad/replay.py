@@ -27,7 +27,9 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 from typing import Any, Protocol
 
@@ -40,25 +42,31 @@ from .tape import ATTRS, INPUTS, OP, OUTPUT, Tape
 
 
 class Recorder(Protocol):
-    """What the tracer provides so that replay can run on Variables (installed at import)."""
+    """What the tracer provides so that replay can compute on Variables (see `computing_through`)."""
 
-    def active(self) -> bool: ...
     def input(self, value: Any, name: str | None) -> Any: ...
     def apply(self, op: str, inputs: Sequence[Any], attrs: Mapping[str, Any] | None) -> Any: ...
     @property
     def backend(self) -> Any: ...
 
 
-_recorder: list[Recorder] = []
+_recorder: ContextVar[Recorder | None] = ContextVar("tapegrad_replay_recorder", default=None)
 
 
-def install_recorder(recorder: Recorder) -> None:
-    """Called once by the tracer: lets replay record onto the active tape."""
-    _recorder[:] = [recorder]
+@contextmanager
+def computing_through(recorder: Recorder | None) -> Iterator[None]:
+    """Inside the block, replays in this thread or task compute through `recorder` (on
+    Variables, recorded and differentiable) or, with None, on numpy arrays.  The tracer enters
+    it in `record()` and `no_record()`, and `grad` while the function it differentiates runs."""
+    token = _recorder.set(recorder)
+    try:
+        yield
+    finally:
+        _recorder.reset(token)
 
 
 def _recording() -> Recorder | None:
-    return _recorder[0] if _recorder and _recorder[0].active() else None
+    return _recorder.get()
 
 
 def _array(value: Any, label: str) -> Any:
@@ -289,4 +297,4 @@ def _record_backward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], of_
     return [found[w] if w in found else rec.input(z, None) for w, z in zip(wrt_ids, zeros, strict=True)]
 
 
-__all__ = ["Plan", "backward", "forward", "install_recorder", "jvp", "plan"]
+__all__ = ["Plan", "backward", "computing_through", "forward", "jvp", "plan"]

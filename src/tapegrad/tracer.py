@@ -481,7 +481,8 @@ def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, f
     outer = _tape
     _tape = tape
     try:
-        yield tape
+        with replay.computing_through(RECORDER):  # a replay inside records onto this tape
+            yield tape
     finally:
         _tape = outer
         if tape._sink is not None:
@@ -496,7 +497,8 @@ def no_record() -> Iterator[None]:
     outer = (_tape, _linking)
     _tape, _linking = None, False
     try:
-        yield
+        with replay.computing_through(RECORDER if nesting.active() else None):
+            yield
     finally:
         _tape, _linking = outer
 
@@ -566,12 +568,9 @@ if TYPE_CHECKING:
 
 
 class _Recorder:
-    """Lets `replay` compute on Variables while a recording is active (see replay.Recorder)."""
+    """How `replay` computes on Variables inside `record()` and `grad` (see replay.Recorder)."""
 
     backend = OPS
-
-    def active(self) -> bool:  # also inside a differentiated function: replay must stay on its graph
-        return _tape is not None or nesting.active()
 
     def input(self, value: Any, name: str | None) -> Variable:
         return Variable(value, name=name)
@@ -580,4 +579,4 @@ class _Recorder:
         return _apply(REGISTRY[op], tuple(inputs), attrs or None)
 
 
-replay.install_recorder(_Recorder())
+RECORDER = _Recorder()
