@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from . import engine
-from .tape import INPUTS, RawRecord, Tape
+from .tape import INPUTS, OUTPUT, RawRecord, Tape
 
 Node = Callable[[Tape, int], Any]
 _NDARRAY = np.ndarray
-_by_output = itemgetter(2)
+_by_output = itemgetter(OUTPUT)
 
 
 def _eager_plan(y: Any, stop: set[int]) -> tuple[list[RawRecord], dict[int, Any]]:

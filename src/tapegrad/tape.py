@@ -32,8 +32,6 @@ import numpy as np
 from .errors import TapegradError
 from .ops.spec import AttrValue
 
-EMPTY_ATTRS: Mapping[str, AttrValue] = MappingProxyType({})
-
 _T = TypeVar("_T")
 
 RawRecord = tuple[Any, ...]
