@@ -77,9 +77,14 @@ _SHORT = {"float64": "f64", "float32": "f32", "float16": "f16", "int64": "i64", 
           "uint8": "u8", "bool": "bool"}
 
 
-def escape(text: str) -> str:
-    """Printable form of untrusted text (names come from files): control characters escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+def escape(text: str, limit: int | None = None) -> str:
+    """Printable form of untrusted text (names come from files): control characters escaped;
+    with `limit`, only the first `limit` characters, followed by a note of how many were cut."""
+    cut = 0
+    if limit is not None and len(text) > limit:
+        text, cut = text[:limit], len(text) - limit
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return f"{shown}... ({cut:,} more characters)" if cut else shown
 
 
 def aval(shape: Sequence[int], dtype: np.dtype[Any]) -> str:
