@@ -32,7 +32,7 @@ from . import anomaly, backprop, engine, nesting, replay
 from .errors import DTypeError, TapegradError
 from .ops import NUMPY, REGISTRY, OpSpec
 from .ops.registry import backend
-from .tape import RawRecord, Tape
+from .tape import RawRecord, Tape, describe_exception
 
 _serials = itertools.count()
 _tape: Tape | None = None  # the active recording, if any
@@ -483,7 +483,8 @@ def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, f
     exception), so a crash leaves a readable prefix (`tg.load(path, recover=True)`); with
     `fsync` each flush also reaches the disk (survives a power cut, not just a process crash).
     With `source` (the default) each record keeps the file and line of the user code that made
-    it, for error messages, guards and the inspector.
+    it, for error messages, guards and the inspector.  When the block exits by raising, the
+    exception's type and message are kept in `tape.error` and in the file's footer.
     """
     global _tape
     tape = Tape(values, metadata)
@@ -497,6 +498,10 @@ def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, f
     try:
         with replay.computing_through(RECORDER):  # a replay inside records onto this tape
             yield tape
+    except BaseException as exc:
+        if not isinstance(exc, GeneratorExit):  # (a generator closed unfinished: no exception of the block)
+            tape.error = describe_exception(exc)  # the file says how the recording ended
+        raise
     finally:
         _tape = outer
         if tape._sink is not None:
