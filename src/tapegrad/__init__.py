@@ -3,13 +3,21 @@
 Public API: `Variable`, the op functions (`add`, `mul`, `sum`, ...: one for every registry row
 marked `public`, installed from `tracer.FUNCTIONS`), `record`, `no_record`, `grad`,
 `value_and_grad`, `hessian`, `Tape`, `replay`, the file functions, and the error family rooted
-at `TapegradError`.
+at `TapegradError` (`NonFiniteError` is what anomaly mode, `check_finite=True`, raises).
 """
 
 from typing import TYPE_CHECKING
 
 from . import replay
-from .errors import DTypeError, GuardError, LimitError, TapeFormatError, TapegradError, TruncatedTapeError
+from .errors import (
+    DTypeError,
+    GuardError,
+    LimitError,
+    NonFiniteError,
+    TapeFormatError,
+    TapegradError,
+    TruncatedTapeError,
+)
 from .functional import grad, hessian, value_and_grad
 from .tape import Record, Tape
 from .tape_format import Limits, Recovery, TapeRecoveryWarning, dumps, loads, save
@@ -27,7 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Limits", "Recovery", "TapeRecoveryWarning", "dumps", "load", "loads", "save",
-    "DTypeError", "GuardError", "LimitError", "Record", "Tape", "TapeFormatError", "TapegradError",
+    "DTypeError", "GuardError", "LimitError", "NonFiniteError", "Record", "Tape", "TapeFormatError", "TapegradError",
     "TruncatedTapeError", "Variable", "grad", "hessian", "no_record", "record", "replay", "value_and_grad",
     *FUNCTIONS,
 ]

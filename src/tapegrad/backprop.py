@@ -11,7 +11,10 @@ Contract:
 - With `node` None the cotangents are numpy arrays (the NUMPY backend).  With the traced
   backend the reverse pass computes on Variables, so it is itself recorded and differentiable;
   `node(tape, serial)` then gives the Variable standing for a recorded value.
-- Each stretch of history is differentiated by the one engine loop, `engine.reverse`.
+- Each stretch of history is differentiated by the one engine loop, `engine.reverse`; with
+  `check` (anomaly mode) by `engine.reverse_checked` instead, raising `NonFiniteError` at the
+  first cotangent that becomes non-finite, naming its tape record and source line (eager ops
+  have neither: the error says so).
 - This module reads Variables only through their slots (`_tapegrad_serial`, `_link`, `_tape`,
   `data`) and does not import the tracer.
 """
@@ -25,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import engine
+from . import anomaly, engine
 from .tape import INPUTS, OUTPUT, RawRecord, Tape
 
 Node = Callable[[Tape, int], Any]
@@ -74,9 +77,11 @@ def _produced_on_tape(v: Any) -> int | None:
     return None if tape is None else tape.producer(v._tapegrad_serial)
 
 
-def pull(y: Any, seed: Any, targets: dict[int, Any] | None, backend: Any, node: Node | None = None) -> dict[int, tuple[Any, Any]]:
+def pull(y: Any, seed: Any, targets: dict[int, Any] | None, backend: Any, node: Node | None = None, *,
+         check: bool = False) -> dict[int, tuple[Any, Any]]:
     """Cotangents of `targets` (None: every floating leaf) from seeding `y` with `seed` (see
-    the module docstring); traced when `node` is given, on numpy arrays otherwise."""
+    the module docstring); traced when `node` is given, on numpy arrays otherwise; with `check`,
+    every cotangent made must be finite (the caller checks `seed`)."""
     traced = node is not None
     stop = set(targets or ())
     result: dict[int, tuple[Any, Any]] = {}
@@ -91,6 +96,7 @@ def pull(y: Any, seed: Any, targets: dict[int, Any] | None, backend: Any, node: 
                 result[me] = (v, g if prev is None else backend.add(prev[1], g))
             continue
         records: Sequence[RawRecord]
+        on_tape: Tape | None = None
         if v._link is not None:
             records, nodes = _eager_plan(v, stop)
             data = {s: (u if type(u) is _NDARRAY else u.data) for s, u in nodes.items()}
@@ -98,7 +104,7 @@ def pull(y: Any, seed: Any, targets: dict[int, Any] | None, backend: Any, node: 
             edge = {s: u for s, u in nodes.items() if type(u) is not _NDARRAY and (u._link is None or s in stop)}
             consts: AbstractSet[int] = {s for s, u in nodes.items() if type(u) is _NDARRAY}
         else:
-            tape = v._tape
+            tape = on_tape = v._tape
             assert tape is not None and n is not None
             parts = tape.parts()
             records = parts.records[: n + 1]
@@ -114,7 +120,21 @@ def pull(y: Any, seed: Any, targets: dict[int, Any] | None, backend: Any, node: 
         else:
             active = engine.active_set(records, sources)
             skip = {s for s in data if s not in active}
-        found = engine.reverse(records, values, {me: g}, skip, sources, backend,
-                               outputs_wanted=targets is not None)  # else only leaves are wanted
+        if check:
+            found = engine.reverse_checked(records, values, {me: g}, skip, sources, backend,
+                                           _checker(on_tape, records), outputs_wanted=targets is not None)
+        else:
+            found = engine.reverse(records, values, {me: g}, skip, sources, backend,
+                                   outputs_wanted=targets is not None)  # else only leaves are wanted
         work.extend((edge[s], gs) for s, gs in found.items())
     return result
+
+
+def _checker(tape: Tape | None, records: Sequence[RawRecord]) -> engine.Noted:
+    """The anomaly check of a stretch of `records`: a tape's prefix (`tape` given: the index of a
+    record is its tape index) or eager links (no record indices)."""
+    def noted(k: int, i: int, cot: Any) -> None:
+        if not anomaly.finite(cot):
+            raise anomaly.reverse_error(tape, k if tape is not None else None, records[k], i, cot)
+
+    return noted

@@ -6,13 +6,18 @@ Contract:
   reverse pass is being recorded, or plan symbols when it is being compiled), sums each
   cotangent back to its input's shape and dtype, and adds cotangents of reused variables out
   of place (`F.add`), never in place.
+- `reverse_checked()` is its twin for anomaly mode: the same backend calls in the same order
+  (one general loop instead of the fast paths), plus a call `noted(k, i, cotangent)` each time
+  the cotangent of id `i` changes while `records[k]` is differentiated, which may raise.  Eager
+  `y.backward(check_finite=True)` checks cotangents there; plans compiled for checking note
+  which step makes each cotangent.  Keeping it apart keeps `reverse` free of any check.
 - Records are flat `(op, attrs, output, *inputs)` tuples (see `tape.RawRecord`).
 - This module imports neither the tracer nor the file format.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -151,6 +156,57 @@ def _pull_inputs(rec: RawRecord, xs: Sequence[Any], out: Any, g: Any, vjp: Any, 
             gi = F.astype(gi, x.dtype)
         prev = cot.get(i)
         cot[i] = gi if prev is None else F.add(prev, gi)
+
+
+Noted = Callable[[int, int, Any], None]
+"""`noted(k, i, cotangent)`: the cotangent of id `i` is now `cotangent`, made by records[k]'s VJP."""
+
+
+def reverse_checked(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict[int, Any],
+                    skip: set[int] | frozenset[int], want: set[int], F: Any, noted: Noted, *,
+                    outputs_wanted: bool = True) -> dict[int, Any]:
+    """`reverse`, calling `noted` after every change of a cotangent (see the module docstring).
+
+    Its backend calls are those of `reverse`, in the same order: the fast paths of `reverse` skip
+    only checks that find nothing to do (a one-input rule returns its input's shape and dtype; an
+    elementwise op on two inputs of the output's shape and dtype returns cotangents of that shape
+    and dtype; `pass_on` returns its cotangent as it is), so the general step does the same work.
+    """
+    cot = dict(seeds)
+    found: dict[int, Any] = {}
+    for k in range(len(records) - 1, -1, -1):
+        rec = records[k]
+        out_id = rec[OUTPUT]
+        g = cot.pop(out_id, None)
+        if g is None:
+            continue
+        if outputs_wanted and out_id in want:
+            found[out_id] = g
+        ins = rec[INPUTS:]
+        if len(ins) == 1 and ins[0] in skip:
+            continue
+        vjp, attrs, out = _VJP[rec[OP]], rec[1], values[out_id]
+        xs = [values[i] for i in ins]
+        for pos, i in enumerate(ins):
+            if i in skip:
+                continue
+            gi = vjp(F, g, xs, out, attrs, pos)
+            if gi is None:
+                continue
+            if len(ins) > 1:  # (as in `_pull_inputs`; one-input rules return the input's shape and dtype)
+                x = xs[pos]
+                if gi.shape != x.shape:
+                    gi = F.sum_to(gi, tuple(x.shape))
+                if gi.dtype != x.dtype:
+                    gi = F.astype(gi, x.dtype)
+            prev = cot.get(i)
+            cot[i] = gi if prev is None else F.add(prev, gi)
+            noted(k, i, cot[i])
+    for i in want:
+        g = cot.get(i)
+        if g is not None:
+            found[i] = g
+    return found
 
 
 def owned(g: Any, taken: set[int]) -> Any:

@@ -5,11 +5,15 @@ Contract: every problem tapegrad detects in user input or in file content raises
 dtype, such as complex numbers, wherever they enter (Variable, op arguments, grad, replay inputs).
 `TapeFormatError` (also a `ValueError`, like msgpack's own errors) is raised for
 bytes or files that are not a valid tape, including well-formed files whose records are
-inconsistent.  Messages name the record index, op and variable ids where they apply.
+inconsistent.  `NonFiniteError` (also a `FloatingPointError`) is raised by anomaly mode
+(`check_finite=True`) at the first NaN or infinity and carries where it arose as attributes.
+Messages name the record index, op and variable ids where they apply.
 Filesystem problems are left as `OSError`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class TapegradError(Exception):
@@ -35,3 +39,29 @@ class LimitError(TapeFormatError):
 
 class GuardError(TapegradError):
     """A replay whose inputs would take a different branch than the recording did."""
+
+
+class NonFiniteError(TapegradError, FloatingPointError):
+    """Anomaly mode (`check_finite=True`) met a NaN or an infinity; the message says where.
+
+    Attributes, for scripts:
+    - `pass_`: "forward" (a value was computed non-finite) or "reverse" (a cotangent became
+      non-finite); named with an underscore because `pass` is a keyword.
+    - `record`: the index of the tape record that made it, or None (an eager op that was not
+      recorded, a replaced input or the seed).
+    - `op`: the record's op name, or None.
+    - `source`: (file, line) of the user code that made the record, or None.
+    - `variable`: the dense id of the variable whose value (forward) or cotangent (reverse) is
+      non-finite, or None off a tape.
+    - `value`: the non-finite array itself.
+    """
+
+    def __init__(self, message: str, *, pass_: str | None = None, record: int | None = None, op: str | None = None,
+                 source: tuple[str, int] | None = None, variable: int | None = None, value: Any = None) -> None:
+        super().__init__(message)
+        self.pass_ = pass_
+        self.record = record
+        self.op = op
+        self.source = source
+        self.variable = variable
+        self.value = value

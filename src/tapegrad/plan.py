@@ -20,21 +20,27 @@ Contract:
   replaced input); guard records are re-checked whenever they are recomputed.
 - Errors while running a step raise `TapegradError` (`GuardError` for a failed guard) naming
   the record index and op, with the user's source line when the tape has one.
+- Anomaly mode: a plan compiled with `checked=True` also knows, for each step, whether it makes
+  a value worth checking (a recomputed record's output, or a cotangent of a record's input: the
+  reverse pass is then compiled by `engine.reverse_checked`, which notes where each cotangent
+  is made; its steps are the same as `engine.reverse`'s).  `run(..., check=...)` on such a plan
+  runs a separate loop that raises `NonFiniteError` at the first non-finite value of the passes
+  asked for; the plain loop is unchanged, so a replay without checks costs what it did.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import engine
+from . import anomaly, engine
 from .errors import GuardError, TapegradError
 from .ops import REGISTRY, OpSpec
 from .tape import ATTRS, INPUTS, OP, OUTPUT, RawRecord, Tape
@@ -123,6 +129,16 @@ steps cost a loop iteration each, which is a sizeable share of a step on tiny ar
 negligible on big ones, while a lingering value costs at most this many bytes per register."""
 
 
+class StepCheck(NamedTuple):
+    """What a step of a plan compiled for checking makes: the output of tape record `record`
+    (`reverse` False; `var` is that output's internal id) or a cotangent made by that record's
+    VJP (`reverse` True; `var` is the input whose cotangent it is)."""
+
+    reverse: bool
+    record: int
+    var: int
+
+
 def _release(value: Any) -> None:
     """The function of a release step: the register it writes then holds None."""
     return None
@@ -149,6 +165,7 @@ class Program:
     grads: dict[int, int | None]
     seed_slot: int | None = None
     tangent_slots: list[int] = field(default_factory=list)
+    checks: list[StepCheck | None] | None = None  # per record, when compiled for checking
 
     @property
     def n_forward(self) -> int:
@@ -163,7 +180,9 @@ class Plan:
     `inputs` maps internal ids of replaceable inputs to registers; `outputs` and `grads` map the
     requested ids to the registers holding their values and gradients after `run()` (as in
     `Program`: None and -1 for zero results).  `step_records` gives, per step, the tape record
-    it recomputes, or _REVERSE / _RELEASE.
+    it recomputes, or _REVERSE / _RELEASE.  `checks` (plans compiled with `checked=True` only)
+    gives, per step, the `StepCheck` of the value it makes, or None for a step whose value is not
+    checked (a temporary inside a VJP rule, a release).
     """
 
     tape: Tape
@@ -176,6 +195,7 @@ class Plan:
     seed_register: int | None
     tangent_registers: list[int]
     peak_bytes: int
+    checks: list[StepCheck | None] | None = field(default=None, repr=False)
 
     @property
     def n_forward(self) -> int:
@@ -187,8 +207,15 @@ class Plan:
         """Number of steps of the compiled reverse pass."""
         return sum(1 for r in self.step_records if r == _REVERSE)
 
-    def run(self, replaced: Mapping[int, Any], seed: Any = None, tangents: Sequence[Any] = ()) -> list[Any]:
-        """Execute with `replaced` input values (internal id -> array); returns the registers."""
+    def run(self, replaced: Mapping[int, Any], seed: Any = None, tangents: Sequence[Any] = (), *,
+            check: Collection[str] = ()) -> list[Any]:
+        """Execute with `replaced` input values (internal id -> array); returns the registers.
+
+        `check` names the passes ("forward", "reverse") whose values must be finite: the run then
+        raises `NonFiniteError` at the first NaN or infinity among the replaced inputs and the
+        recomputed values (forward), or the seed and the cotangents (reverse).  Only a plan
+        compiled with `checked=True` can check.
+        """
         vals = self.registers.copy()
         for vid, value in replaced.items():
             vals[self.inputs[vid]] = value
@@ -196,6 +223,8 @@ class Plan:
             vals[self.seed_register] = seed
         for reg, value in zip(self.tangent_registers, tangents, strict=True):
             vals[reg] = value
+        if check:
+            return self._run_checked(vals, check, replaced, seed)
         steps = iter(self.steps)
         try:
             for fn, a, b, out in steps:
@@ -205,18 +234,59 @@ class Plan:
                     vals[out] = fn(*map(vals.__getitem__, b))
                 else:
                     vals[out] = fn(vals[a], vals[b])
-        except GuardError as exc:
-            raise GuardError(f"{self._where(steps)}: {exc}; the replayed inputs take a different branch than the "
-                             "recording did") from None
-        except TapegradError as exc:
-            raise type(exc)(f"{self._where(steps)}: {exc}") from None
-        except (ValueError, TypeError, IndexError, ArithmeticError) as exc:
-            raise TapegradError(f"{self._where(steps)}: {type(exc).__name__}: {exc}") from None
+        except (TapegradError, ValueError, TypeError, IndexError, ArithmeticError) as exc:
+            raise self._failed(exc, self._stopped_at(steps)) from None
         return vals
 
-    def _where(self, rest: Iterator[Step]) -> str:
-        """Where the step that failed comes from; `rest` is the step iterator it stopped in."""
-        rec = self.step_records[len(self.steps) - operator.length_hint(rest) - 1]
+    def _run_checked(self, vals: list[Any], check: Collection[str], replaced: Mapping[int, Any],
+                     seed: Any) -> list[Any]:
+        """`run`'s loop, checking the values of the passes in `check` (see `run`)."""
+        checks = self.checks
+        if checks is None:
+            raise TapegradError("this plan was compiled without finiteness checks (compile_plan(..., checked=True))")
+        forward, reverse = "forward" in check, "reverse" in check
+        if forward:
+            for vid, value in replaced.items():
+                if not anomaly.finite(value):
+                    raise anomaly.input_error(self.tape, vid, value)
+        if reverse and self.seed_register is not None and not anomaly.finite(seed):
+            raise anomaly.seed_error(self.tape, None, seed)
+        records = self.tape.parts().records
+        for k, (fn, a, b, out) in enumerate(self.steps):
+            try:  # (the result is checked before it is stored: its register may hold an input)
+                if b is None:
+                    value = fn(vals[a])
+                elif a is None:
+                    value = fn(*[vals[r] for r in b])
+                else:
+                    value = fn(vals[a], vals[b])
+            except (TapegradError, ValueError, TypeError, IndexError, ArithmeticError) as exc:
+                raise self._failed(exc, k) from None
+            c = checks[k]
+            if c is not None and (reverse if c.reverse else forward) and not anomaly.finite(value):
+                if c.reverse:
+                    raise anomaly.reverse_error(self.tape, c.record, records[c.record], c.var, value)
+                regs = (a,) if b is None else b if a is None else (a, b)
+                raise anomaly.forward_error(self.tape, c.record, value, [vals[r] for r in regs])
+            vals[out] = value
+        return vals
+
+    def _stopped_at(self, rest: Iterator[Step]) -> int:
+        """The index of the step that failed; `rest` is the step iterator it stopped in."""
+        return len(self.steps) - operator.length_hint(rest) - 1
+
+    def _failed(self, exc: BaseException, k: int) -> Exception:
+        """The error to raise for `exc`, raised by step `k`: it says where the step comes from."""
+        if isinstance(exc, GuardError):
+            return GuardError(f"{self._where(k)}: {exc}; the replayed inputs take a different branch than the "
+                              "recording did")
+        if isinstance(exc, TapegradError):
+            return type(exc)(f"{self._where(k)}: {exc}")
+        return TapegradError(f"{self._where(k)}: {type(exc).__name__}: {exc}")
+
+    def _where(self, k: int) -> str:
+        """Where step `k` comes from."""
+        rec = self.step_records[k]
         if rec < 0:
             return "in the reverse pass"
         src = self.tape.source_of(rec)
@@ -225,17 +295,18 @@ class Plan:
 
 
 def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of: int | None = None,
-                 replaced: Sequence[int] = ()) -> Plan:
+                 replaced: Sequence[int] = (), *, checked: bool = False) -> Plan:
     """Compile a replay of `tape` computing `outputs` and, when `of` is given, d of / d `wrt`.
 
     `replaced` are the internal ids of inputs the caller will supply (everything downstream of
     them is recomputed); other values come from the tape when stored, else are recomputed.
+    With `checked`, the plan can check its values (`Plan.run(check=...)`).
     """
-    return _lower(_program(tape, outputs, wrt, of, replaced))
+    return _lower(_program(tape, outputs, wrt, of, replaced, checked))
 
 
 def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | None,
-             replaced: Sequence[int]) -> Program:
+             replaced: Sequence[int], checked: bool = False) -> Program:
     """`compile_plan` in slot form."""
     ids = tape.ids_in_order()
     slot_of = {vid: n for n, vid in enumerate(ids)}
@@ -269,6 +340,7 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     comp = Compiler(avals)
     seed_slot = None
     grads: dict[int, int | None] = {}
+    made: dict[int, StepCheck] = {}  # (checked) slot of a cotangent -> the record whose VJP made it
     if of is not None:
         seed = comp.new(*avals[slot_of[of]])
         seed_slot = seed.slot
@@ -277,14 +349,25 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
         active = engine.active_set(sub, [slot_of[w] for w in wrt])
         skip = {slot_of[v] for v in needed if slot_of[v] not in active}
         sym_values = {slot_of[v]: s for v, s in symbols.items()}
-        found = engine.reverse(sub, sym_values, {slot_of[of]: seed}, skip, {slot_of[w] for w in wrt}, comp.ops)
+        want = {slot_of[w] for w in wrt}
+        if checked:
+            def noted(k: int, i: int, cot: Sym) -> None:
+                made.setdefault(cot.slot, StepCheck(True, live_records[k], ids[i]))  # (the first note: its maker)
+
+            found = engine.reverse_checked(sub, sym_values, {slot_of[of]: seed}, skip, want, comp.ops, noted)
+        else:
+            found = engine.reverse(sub, sym_values, {slot_of[of]: seed}, skip, want, comp.ops)
         grads = {w: (found[slot_of[w]].slot if slot_of[w] in found else None) for w in wrt}
 
     initial: dict[int, Any] = {slot_of[v]: stored[v] for v in needed if v in stored and v not in dirty}
     initial.update(comp.consts)
+    checks: list[StepCheck | None] | None = None
+    if checked:
+        checks = [StepCheck(False, n, records[n][OUTPUT]) for n in forward]
+        checks += [made.get(step[OUTPUT]) for step in comp.steps]
     return Program(tape, comp.avals, initial, [_slotted(records[n], slot_of) for n in forward] + comp.steps,
                    forward + [_REVERSE] * len(comp.steps), {v: slot_of[v] for v in replaced},
-                   {v: slot_of[v] for v in outputs}, grads, seed_slot)
+                   {v: slot_of[v] for v in outputs}, grads, seed_slot, checks=checks)
 
 
 def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[int]) -> Plan:
@@ -395,6 +478,7 @@ def _lower(prog: Program) -> Plan:
     mem = _Memory(avals)
     steps: list[Step] = []
     step_records: list[int] = []
+    checks: list[StepCheck | None] | None = None if prog.checks is None else []
 
     def place(slot: int, reg: int | None = None) -> None:
         if reg is None:
@@ -410,6 +494,8 @@ def _lower(prog: Program) -> Plan:
         if mem.held(slot) > _LINGER_BYTES:
             steps.append((_release, reg, None, reg))
             step_records.append(_RELEASE)
+            if checks is not None:
+                checks.append(None)
             mem.drop(slot)
             holder[reg] = None
         free.append(reg)
@@ -428,6 +514,8 @@ def _lower(prog: Program) -> Plan:
         place(out, reg_of[dying[0]] if dying else None)
         steps.append(_step(rec, in_regs, reg_of[out]))
         step_records.append(prog.origins[k])
+        if checks is not None and prog.checks is not None:
+            checks.append(prog.checks[k])
         for s in dying[1:]:
             retire(s)
         if out not in last and out not in pinned:
@@ -442,4 +530,4 @@ def _lower(prog: Program) -> Plan:
                 grads={v: None if s is None else reg_of[s] for v, s in prog.grads.items()},
                 seed_register=None if prog.seed_slot is None else reg_of[prog.seed_slot],
                 tangent_registers=[reg_of[s] for s in prog.tangent_slots],
-                peak_bytes=mem.peak + 8 * len(holder))
+                peak_bytes=mem.peak + 8 * len(holder), checks=checks)

@@ -22,12 +22,19 @@ Contract:
   graph of that differentiation.
 - Input, seed and tangent values of an unsupported dtype (complex numbers, objects, strings)
   raise `DTypeError` (a `TypeError`); they are never cast.
+- Anomaly mode: `forward(..., check_finite=True)` and `backward(..., check_finite=True)` raise
+  `NonFiniteError` at the first NaN or infinity the replay meets: a replaced input, a value it
+  computes (forward pass), the seed or a cotangent (reverse pass; `check_finite="forward"` or
+  `"reverse"` checks one pass only).  The error names the pass, the record, its op and source
+  line.  Stored values the replay does not recompute are not checked (`tapegrad.inspect.nan`
+  scans those).  Checked replays run separately compiled plans with a checking loop; without
+  `check_finite` nothing is checked and nothing costs more.
 - This module never imports the tracer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
@@ -35,7 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import engine
+from . import anomaly, engine
 from .errors import DTypeError, TapegradError
 from .plan import Plan, compile_jvp, compile_plan
 from .tape import ATTRS, INPUTS, OP, OUTPUT, Tape
@@ -144,9 +151,21 @@ def plan(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Sequence[Any] =
     return _plan(tape, out_ids, of_id, wrt_ids, [tape.resolve(r) for r in inputs])
 
 
-def _plan(tape: Tape, out_ids: Sequence[int], of_id: int | None, wrt_ids: Sequence[int], replaced: Sequence[int]) -> Plan:
-    key = ("plan", tuple(out_ids), of_id, tuple(wrt_ids), tuple(sorted(replaced)))
-    return tape.cached(key, lambda: compile_plan(tape, out_ids, wrt_ids, of_id, sorted(replaced)))
+def _plan(tape: Tape, out_ids: Sequence[int], of_id: int | None, wrt_ids: Sequence[int], replaced: Sequence[int],
+          checked: bool = False) -> Plan:
+    key = ("checked plan" if checked else "plan", tuple(out_ids), of_id, tuple(wrt_ids), tuple(sorted(replaced)))
+    return tape.cached(key, lambda: compile_plan(tape, out_ids, wrt_ids, of_id, sorted(replaced), checked=checked))
+
+
+_PASSES: dict[Any, frozenset[str]] = {False: frozenset(), True: frozenset(("forward", "reverse")),
+                                      "forward": frozenset(("forward",)), "reverse": frozenset(("reverse",))}
+
+
+def _passes(check_finite: Any) -> frozenset[str]:
+    """The passes `check_finite` asks to check."""
+    if type(check_finite) not in (bool, str) or check_finite not in _PASSES:
+        raise TapegradError(f"check_finite must be True, False, 'forward' or 'reverse', got {check_finite!r}")
+    return _PASSES[check_finite]
 
 
 def _wrt_ids(tape: Tape, wrt: Any) -> tuple[list[Any], list[int]]:
@@ -174,41 +193,51 @@ def _seed(tape: Tape, of_id: int, seed: Any) -> Any:
     return seed
 
 
-def forward(tape: Tape, inputs: Mapping[Any, Any] | None = None, outputs: Sequence[Any] | None = None) -> dict[Any, Any]:
+def forward(tape: Tape, inputs: Mapping[Any, Any] | None = None, outputs: Sequence[Any] | None = None, *,
+            check_finite: bool = False) -> dict[Any, Any]:
     """Re-execute the tape; returns `{name or id: value}` for `outputs` (default: named results
-    and the last output).  Inside `record()` the values are Variables."""
+    and the last output).  Inside `record()` the values are Variables.  With `check_finite`,
+    the first non-finite replaced input or recomputed value raises `NonFiniteError`."""
+    if type(check_finite) is not bool:
+        raise TapegradError(f"check_finite must be True or False, got {check_finite!r}")
+    check = _passes(check_finite)
     rec = _recording()
     replaced = _resolve_inputs(tape, inputs, rec is not None)
     out_ids = _default_outputs(tape) if outputs is None else [tape.resolve(r) for r in outputs]
     keys = [_ref_key(tape, v) for v in out_ids] if outputs is None else list(outputs)
     if rec is not None:
-        values = _record_forward(rec, tape, replaced, out_ids)
+        values = _record_forward(rec, tape, replaced, out_ids, check)
         return {k: values[v] for k, v in zip(keys, out_ids, strict=True)}
-    p = _plan(tape, out_ids, None, [], list(replaced))
-    vals = p.run(replaced)
+    p = _plan(tape, out_ids, None, [], list(replaced), checked=bool(check))
+    vals = p.run(replaced, check=check)
     taken: set[int] = set()
     return {k: engine.owned(vals[p.outputs[v]], taken) for k, v in zip(keys, out_ids, strict=True)}
 
 
 def backward(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Mapping[Any, Any] | None = None,
-             seed: Any = None) -> dict[Any, Any]:
+             seed: Any = None, check_finite: bool | str = False) -> dict[Any, Any]:
     """Gradients of `of` (default: the last recorded output) with respect to `wrt`.
 
     `wrt` is a name, id, Variable or a list of them; None means every floating-point input.
     Returns `{ref: gradient}` keyed as asked (by name, or dense id for unnamed inputs when `wrt`
     is None).  `inputs` replaces recorded input values; `seed` is the cotangent of `of`
     (default: ones).  Inside `record()` the gradients are Variables on the active tape.
+    With `check_finite` (True, or "forward" / "reverse" for one pass), the first non-finite
+    value of the checked passes raises `NonFiniteError` (see the module docstring).
     """
+    check = _passes(check_finite)
     rec = _recording()
     of_id = tape.last_output() if of is None else tape.resolve(of)
     refs, wrt_ids = _wrt_ids(tape, wrt)
     replaced = _resolve_inputs(tape, inputs, rec is not None)
     seed_value = _seed(tape, of_id, seed)
-    if rec is not None:
-        grads = _record_backward(rec, tape, replaced, of_id, wrt_ids, seed_value)
+    if rec is not None:  # (checks the seed itself)
+        grads = _record_backward(rec, tape, replaced, of_id, wrt_ids, seed_value, check)
         return dict(zip(refs, grads, strict=True))
-    p = _plan(tape, [], of_id, wrt_ids, list(replaced))
-    vals = p.run(replaced, seed_value)
+    if "reverse" in check and not anomaly.finite(seed_value):
+        raise anomaly.seed_error(tape, of_id, seed_value)
+    p = _plan(tape, [], of_id, wrt_ids, list(replaced), checked=bool(check))
+    vals = p.run(replaced, seed_value, check=check)
     taken = {id(seed_value)}
     result: dict[Any, Any] = {}
     for ref, vid in zip(refs, wrt_ids, strict=True):
@@ -258,14 +287,19 @@ def jvp(tape: Tape, tangents: Mapping[Any, Any], *, inputs: Mapping[Any, Any] | 
 
 # ---- replay on Variables (inside a recording) ----------------------------------------------
 
-def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_ids: Sequence[int]) -> dict[int, Any]:
-    """Run the needed records through the tracer; every tape input enters under its name."""
+def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_ids: Sequence[int],
+                    check: Collection[str] = ()) -> dict[int, Any]:
+    """Run the needed records through the tracer; every tape input enters under its name (and
+    with "forward" in `check`, stop at the first non-finite replaced input or computed value)."""
     parts = tape.parts()
     needed = engine.needed_ids(parts.records, out_ids)
     values: dict[int, Any] = {}
+    checking = "forward" in check
     for vid in parts.leaves:
         if vid not in needed:
             continue
+        if checking and vid in replaced and not anomaly.finite(replaced[vid]):
+            raise anomaly.input_error(tape, vid, replaced[vid])
         if vid in replaced and hasattr(replaced[vid], "_tapegrad_serial"):
             values[vid] = replaced[vid]
         elif vid in parts.consts:
@@ -283,16 +317,30 @@ def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_
                 values[r[OUTPUT]] = rec.apply(op, [values[i] for i in r[INPUTS:]], r[ATTRS])
             except TapegradError as exc:
                 raise type(exc)(f"record {n} ({op}): {exc}") from None
+            if checking and not anomaly.finite(values[r[OUTPUT]]):
+                raise anomaly.forward_error(tape, n, values[r[OUTPUT]], [values[i] for i in r[INPUTS:]])
     return values
 
 
 def _record_backward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], of_id: int, wrt_ids: Sequence[int],
-                     seed: Any) -> list[Any]:
-    values = _record_forward(rec, tape, replaced, [of_id])
-    needed = [r for r in tape.parts().records if r[OUTPUT] in values]
+                     seed: Any, check: Collection[str] = ()) -> list[Any]:
+    values = _record_forward(rec, tape, replaced, [of_id], check)
+    records = tape.parts().records
+    numbers = [n for n, r in enumerate(records) if r[OUTPUT] in values]  # tape indices of the records walked
+    needed = [records[n] for n in numbers]
     active = engine.active_set(needed, wrt_ids)
     skip = {v for v in values if v not in active}
-    found = engine.reverse(needed, values, {of_id: seed}, skip, set(wrt_ids), rec.backend)
+    if "reverse" in check:
+        if not anomaly.finite(seed):
+            raise anomaly.seed_error(tape, of_id, seed)
+
+        def noted(k: int, i: int, cot: Any) -> None:
+            if not anomaly.finite(cot):
+                raise anomaly.reverse_error(tape, numbers[k], needed[k], i, cot)
+
+        found = engine.reverse_checked(needed, values, {of_id: seed}, skip, set(wrt_ids), rec.backend, noted)
+    else:
+        found = engine.reverse(needed, values, {of_id: seed}, skip, set(wrt_ids), rec.backend)
     zeros = [np.zeros(*tape.shape_dtype(w)) for w in wrt_ids]
     return [found[w] if w in found else rec.input(z, None) for w, z in zip(wrt_ids, zeros, strict=True)]
 

@@ -75,9 +75,47 @@ _SHORT = {"float64": "f64", "float32": "f32", "float16": "f16", "int64": "i64", 
           "uint8": "u8", "bool": "bool"}
 
 
-def escape(text: str) -> str:
-    """Printable form of untrusted text (names come from files): control characters escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+def escape(text: str, limit: int | None = None) -> str:
+    """Printable form of untrusted text (names come from files): control characters escaped;
+    with `limit`, only the first `limit` characters, followed by a note of how many were cut."""
+    cut = 0
+    if limit is not None and len(text) > limit:
+        text, cut = text[:limit], len(text) - limit
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return f"{shown}... ({cut:,} more characters)" if cut else shown
+
+
+ERROR_TYPE_BYTES = 256
+ERROR_MESSAGE_BYTES = 4096
+"""Caps on the stored exception of a recording that raised (`Tape.error`): UTF-8 bytes of the
+type's name and of the message.  Files store at most this much (docs/FORMAT.md, FOOT frame)."""
+
+
+def _capped(text: str, limit: int) -> str:
+    """`text` in at most `limit` UTF-8 bytes (cut at a character boundary, with a note), with
+    characters UTF-8 cannot encode (lone surrogates) written as escapes."""
+    raw = text.encode("utf-8", "backslashreplace")
+    if len(raw) <= limit:
+        return raw.decode("utf-8")
+    note = f"... ({len(raw):,} bytes, cut)"
+    return raw[:limit - len(note)].decode("utf-8", "ignore") + note
+
+
+def stored_error(kind: str, message: str) -> tuple[str, str]:
+    """(type name, message) capped as a tape stores them (`Tape.error`)."""
+    return _capped(kind, ERROR_TYPE_BYTES), _capped(message, ERROR_MESSAGE_BYTES)
+
+
+def describe_exception(exc: BaseException) -> tuple[str, str]:
+    """(type name, message) of `exc` as a tape stores them (`Tape.error`), each capped: the
+    type's qualified name (with its module unless built in) and `str(exc)`."""
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    try:
+        message = str(exc)
+    except Exception:  # a __str__ that raises must not hide the exception being recorded
+        message = "<the exception's message could not be computed>"
+    return stored_error(name, message)
 
 
 def aval(shape: Sequence[int], dtype: np.dtype[Any]) -> str:
@@ -135,6 +173,8 @@ class Tape:
     - `metadata`: a dict of plain data, stored in the file's header.
     - `source`: whether recording keeps each record's user file and line (`record(source=...)`).
     - `recovery`: None, or what a `recover=True` load dropped (a `tape_format.Recovery`).
+    - `error`: None, or (type name, message) of the exception that ended the recording (the
+      `record()` block exited by raising; see `describe_exception`); files keep it.
 
     The graph (what `parts()` returns and `from_parts` takes), by internal id:
     - `_leaves`: the inputs and constants, each once, in the order they entered the tape.
@@ -186,6 +226,7 @@ class Tape:
         self._source_runs: list[tuple[int, Any]] = []
         self._source_last: Any = None  # the code or file name of the last run
         self.recovery: Any = None  # set by a load with recover=True: what was dropped (a Recovery)
+        self.error: tuple[str, str] | None = None  # the exception that ended the recording, if any
         self._plans: dict[Any, Any] = {}  # replay plans by request, valid while len(records) is unchanged
 
     # -- for the format package: a constructor and read accessors --

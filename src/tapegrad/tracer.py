@@ -11,7 +11,8 @@ Contract:
 - Python scalars follow numpy 2 promotion (`x32 * 2.0` stays float32) and are recorded as
   constants of the promoted dtype.  Invalid arguments raise `TapegradError` naming the op and
   the shapes, never a bare numpy error.
-- `y.backward()` runs `engine.reverse`, the same engine as file replay.
+- `y.backward()` runs `engine.reverse`, the same engine as file replay (with
+  `check_finite=True`, its checking twin `engine.reverse_checked`).
 - Recording state is process-wide: record from one thread at a time.
 """
 
@@ -27,11 +28,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from . import backprop, engine, nesting, replay
+from . import anomaly, backprop, engine, nesting, replay
 from .errors import DTypeError, TapegradError
 from .ops import NUMPY, REGISTRY, OpSpec
 from .ops.registry import backend
-from .tape import RawRecord, Tape
+from .tape import RawRecord, Tape, describe_exception
 
 _serials = itertools.count()
 _tape: Tape | None = None  # the active recording, if any
@@ -257,7 +258,7 @@ class Variable:
         """Forget the accumulated gradient."""
         self.grad = None
 
-    def backward(self) -> None:
+    def backward(self, *, check_finite: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into `.grad` of every floating leaf Variable it depends on.
 
         The seed is `self.grad`, or ones when it is None.  Gradients add up across calls until
@@ -266,13 +267,25 @@ class Variable:
         their dependence on the enclosing function's inputs, so using `.grad` there is differentiated
         correctly; elsewhere they are numpy arrays.  Either way every floating leaf `self` depends
         on receives its gradient, the enclosing function's Variables included.
+
+        With `check_finite` (anomaly mode), a non-finite seed or the first cotangent that
+        becomes non-finite raises `NonFiniteError` naming the record whose VJP made it, its op
+        and source line (for ops recorded inside `record()`), and no leaf's `.grad` changes.
         """
         if self.data is None:
             raise TapegradError("cannot call backward() on a Variable with no data")
         if self.grad is None:
             self.grad = np.ones_like(self.data)
         traced = nesting.active()
-        found = reverse_pass(self, self.grad, None, traced)
+        if check_finite:
+            if not anomaly.finite(self.grad):
+                tape = self._tape
+                on_tape = tape is not None and self._tapegrad_serial in tape.parts().values
+                raise anomaly.seed_error(tape if on_tape else None, self._tapegrad_serial if on_tape else None,
+                                         self.grad)
+            found = reverse_pass(self, self.grad, None, traced, check=True)
+        else:
+            found = reverse_pass(self, self.grad, None, traced)
         taken = {id(self.grad)}
         for v, g in found.values():
             if traced:  # a Variable, also where the seed reached a leaf unchanged
@@ -438,12 +451,13 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
     return _emit(spec.name, attrs, out, tape, tuple(ids), links)
 
 
-def reverse_pass(y: Variable, seed: Any, targets: dict[int, Variable] | None, traced: bool) -> dict[int, tuple[Variable, Any]]:
+def reverse_pass(y: Variable, seed: Any, targets: dict[int, Variable] | None, traced: bool, *,
+                 check: bool = False) -> dict[int, tuple[Variable, Any]]:
     """`backprop.pull` from `y`: on numpy arrays, or `traced` on Variables (so that the reverse
-    pass is itself recorded and differentiable)."""
+    pass is itself recorded and differentiable); `check`: anomaly mode."""
     if traced:
-        return backprop.pull(y, seed, targets, OPS, _tape_node)
-    return backprop.pull(y, seed, targets, NUMPY)
+        return backprop.pull(y, seed, targets, OPS, _tape_node, check=check)
+    return backprop.pull(y, seed, targets, NUMPY, check=check)
 
 
 def _tape_node(tape: Tape, s: int) -> Variable:
@@ -469,7 +483,8 @@ def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, f
     exception), so a crash leaves a readable prefix (`tg.load(path, recover=True)`); with
     `fsync` each flush also reaches the disk (survives a power cut, not just a process crash).
     With `source` (the default) each record keeps the file and line of the user code that made
-    it, for error messages, guards and the inspector.
+    it, for error messages, guards and the inspector.  When the block exits by raising, the
+    exception's type and message are kept in `tape.error` and in the file's footer.
     """
     global _tape
     tape = Tape(values, metadata)
@@ -483,6 +498,10 @@ def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, f
     try:
         with replay.computing_through(RECORDER):  # a replay inside records onto this tape
             yield tape
+    except BaseException as exc:
+        if not isinstance(exc, GeneratorExit):  # (a generator closed unfinished: no exception of the block)
+            tape.error = describe_exception(exc)  # the file says how the recording ended
+        raise
     finally:
         _tape = outer
         if tape._sink is not None:

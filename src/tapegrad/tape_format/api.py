@@ -16,21 +16,27 @@ from typing import IO
 from ..tape import Tape
 from .columns import DenseIds, batch_rows, late_names
 from .common import no_gc
+from .frames import ERROR_MINOR
 from .limits import DEFAULT_LIMITS, Limits
 from .reader import read
 from .sources import memory_source, path_source, stream_source
-from .writer import Encoder
+from .writer import Encoder, footer_error
 
 
 def dump(tape: Tape, fileobj: IO[bytes]) -> None:
-    """Write `tape` to the binary file object `fileobj` (at its current position)."""
+    """Write `tape` to the binary file object `fileobj` (at its current position).
+
+    The file is version 1.0 unless the tape holds the exception that ended its recording
+    (`tape.error`), which needs 1.1 (docs/FORMAT.md, section 13).
+    """
+    error = footer_error(tape.error)
     with no_gc():
-        enc = Encoder(fileobj, tape.values_mode, tape.metadata)
+        enc = Encoder(fileobj, tape.values_mode, tape.metadata, minor=0 if error is None else ERROR_MINOR)
         dense = DenseIds()
         parts = tape.parts()
         rows = batch_rows(tape, parts.leaves, parts.records, dense, 0, {})
         enc.batch(*rows, names=late_names(parts.names, dense, parts.names, parts.leaves))
-        enc.footer()
+        enc.footer(error)
 
 
 def dumps(tape: Tape) -> bytes:

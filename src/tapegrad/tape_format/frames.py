@@ -34,8 +34,18 @@ import numpy as np
 
 MAGIC = b"\x89TAPE\r\n\x1a"
 MAJOR = 1
-MINOR = 0
-PREAMBLE = MAGIC + struct.pack("<HH", MAJOR, MINOR)
+MINOR = 1
+"""The newest minor version this tapegrad reads and writes.  A writer declares the oldest minor
+version that has everything its file holds (docs/FORMAT.md, section 13)."""
+ERROR_MINOR = 1  # the first minor version whose footer may hold the recording's exception ("error")
+
+
+def preamble_of(minor: int) -> bytes:
+    """The preamble of a tape of version MAJOR.`minor`."""
+    return MAGIC + struct.pack("<HH", MAJOR, minor)
+
+
+PREAMBLE = preamble_of(0)  # version 1.0: what a tape that uses nothing newer declares
 PREAMBLE_SIZE = len(PREAMBLE)
 FRAME_HEAD = 8  # tag + u32 length
 FRAME_TAIL = 4  # u32 CRC-32

@@ -20,6 +20,8 @@ Contract:
 - Recover mode returns the tape made of the whole frames before the first damaged one (a crash
   leaves whole records) and reports what it dropped in `tape.recovery` (a `Recovery`) and with a
   `TapeRecoveryWarning`; a strict load of a complete tape sets `tape.recovery = None`.
+- A footer's `error` (the exception that ended the recording; format 1.1) becomes `tape.error`
+  after its types and lengths are checked; it is None when the footer has none or is missing.
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ import numpy as np
 from ..dtypes import DTYPES
 from ..errors import TapeFormatError, TapegradError, TruncatedTapeError
 from ..ops.spec import show
-from ..tape import VALUE_MODES, RawRecord, Tape
+from ..tape import ERROR_MESSAGE_BYTES, ERROR_TYPE_BYTES, VALUE_MODES, RawRecord, Tape
 from .common import AvalTable, Ints, check_plain, no_gc
 from .frames import (
     ALIGN,
     CHUNKED,
     DATA,
+    ERROR_MINOR,
     FOOT,
     HEAD,
     MAGIC,
@@ -117,6 +120,7 @@ def _read(source: Source, *, recover: bool, verify: bool, limits: Limits) -> Tap
     tape = builder.build()
     validate(tape, limits, graph=builder.graph())
     tape.recovery = recovery
+    tape.error = builder.raised
     if recovery is not None:
         warnings.warn(TapeRecoveryWarning(f"recovered {recovery.records} records; dropped {recovery.dropped_bytes:,} "
                                           f"bytes: {recovery.reason}"), stacklevel=3)
@@ -169,7 +173,9 @@ class _Builder:
     def __init__(self, buf: memoryview, limits: Limits, minor: int) -> None:
         self.buf = buf
         self.limits = limits
+        self.minor = minor
         self.newer = minor > MINOR
+        self.raised: tuple[str, str] | None = None  # the footer's "error": the recording's exception
         self.header: dict[str, Any] | None = None
         self.mode = "none"
         self.complete = False
@@ -239,15 +245,19 @@ class _Builder:
         elif tag == FOOT:
             self._foot(self.unpack(frame, use_list=True))
 
-    def _map(self, obj: Any, what: str, required: Mapping[str, type]) -> dict[str, Any]:
+    def _map(self, obj: Any, what: str, required: Mapping[str, type],
+             optional: Mapping[str, type] | None = None) -> dict[str, Any]:
         if type(obj) is not dict:
             raise self.error(f"the {what} must be a map, got {show(obj)}")
-        for key, kind in required.items():
+        optional = optional or {}
+        for key, kind in {**required, **optional}.items():
             if key not in obj:
+                if key in optional:
+                    continue
                 raise self.error(f"the {what} lacks the key {key!r}")
             if type(obj[key]) is not kind:
                 raise self.error(f"{what} key {key!r} must be a {kind.__name__}, got {show(obj[key])}")
-        extra = [k for k in obj if k not in required]
+        extra = [k for k in obj if k not in required and k not in optional]
         if extra and not self.newer:
             raise self.error(f"unknown {what} key {show(extra[0])}")
         return obj
@@ -264,7 +274,14 @@ class _Builder:
         self.header = head
 
     def _foot(self, obj: Any) -> None:
-        foot = self._map(obj, "footer", {"frames": int, "records": int, "variables": int})
+        optional = {"error": dict} if self.minor >= ERROR_MINOR else {}
+        foot = self._map(obj, "footer", {"frames": int, "records": int, "variables": int}, optional)
+        if "error" in optional and "error" in foot:  # (a reader of 1.0 would ignore it)
+            error = self._map(foot["error"], "footer error", {"type": str, "message": str})
+            for key, cap in (("type", ERROR_TYPE_BYTES), ("message", ERROR_MESSAGE_BYTES)):
+                if len(error[key].encode()) > cap:
+                    raise self.error(f"the footer error's {key} is longer than {cap:,} bytes")
+            self.raised = (error["type"], error["message"])
         got = {"frames": self._frame.number if self._frame else 0, "records": self.records, "variables": self.variables}
         for key, count in got.items():
             if foot[key] != count:

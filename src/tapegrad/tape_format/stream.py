@@ -2,9 +2,11 @@
 
 Contract: `StreamWriter(path, tape, flush_every=256, fsync=False)` writes the header at once,
 then appends a batch of frames (`columns.batch_rows` -> `writer.Encoder.batch`) every
-`flush_every` records and at `close()`, which adds the footer.  A process killed at any point
-leaves a file whose flushed batches load with `recover=True`.  Files are flushed to the OS, not
-fsynced, unless `fsync=True`.
+`flush_every` records and at `close()`, which adds the footer, with the exception that ended the
+recording when there is one (`tape.error`, which `record()` sets before closing its sink).  A
+stream declares format version 1.1 from its first byte, since only its end tells whether its
+footer holds an exception.  A process killed at any point leaves a file whose flushed batches
+load with `recover=True`.  Files are flushed to the OS, not fsynced, unless `fsync=True`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import IO, Any
 from ..errors import TapegradError
 from ..tape import Tape
 from .columns import DenseIds, SourceCache, batch_rows, late_names
-from .writer import Encoder
+from .frames import ERROR_MINOR
+from .writer import Encoder, footer_error
 
 
 class StreamWriter:
@@ -45,7 +48,7 @@ class StreamWriter:
         self._closed = False
         self._file: IO[bytes] = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
         try:
-            self._enc = Encoder(self._file, tape.values_mode, tape.metadata)
+            self._enc = Encoder(self._file, tape.values_mode, tape.metadata, minor=ERROR_MINOR)
             self._flush()
         except BaseException:
             self._file.close()
@@ -70,7 +73,7 @@ class StreamWriter:
         try:
             if self._failed is None:
                 self._flush()
-                self._enc.footer()
+                self._enc.footer(footer_error(self._tape.error))
                 if self._fsync:
                     os.fsync(self._file.fileno())
         finally:

@@ -36,20 +36,22 @@ import numpy as np
 
 from ..dtypes import DTYPES
 from ..errors import TapegradError
+from ..tape import stored_error
 from .common import Ints, Reject, allowed_dtype_name, attr_codes, check_plain
 from .frames import (
     ALIGN,
     CHUNKED,
     DATA,
+    ERROR_MINOR,
     FOOT,
     FRAME_HEAD,
     FRAME_TAIL,
     HEAD,
     NAME,
-    PREAMBLE,
     RECS,
     VARS,
     FrameWriter,
+    preamble_of,
 )
 from .limits import DEFAULT_LIMITS
 
@@ -396,11 +398,27 @@ def _in_frames(count: int, small: bool, size: Callable[[], Ints], write: Callabl
         a = b
 
 
-class Encoder:
-    """Writes the frames of one tape: preamble and header, batches of definitions, footer."""
+def footer_error(error: Any) -> tuple[str, str] | None:
+    """A tape's `error` (None, or the recording's exception as (type name, message)) as the footer
+    stores it: both strings capped (`tape.stored_error`); TapegradError for anything else."""
+    if error is None:
+        return None
+    if type(error) is not tuple or len(error) != 2 or not all(type(part) is str for part in error):
+        raise TapegradError(f"cannot store the tape's error: it must be None or a (type name, message) pair of "
+                            f"strings, got {type(error).__name__}")
+    return stored_error(*error)
 
-    def __init__(self, out: IO[bytes], mode: str, metadata: dict[str, Any]) -> None:
+
+class Encoder:
+    """Writes the frames of one tape: preamble and header, batches of definitions, footer.
+
+    `minor` is the minor format version the preamble declares: 0, or `ERROR_MINOR` for a tape
+    whose footer may hold the recording's exception (`footer(error=...)`).
+    """
+
+    def __init__(self, out: IO[bytes], mode: str, metadata: dict[str, Any], *, minor: int = 0) -> None:
         self.w = FrameWriter(out)
+        self.minor = minor
         self.mode = mode
         self.records = 0
         self.variables = 0
@@ -414,7 +432,7 @@ class Encoder:
         head = pack({"values": mode, "metadata": metadata}, "the tape's metadata")
         if len(head) > DEFAULT_LIMITS.max_frame_bytes:
             raise TapegradError(f"cannot store the tape's metadata: {len(head):,} bytes, over the frame limit")
-        self.w.preamble(PREAMBLE)
+        self.w.preamble(preamble_of(minor))
         self.w.frame(HEAD, [head], len(head))
 
     def batch(self, leaves: LeafRows, records: RecordRows, names: list[tuple[int, str | None]]) -> None:
@@ -541,9 +559,15 @@ class Encoder:
                 self.w.frame(DATA, parts, length)
         self.w.frame(tag, [payload], len(payload))
 
-    def footer(self) -> None:
-        foot = pack({"frames": self.w.frames, "records": self.records, "variables": self.variables}, "the footer")
-        self.w.frame(FOOT, [foot], len(foot))
+    def footer(self, error: tuple[str, str] | None = None) -> None:
+        """End the tape; `error` (from `footer_error`) is the exception that ended the recording."""
+        foot: dict[str, Any] = {"frames": self.w.frames, "records": self.records, "variables": self.variables}
+        if error is not None:
+            if self.minor < ERROR_MINOR:
+                raise TapegradError(f"a version 1.{self.minor} tape cannot store an error (Encoder(minor=...))")
+            foot["error"] = {"type": error[0], "message": error[1]}
+        payload = pack(foot, "the footer")
+        self.w.frame(FOOT, [payload], len(payload))
         self.w.commit()
 
 
