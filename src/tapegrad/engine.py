@@ -7,7 +7,7 @@ Contract:
   cotangent back to its input's shape and dtype, and adds cotangents of reused variables out
   of place (`F.add`), never in place.
 - `reverse_checked()` is its twin for anomaly mode: the same backend calls in the same order
-  (one general loop instead of the fast paths), plus a call `noted(k, i, cotangent)` each time
+  (every record through the general step instead of the fast paths), plus a call `noted(k, i, cotangent)` each time
   the cotangent of id `i` changes while `records[k]` is differentiated, which may raise.  Eager
   `y.backward(check_finite=True)` checks cotangents there; plans compiled for checking note
   which step makes each cotangent.  Keeping it apart keeps `reverse` free of any check.
@@ -18,6 +18,7 @@ Contract:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -136,11 +137,12 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
 
 
 def _pull_inputs(rec: RawRecord, xs: Sequence[Any], out: Any, g: Any, vjp: Any, skip: set[int] | frozenset[int],
-                 cot: dict[int, Any], F: Any) -> None:
+                 cot: dict[int, Any], F: Any, noted: Callable[[int, Any], None] | None = None) -> None:
     """The general step of `reverse`: add each input's cotangent from `rec` into `cot`.
 
     Broadcasting and dtype promotion are undone here, once for all ops: a cotangent that came
     out in another shape is summed back to its input's shape, one of another dtype is cast.
+    `noted(i, cotangent)`, if given, is told each new cotangent of input `i` (anomaly mode).
     """
     attrs = rec[1]
     for k, i in enumerate(rec[3:]):
@@ -156,6 +158,8 @@ def _pull_inputs(rec: RawRecord, xs: Sequence[Any], out: Any, g: Any, vjp: Any, 
             gi = F.astype(gi, x.dtype)
         prev = cot.get(i)
         cot[i] = gi if prev is None else F.add(prev, gi)
+        if noted is not None:
+            noted(i, cot[i])
 
 
 Noted = Callable[[int, int, Any], None]
@@ -167,10 +171,11 @@ def reverse_checked(records: Sequence[RawRecord], values: Mapping[int, Any], see
                     outputs_wanted: bool = True) -> dict[int, Any]:
     """`reverse`, calling `noted` after every change of a cotangent (see the module docstring).
 
-    Its backend calls are those of `reverse`, in the same order: the fast paths of `reverse` skip
-    only checks that find nothing to do (a one-input rule returns its input's shape and dtype; an
-    elementwise op on two inputs of the output's shape and dtype returns cotangents of that shape
-    and dtype; `pass_on` returns its cotangent as it is), so the general step does the same work.
+    Every record takes the general step, `_pull_inputs`.  Its backend calls are those of
+    `reverse`, in the same order: the fast paths of `reverse` skip only checks that find nothing
+    to do (a one-input rule returns its input's shape and dtype; an elementwise op on two inputs
+    of the output's shape and dtype returns cotangents of that shape and dtype; `pass_on`
+    returns its cotangent as it is).
     """
     cot = dict(seeds)
     found: dict[int, Any] = {}
@@ -182,26 +187,8 @@ def reverse_checked(records: Sequence[RawRecord], values: Mapping[int, Any], see
             continue
         if outputs_wanted and out_id in want:
             found[out_id] = g
-        ins = rec[INPUTS:]
-        if len(ins) == 1 and ins[0] in skip:
-            continue
-        vjp, attrs, out = _VJP[rec[OP]], rec[1], values[out_id]
-        xs = [values[i] for i in ins]
-        for pos, i in enumerate(ins):
-            if i in skip:
-                continue
-            gi = vjp(F, g, xs, out, attrs, pos)
-            if gi is None:
-                continue
-            if len(ins) > 1:  # (as in `_pull_inputs`; one-input rules return the input's shape and dtype)
-                x = xs[pos]
-                if gi.shape != x.shape:
-                    gi = F.sum_to(gi, tuple(x.shape))
-                if gi.dtype != x.dtype:
-                    gi = F.astype(gi, x.dtype)
-            prev = cot.get(i)
-            cot[i] = gi if prev is None else F.add(prev, gi)
-            noted(k, i, cot[i])
+        xs = [values[i] for i in rec[INPUTS:]]
+        _pull_inputs(rec, xs, values[out_id], g, _VJP[rec[OP]], skip, cot, F, partial(noted, k))
     for i in want:
         g = cot.get(i)
         if g is not None:
