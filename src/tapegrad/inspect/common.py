@@ -7,7 +7,7 @@ Contract:
   `recover`).  A recovered tape carries its `Recovery` in `tape.recovery`; the
   `TapeRecoveryWarning` is not raised (the caller reports `tape.recovery`).  Errors:
   `TapegradError` for the content, `OSError` for the path.
-- `find(tape, ref)` is `tape.resolve` for a name, `v<N>` or a dense id, except that an unknown
+- `find(tape, ref)` is `tape.resolve` for a name, `v<N>`, a dense id or a Variable, except that an unknown
   name is a `TapegradError` listing the tape's names nearest first (at most `_SHOWN` of them).
 - `VarRef` describes one variable (dense id, name, type, producing record and op, source line);
   `ref(tape, vid)` builds one from an internal id.
@@ -55,10 +55,10 @@ def load_tape(path: str | os.PathLike[str], *, recover: bool = False) -> Tape:
         return _load_path(path, recover=recover)
 
 
-def find(tape: Tape, ref: str | int) -> int:
+def find(tape: Tape, ref: Any) -> int:
     """The internal id of the variable named `ref` (or `v<N>` / dense id N, when no variable is
-    named so); an unknown name lists the names the tape has, nearest first."""
-    if isinstance(ref, int):
+    named so; or a Variable); an unknown name lists the names the tape has, nearest first."""
+    if not isinstance(ref, str):
         return tape.resolve(ref)
     names = set(tape.parts().names.values())
     if ref not in names and re.fullmatch(r"v[0-9]+", ref):

@@ -321,8 +321,9 @@ def _first_gradient(a: Tape, b: Tape, of_ids: tuple[int, int], pairs: list[tuple
     if not candidates:
         return None
     da, db = a.dense_ids(), b.dense_ids()
-    ga = replay.backward(a, of=da[of_ids[0]], wrt=[da[va] for va, _, _, _ in candidates])
-    gb = replay.backward(b, of=db[of_ids[1]], wrt=[db[vb] for _, vb, _, _ in candidates])
+    with np.errstate(all="ignore"):
+        ga = replay.backward(a, of=da[of_ids[0]], wrt=[da[va] for va, _, _, _ in candidates])
+        gb = replay.backward(b, of=db[of_ids[1]], wrt=[db[vb] for _, vb, _, _ in candidates])
     for va, vb, i, j in candidates:
         xa, xb = ga[da[va]], gb[db[vb]]
         d = difference(xa, xb, rtol, atol)

@@ -6,7 +6,8 @@ numbers are bit for bit those of eager `backward()` on the recorded values) and 
 (names, `v<N>` or dense ids; default: every floating-point input), the gradient array, its
 `ValueStats` and its L2 norm over the finite elements (so the norm is a number even when a NaN
 appears; the counts say that it did).  Unknown names raise `TapegradError` listing the tape's
-names nearest first (`common.find`); `as_dict()` leaves the arrays out.
+names nearest first (`common.find`); `as_dict()` leaves the arrays out.  Floating-point warnings
+are silenced (the counts say what happened).
 
 `save_npz(path, arrays)` writes `np.savez` data to exactly `path` (no `.npz` appended),
 atomically: a temporary file in the same directory is written, flushed, fsynced and renamed
@@ -82,7 +83,8 @@ def grad(tape: Tape, of: str | int | None = None, wrt: Sequence[str | int] | Non
         wrt_ids = [v for v in parts.leaves if v not in parts.consts and tape.shape_dtype(v)[1].kind == "f"]
     else:
         wrt_ids = list(dict.fromkeys(find(tape, w) for w in wrt))
-    found = replay.backward(tape, of=dense[of_id], wrt=[dense[v] for v in wrt_ids])
+    with np.errstate(all="ignore"):  # the NaN and Inf counts report what happened
+        found = replay.backward(tape, of=dense[of_id], wrt=[dense[v] for v in wrt_ids])
     grads = [Gradient(ref(tape, v), summarize(found[dense[v]]), finite_norm(found[dense[v]]), found[dense[v]])
              for v in wrt_ids]
     return Gradients(ref(tape, of_id), grads)
