@@ -6,8 +6,9 @@ Contract: `stats(tape, ...)` returns a `TapeStats` (plain data; `as_dict()` is i
 - `flops`, the sum of `flops.flops` over the records (an estimate);
 - `peak`, the peak memory `replay.plan(...).peak_bytes` predicts for replaying the tape with new
   values for every input: "forward" (the default outputs) and "backward" (the gradient of the
-  last output with respect to every floating-point input).  A plan costs time (about 10 s per
-  million records), so tapes of more than `max_plan_records` records (None: no limit) skip it;
+  last output with respect to every floating-point input).  Planning both costs time (about 60 s
+  per million tiny records), so tapes of more than `max_plan_records` records (default
+  `MAX_PLAN_RECORDS`; None: no limit) skip it;
   a skipped or impossible plan is None, with the reason in `peak_note`;
 - the inputs (non-constant leaves) and outputs (named record results, then the last output,
   as `replay.forward` returns them by default), the source files, metadata and `recovery`;
@@ -33,7 +34,7 @@ from .common import Progress, VarRef, jsonable, ref
 from .flops import flops as record_flops
 from .health import ValueStats, summarize
 
-MAX_PLAN_RECORDS = 200_000
+MAX_PLAN_RECORDS = 50_000  # planning costs about 60 us per record (forward and backward)
 _EVERY = 1 << 14
 
 
