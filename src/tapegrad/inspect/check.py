@@ -1,6 +1,7 @@
 """`check`: is a tape what its program computes? (`tapegrad check`)
 
-Contract: `check(tape, rtol=None, atol=None, grad=None, of=None)` returns a `CheckReport`:
+Contract: `check(tape, rtol=None, atol=None, grad=None, of=None, grad_rtol=None, grad_atol=None)`
+returns a `CheckReport`:
 1. The tape is validated (`tape_format.validate.validate`; a loaded tape already was): an
    inconsistent tape raises `TapeFormatError`.
 2. Every record is recomputed from the leaves (`recompute`) and each stored value is compared
@@ -18,7 +19,7 @@ Contract: `check(tape, rtol=None, atol=None, grad=None, of=None)` returns a `Che
    gradient's `<g, x+ - x->` against `sum(of(x+)) - sum(of(x-))`, with x+- = x +- eps*d rounded
    to the input's dtype (so rounding of the step does not count as error), both divided by
    2*eps (directional derivatives); eps = cbrt(machine epsilon) * max(1, max |x|).  It passes when
-   every direction agrees within `atol + rtol * max(|numeric|, |analytic|)`, where rtol and atol
+   every direction agrees within `grad_atol + grad_rtol * max(|numeric|, |analytic|)`, which
    default by dtype (float64: 1e-5 and 1e-8, float32: 1e-2 and 1e-4, float16: 1e-1 and 1e-2).
 `ok` is True when nothing differs.  Unknown names raise `TapegradError` (nearest names first).
 """
@@ -164,14 +165,15 @@ class CheckReport:
 
 
 def check(tape: Tape, *, rtol: float | None = None, atol: float | None = None, grad: str | int | None = None,
-          of: str | int | None = None, progress: Progress | None = None) -> CheckReport:
+          of: str | int | None = None, grad_rtol: float | None = None, grad_atol: float | None = None,
+          progress: Progress | None = None) -> CheckReport:
     """Validate `tape`, recompute it and compare (see the module docstring)."""
     validate(tape)
     value_rtol = RTOL if rtol is None else rtol
     value_atol = ATOL if atol is None else atol
     grad_check = None
     if grad is not None:  # names are checked before the long part
-        grad_check = _grad_check(tape, find(tape, of) if of is not None else None, find(tape, grad), rtol, atol)
+        grad_check = _grad_check(tape, find(tape, of) if of is not None else None, find(tape, grad), grad_rtol, grad_atol)
     parts = tape.parts()
     records, stored = parts.records, parts.values
     recomputed = compared = 0
