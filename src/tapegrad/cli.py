@@ -26,6 +26,7 @@ Contract:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -38,11 +39,12 @@ from typing import Any, TextIO
 
 from . import __version__, inspect
 from .errors import TapegradError, TruncatedTapeError
-from .inspect.check import ATOL, RTOL
+from .inspect.check import ATOL, RTOL, Difference
+from .inspect.diff import Side
 from .inspect.stats import MAX_PLAN_RECORDS
 from .tape import Tape, escape
 
-Progress = Callable[[int, int], None]
+Progress = inspect.Progress
 
 
 class _Failure(Exception):
@@ -81,9 +83,9 @@ def _load(path: str, recover: bool = False) -> Tape:
         raise _Failure(path, f"{exc} ({_TRUNCATED_HINT})") from None
     except TapegradError as exc:
         raise _Failure(path, str(exc)) from None
+    except BrokenPipeError:
+        raise
     except OSError as exc:
-        if isinstance(exc, BrokenPipeError):
-            raise
         raise _Failure(path, exc.strerror or str(exc)) from None
 
 
@@ -104,12 +106,18 @@ def _where(source: tuple[str, int] | None) -> str:
     return "" if source is None else f"{escape(os.path.basename(source[0]) or source[0])}:{source[1]}"
 
 
+def _span(values: inspect.ValueStats) -> str:
+    """`min -1 max 2 mean 0.5` (over the finite elements)."""
+    if values.min is None or values.max is None or values.mean is None:
+        return "no finite values"
+    return f"min {values.min:.4g} max {values.max:.4g} mean {values.mean:.4g}"
+
+
 def _brief(values: inspect.ValueStats | None) -> str:
-    """`min -1 max 2 mean 0.5 nan 1`: a value summary without the type."""
+    """`min -1 max 2 mean 0.5 nan 1`: a value summary without the type, counts only when not 0."""
     if values is None:
         return "not stored"
-    span = "no finite values" if values.min is None else f"min {values.min:.4g} max {values.max:.4g} mean {values.mean:.4g}"
-    return span + f" nan {values.nan}" * bool(values.nan) + f" inf {values.inf}" * bool(values.inf)
+    return _span(values) + f" nan {values.nan}" * bool(values.nan) + f" inf {values.inf}" * bool(values.inf)
 
 
 def _var(v: inspect.VarRef) -> str:
@@ -161,7 +169,7 @@ def _show_text(result: _Listing, args: argparse.Namespace) -> Iterator[str]:
 
 def _show_json(result: _Listing, args: argparse.Namespace) -> Iterator[str]:
     rec = result.tape.recovery
-    yield f'"records": {len(result.tape)}, "recovery": {_dumps(None if rec is None else rec.__dict__)}, "lines": ['
+    yield f'"records": {len(result.tape)}, "recovery": {_dumps(None if rec is None else dataclasses.asdict(rec))}, "lines": ['
     for k, line in enumerate(result.lines):
         yield ("," if k else "") + _dumps(line.as_dict())
     yield "]"
@@ -220,7 +228,7 @@ def _stats_text(s: inspect.TapeStats, args: argparse.Namespace) -> Iterator[str]
         for h in s.health:
             v = h.values
             yield (f"  {h.var.label} {v.type} {escape(h.var.op)}  nan {v.nan} inf {v.inf} zero {v.zero}  "
-                   f"{_brief(v).split(' nan ')[0]}" + (f"  @ {_where(h.var.source)}" if h.var.source else ""))
+                   f"{_span(v)}" + (f"  @ {_where(h.var.source)}" if h.var.source else ""))
 
 
 # ---- grad -----------------------------------------------------------------------------------
@@ -243,9 +251,7 @@ def _grad(args: argparse.Namespace, paths: tuple[str, ...], progress: Progress |
     if args.out is not None:
         try:
             inspect.save_npz(args.out, grads.arrays())
-        except OSError as exc:
-            if isinstance(exc, BrokenPipeError):
-                raise
+        except OSError as exc:  # (the temporary file's name is ours: the user gave `args.out`)
             raise _Failure(args.out, exc.strerror or str(exc)) from None
     return _Grads(grads, args.out)
 
@@ -255,7 +261,7 @@ def _grad_text(result: _Grads, args: argparse.Namespace) -> Iterator[str]:
     yield f"gradients of {_var(g.of)}"
     for item in g.grads:
         v = item.values
-        yield f"  {item.wrt.label} {v.type}  norm {item.norm:.6g}  nan {v.nan} inf {v.inf}  {_brief(v).split(' nan ')[0]}"
+        yield f"  {item.wrt.label} {v.type}  norm {item.norm:.6g}  nan {v.nan} inf {v.inf}  {_span(v)}"
     if result.out is not None:
         yield f"wrote {escape(result.out)}: {', '.join(escape(k) for k in g.arrays())}"
 
@@ -284,7 +290,9 @@ def _check(args: argparse.Namespace, paths: tuple[str, ...], progress: Progress 
                          grad_rtol=args.grad_rtol, grad_atol=args.grad_atol, progress=progress)
 
 
-def _difference(d: Any) -> str:
+def _difference(d: Difference | None) -> str:
+    if d is None:
+        return "equal"
     if d.first is None:
         return "shape or dtype differ"
     at = f" (first at [{', '.join(map(str, d.first))}])" if d.first else ""
@@ -337,7 +345,7 @@ def _records(span: tuple[int, int] | None) -> str:
     return f"record {span[0]}" if span[1] - span[0] == 1 else f"records {span[0]}..{span[1] - 1}"
 
 
-def _side(label: str, s: Any) -> str:
+def _side(label: str, s: Side) -> str:
     rec = "" if s.var.record is None else f"record {s.var.record}: "
     return f"    {label}: {rec}{_var(s.var)}  {_brief(s.values)}"
 
@@ -377,10 +385,6 @@ def _diff_text(r: inspect.DiffReport, args: argparse.Namespace) -> Iterator[str]
     yield "same" if r.same else "different"
 
 
-def _diff_json(r: inspect.DiffReport, args: argparse.Namespace) -> dict[str, Any]:
-    return r.as_dict()
-
-
 # ---- slice ----------------------------------------------------------------------------------
 
 def _slice_options(p: argparse.ArgumentParser) -> None:
@@ -400,9 +404,7 @@ def _slice(args: argparse.Namespace, paths: tuple[str, ...], progress: Progress 
     result = inspect.slice(tape, args.var)
     try:
         result.tape.save(args.out)
-    except OSError as exc:
-        if isinstance(exc, BrokenPipeError):
-            raise
+    except OSError as exc:  # (the temporary file's name is ours: the user gave `args.out`)
         raise _Failure(args.out, exc.strerror or str(exc)) from None
     return _Sliced(result, args.out, len(tape))
 
@@ -437,7 +439,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("check", "validate, recompute and compare every stored value; --grad: a finite-difference check", "many",
             _check_options, _check, _check_text, failed=lambda r: not r.ok),
     Command("diff", "align two tapes; structural changes and the first value (or gradient) that differs", "two",
-            _diff_options, _diff, _diff_text, _diff_json, failed=lambda r: not r.same),
+            _diff_options, _diff, _diff_text, failed=lambda r: not r.same),
     Command("slice", "save the minimal tape that computes one variable (a standalone reproducer)", "one",
             _slice_options, _slice, _slice_text, _slice_json),
     Command("demo", "record a small MLP training step, list its tape and replay its gradients", "none",
@@ -557,9 +559,9 @@ def _run_one(command: Command, args: argparse.Namespace, paths: tuple[str, ...],
         where, message = exc.where, exc.message
     except TapegradError as exc:
         where, message = label, str(exc)
+    except BrokenPipeError:
+        raise
     except OSError as exc:
-        if isinstance(exc, BrokenPipeError):
-            raise
         where, message = label, exc.strerror or str(exc)
     finally:
         if bar is not None:
