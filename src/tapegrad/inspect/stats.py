@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import replay
 from ..errors import TapegradError
-from ..tape import INPUTS, OP, OUTPUT, Tape
+from ..tape import ATTRS, INPUTS, OP, OUTPUT, Tape
 from .common import Progress, VarRef, jsonable, ref
 from .flops import flops as record_flops
 from .health import ValueStats, summarize
@@ -104,7 +104,7 @@ def stats(tape: Tape, *, values: bool = False, top: int = 20, max_plan_records: 
         if progress is not None and n % _EVERY == 0:
             progress(n, total)
         ops[rec[OP]] += 1
-        flops += record_flops(rec[OP], [shape(i) for i in rec[INPUTS:]], shape(rec[OUTPUT]), rec[1])
+        flops += record_flops(rec[OP], [shape(i) for i in rec[INPUTS:]], shape(rec[OUTPUT]), rec[ATTRS])
     by_dtype: dict[str, dict[str, int]] = {}
     for value in stored.values():
         row = by_dtype.setdefault(value.dtype.name, {"values": 0, "bytes": 0})
