@@ -1,5 +1,8 @@
 """Fuzzing the loader: mutated valid tapes through load -> validate -> inspect -> replay.
 
+"inspect" is the listing, every variable's description, and the inspector's `show`, `stats`,
+`check` and `slice` (`tapegrad.inspect`), whose JSON must stay valid.
+
 Only `TapegradError` subclasses may escape, whatever the bytes.  Mutations are applied both to
 raw bytes (bit flips, truncation, splices, insertions: mostly stopped by the checksums) and
 behind valid checksums (frames re-chained after the damage, msgpack payloads decoded, changed
@@ -14,6 +17,7 @@ Inputs that once broke the loader live in tests/corpus/ and are replayed by `tes
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import struct
 import warnings
@@ -30,6 +34,7 @@ from hypothesis import strategies as st
 import tapegrad as tg
 from op_cases import op_tape
 from tape_bytes import join_frames, split_frames, tiny_tape
+from tapegrad import inspect
 from tapegrad import tape_format as tf
 from tapegrad.tape import Tape
 from tapegrad.tape_format import writer
@@ -80,6 +85,13 @@ def exercise(data: bytes) -> None:
         str(tape)
         for vid in tape.ids_in_order():
             tape.var(tape.dense_ids()[vid])
+        with np.errstate(all="ignore"):  # the inspector reads anything that loads
+            for line in inspect.show(tape, values=True, details=True):
+                json.dumps(line.as_dict(), allow_nan=False)
+            json.dumps(inspect.jsonable(inspect.stats(tape, values=True, max_plan_records=0).as_dict()), allow_nan=False)
+            inspect.check(tape)
+            if len(tape):
+                inspect.slice(tape, tape.dense_ids()[tape.last_output()])
         if tape.values_mode == "all" and len(tape):
             with np.errstate(all="ignore"), contextlib.suppress(tg.TapegradError):
                 tg.replay.backward(tape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import operator
 import re
 from collections.abc import Callable
@@ -525,9 +526,24 @@ def test_listing_format() -> None:
     lines = text.splitlines()
     assert any(re.fullmatch(rf"\s*v{ix}:f64\[3\] = input\s+# x", line) for line in lines), text
     assert any(re.fullmatch(rf"\s*v{iy}:f32\[2,3\] = input\s+# y", line) for line in lines), text
-    assert any(re.fullmatch(rf"\s*0\s+v{iz}:f64\[3\] = mul v{ix} v{ix}", line) for line in lines), text
-    assert any(re.fullmatch(rf"\s*1\s+v{i_s}:f32\[\] = sum v{iy} axis=None keepdims=False", line) for line in lines), text
+    here = inspect.currentframe().f_lineno  # type: ignore[union-attr]
+    assert any(re.fullmatch(rf"\s*0\s+v{iz}:f64\[3\] = mul v{ix} v{ix}\s+# test_tracer.py:{here - 7}", line) for line in lines), text
+    assert any(re.fullmatch(rf"\s*1\s+v{i_s}:f32\[\] = sum v{iy} axis=None keepdims=False\s+# test_tracer.py:{here - 6}", line)
+               for line in lines), text
     assert text == "\n".join(tape.listing())
+
+
+def test_listing_names_and_sources_share_the_comment_and_untracked_tapes_have_none() -> None:
+    with tg.record() as tape:
+        x = Variable(np.array([1.0, 2.0]), name="x")
+        y = tg.exp(x)
+        y.name = "y"
+    here = inspect.currentframe().f_lineno  # type: ignore[union-attr]
+    assert tape.listing()[1].endswith(f"  # y @ test_tracer.py:{here - 2}")
+    with tg.record(source=False) as bare:
+        tg.exp(Variable(np.array([1.0, 2.0])))
+    assert bare.listing()[1] == "    0 v1:f64[2] = exp v0"
+    assert [(ln.record, ln.id) for ln in tape.listing_lines()] == [(None, 0), (0, 1)]
 
 
 def test_listing_escapes_control_characters_in_names() -> None:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from itertools import repeat
 from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol, TypeVar, cast
@@ -75,14 +77,25 @@ _SHORT = {"float64": "f64", "float32": "f32", "float16": "f16", "int64": "i64", 
           "uint8": "u8", "bool": "bool"}
 
 
-def escape(text: str, limit: int | None = None) -> str:
-    """Printable form of untrusted text (names come from files): control characters escaped;
-    with `limit`, only the first `limit` characters, followed by a note of how many were cut."""
-    cut = 0
-    if limit is not None and len(text) > limit:
-        text, cut = text[:limit], len(text) - limit
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return f"{shown}... ({cut:,} more characters)" if cut else shown
+ESCAPE_LIMIT = 200
+"""How many characters of one untrusted string `escape` shows by default."""
+
+
+def escape(text: str, limit: int = ESCAPE_LIMIT) -> str:
+    """Printable form of untrusted text (names, op names, source paths and metadata come from
+    files): every character that is not printable (control characters, so terminal escape
+    sequences and line breaks; format characters such as bidi overrides; the lone surrogates
+    that stand for undecodable bytes) is written as its Python escape (`\\x1b`), and text
+    longer than `limit` characters is cut there and says how long it was."""
+    if not isinstance(text, str):
+        text = repr(text)
+    cut = ""
+    if len(text) > limit:
+        cut = f"...[{len(text):,} characters]"
+        text = text[:limit]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text + cut
 
 
 ERROR_TYPE_BYTES = 256
@@ -471,32 +484,121 @@ class Tape:
         return f"<Tape {len(self._records)} records, {len(self.ids_in_order())} variables>"
 
     def listing(self) -> list[str]:
-        """One line per variable in id order: leaves, and records as `  3  v7:f64[3] = mul v3 v5`."""
-        d = self.dense_ids()
-        producer = {r[OUTPUT]: n for n, r in enumerate(self._records)}
-        lines = []
+        """The lines of `str(tape)`: one per variable in id order (see `listing_lines`)."""
+        return [line.text for line in self.listing_lines()]
+
+    def listing_lines(self, start: int = 0, stop: int | None = None) -> Iterator[ListingLine]:
+        """The listing, lazily, one `ListingLine` per variable in dense id order.
+
+        A record reads `    3 v7:f64[3] = mul v3 v5 axis=...`, a leaf `      v0:f64[2,8] = input`
+        (or `= const 2.`); a comment from column 40 on gives the variable's name and the
+        record's source line, `# loss @ train.py:42`, where the tape has them (source files
+        shown by their shortest path suffix that no other file of the tape shares).  Every
+        string that came from the tape is escaped (`escape`).
+
+        `start` and `stop` select records as `records[start:stop]` does, with the lines of the
+        leaves that enter the tape among them, just before record `start` included: the lines
+        after record `start - 1`'s up to record `stop - 1`'s (up to the end if `stop` is the end).
+        Linear in the lines produced, after one pass to find where to start.
+        """
+        records = self._records
+        count = len(records)
+        start, stop, _ = slice(start, stop).indices(count)
+        stop = max(start, stop)
+        order, dense = self._ids()
+        lo = dense[records[start - 1][OUTPUT]] + 1 if start > 0 else 0
+        hi = len(order) if stop == count else dense[records[stop - 1][OUTPUT]] + 1 if stop > 0 else 0
+        values, avals, names, consts = self._values, self._avals, self._names, self._consts
+        shown = short_paths(self.source_files())
+        sources = self._sources_from(start)
+        types: dict[Any, str] = {}
 
         def head(vid: int) -> str:
-            shape, dtype = self.shape_dtype(vid)
-            return f"v{d[vid]}:{aval(shape, dtype)}"
+            value = values.get(vid)
+            key = avals[vid] if value is None else (value.shape, value.dtype)
+            typ = types.get(key)
+            if typ is None:
+                typ = types[key] = aval(*key)
+            return f"v{dense[vid]}:{typ}"
 
-        def note(vid: int) -> str:
-            name = self._names.get(vid)
-            return f"  # {escape(name)}" if name is not None else ""
+        def line(code: str, vid: int, where: tuple[str, int] | None) -> str:
+            name = names.get(vid)
+            if name is None and where is None:
+                return code
+            note = "" if name is None else escape(name)
+            if where is not None:
+                note += f"{' @ ' if note else ''}{shown[where[0]]}:{where[1]}"
+            return f"{code}{' ' * max(2, _COMMENT_COLUMN - len(code))}# {note}"
 
-        for vid in self.ids_in_order():
-            n = producer.get(vid)
-            if n is not None:
-                rec = self._records[n]
-                args = " ".join(f"v{d[i]}" for i in rec[INPUTS:])
-                attrs = "".join(f" {k}={v!r}" for k, v in (rec[ATTRS] or {}).items())
-                lines.append(f"{n:5d} {head(vid)} = {escape(rec[OP])} {args}{attrs}{note(vid)}")
-            elif vid in self._consts:
-                value = self._values.get(vid)
-                shown = ""
+        n = start
+        for vid in order[lo:hi]:
+            if n < count and records[n][OUTPUT] == vid:
+                rec = records[n]
+                args = " ".join([f"v{dense[i]}" for i in rec[INPUTS:]])
+                attrs = "".join([f" {k}={v!r}" for k, v in rec[ATTRS].items()]) if rec[ATTRS] else ""
+                op = rec[OP] if rec[OP].isidentifier() else escape(rec[OP])
+                yield ListingLine(n, dense[vid], line(f"{n:5d} {head(vid)} = {op} {args}{attrs}", vid, next(sources)))
+                n += 1
+            elif vid in consts:
+                value = values.get(vid)
+                small = ""
                 if value is not None and value.size <= 6:
-                    shown = " " + np.array2string(value, threshold=6).replace("\n", " ")
-                lines.append(f"      {head(vid)} = const{shown}{note(vid)}")
+                    small = " " + np.array2string(value, threshold=6).replace("\n", " ")
+                yield ListingLine(None, dense[vid], line(f"      {head(vid)} = const{small}", vid, None))
             else:  # every id is a record's output or a leaf
-                lines.append(f"      {head(vid)} = input{note(vid)}")
-        return lines
+                yield ListingLine(None, dense[vid], line(f"      {head(vid)} = input", vid, None))
+
+    def source_files(self) -> list[str]:
+        """The files the tape's records come from, in order of first use (empty without sources)."""
+        files = [where if isinstance(where, str) else where.co_filename for _, where in self._source_runs]
+        return list(dict.fromkeys(files))
+
+    def sources(self, start: int = 0) -> Iterator[tuple[str, int] | None]:
+        """`source_of(n)` for n = start, start + 1, ... (endless: None after the last record
+        with a source), in linear time."""
+        return self._sources_from(start)
+
+    def _sources_from(self, start: int) -> Iterator[tuple[str, int] | None]:
+        positions, runs = self._source_pos, self._source_runs
+        k = bisect_right(runs, start, key=_FIRST) - 1
+        resolved: dict[tuple[int, int], tuple[str, int] | None] = {}  # (id of a code, offset) -> source
+        for n in range(max(start, 0), len(positions)):
+            while k + 1 < len(runs) and runs[k + 1][0] <= n:
+                k += 1
+            where = runs[k][1]
+            if isinstance(where, str):
+                yield where, positions[n]
+                continue
+            key = (id(where), positions[n])
+            if key not in resolved:
+                resolved[key] = self.source_of(n)
+            yield resolved[key]
+        yield from repeat(None)
+
+
+_COMMENT_COLUMN = 40
+"""The column where a listing line's comment (name, source line) starts, if the code leaves room."""
+
+
+class ListingLine(NamedTuple):
+    """One line of a tape listing: the record it shows (None for a leaf), the dense id of the
+    variable it defines, and its text."""
+
+    record: int | None
+    id: int
+    text: str
+
+
+def short_paths(files: Sequence[str]) -> dict[str, str]:
+    """Each file -> its shortest trailing run of path components that no other file of `files`
+    ends with (`train.py`, or `model/train.py` beside `data/train.py`), escaped for printing."""
+    split = {f: tuple(f.replace("\\", "/").split("/")) for f in files}
+    out: dict[str, str] = {}
+    k = 1
+    while len(out) < len(split):  # one round per suffix length: linear in the files for each
+        counts = Counter(parts[-k:] for parts in split.values())
+        for f, parts in split.items():
+            if f not in out and (counts[parts[-k:]] == 1 or k >= len(parts)):
+                out[f] = escape("/".join(parts[-k:]))
+        k += 1
+    return out
