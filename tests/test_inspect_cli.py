@@ -441,7 +441,7 @@ def test_a_cut_off_recording_says_to_recover_and_recover_says_what_was_kept(caps
     with pytest.warns(tg.TapeRecoveryWarning):
         kept = tg.load(cut, recover=True)
     assert code == 0 and out == str(kept) + "\n" and 0 < len(kept) < 10
-    assert f"recovered {len(kept)} records" in err and f"cut at byte {kept.recovery.offset:,}" in err
+    assert f"recovered: {len(kept)} records" in err and f"cut off at byte {kept.recovery.offset:,}" in err
     _, out, _ = run(capsys, "stats", cut, "--recover", "--json")
     assert json.loads(out)["recovery"]["records"] == len(kept)
 

@@ -1,4 +1,5 @@
-"""docs/inspect.md cannot rot: every console block on the page is run and must print what it shows.
+"""docs/inspect.md and docs/debugging.md cannot rot: every console block on them is run and must
+print what it shows.
 
 A console block is a fenced block marked `console`: lines starting with `$ ` are commands, the
 lines after each command its output (stdout, then stderr).  Commands run in order, in one fresh
@@ -25,8 +26,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "inspect.md"
+DOCS = [ROOT / "docs" / "inspect.md", ROOT / "docs" / "debugging.md"]
 BLOCK = re.compile(r"```console\n(.*?)```", re.S)
 
 
@@ -55,14 +58,14 @@ def run_command(line: str, folder: Path) -> str:
             main(argv[1:])
         out = stdout.getvalue() + stderr.getvalue()
     else:
-        raise ValueError(f"docs/inspect.md: cannot run {line!r}")
+        raise ValueError(f"a documented command: cannot run {line!r}")
     for f in filters:
         if f == "python -m json.tool":
             out = json.dumps(json.loads(out), indent=4) + "\n"
         elif f.startswith("head -n "):
             out = "".join(out.splitlines(keepends=True)[:int(f.split()[2])])
         else:
-            raise ValueError(f"docs/inspect.md: unknown filter {f!r}")
+            raise ValueError(f"a documented command: unknown filter {f!r}")
     return out.replace(str(ROOT), "...")
 
 
@@ -79,14 +82,16 @@ def render(text: str) -> str:
         return BLOCK.sub(lambda m: f"```console\n{run_block(m.group(1), Path(tmp))}```", text)
 
 
-def test_every_documented_command_prints_what_the_page_shows() -> None:
-    text = DOC.read_text()
-    assert len(BLOCK.findall(text)) >= 8
+@pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
+def test_every_documented_command_prints_what_the_page_shows(doc: Path) -> None:
+    text = doc.read_text()
+    assert len(BLOCK.findall(text)) >= 4
     rendered = render(text)
     for want, got in zip(BLOCK.findall(text), BLOCK.findall(rendered), strict=True):
-        assert got == want, "docs/inspect.md is out of date; run `python tests/test_inspect_docs.py --update`"
+        assert got == want, f"docs/{doc.name} is out of date; run `python tests/test_inspect_docs.py --update`"
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--update"]:
     sys.path.insert(0, str(ROOT / "src"))
-    DOC.write_text(render(DOC.read_text()))
+    for page in DOCS:
+        page.write_text(render(page.read_text()))

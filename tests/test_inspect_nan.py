@@ -255,9 +255,9 @@ def test_the_report_is_json_data() -> None:
     data = report.as_dict()
     assert json.loads(json.dumps(data)) == data
     assert data["reverse"]["record"] == 0 and data["reverse"]["cotangent"]["name"] == "x"
-    assert data["forward"] is None and data["recovery"] is None and data["error"] is None
+    assert data["forward"] is None and data["recovery"] is None and data["exception"] is None
     assert set(data) == {"records", "values_mode", "replayed", "replaced", "of", "forward", "reverse", "reverse_note",
-                         "nonfinite_leaves", "recovery", "error"}
+                         "nonfinite_leaves", "recovery", "exception"}
 
 
 def hostile_tape() -> Tape:

@@ -37,10 +37,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+import numpy as np
+
 from . import __version__, inspect
 from .errors import TapegradError, TruncatedTapeError
 from .inspect.check import ATOL, RTOL, Difference
 from .inspect.diff import Side
+from .inspect.loading import error_lines, recovery_lines
+from .inspect.nan import NanReport, format_report
 from .inspect.stats import MAX_PLAN_RECORDS
 from .tape import Tape, escape
 
@@ -90,15 +94,9 @@ def _load(path: str, recover: bool = False) -> Tape:
 
 
 def _recovery_note(path: str, tape: Tape) -> None:
-    rec = tape.recovery
-    if rec is None:
-        return
-    if rec.complete:
-        what = f"the tape is complete; {rec.dropped_bytes:,} bytes after its end were ignored"
-    else:
-        what = (f"recovered {rec.records:,} records and {rec.variables:,} variables; the file is cut at byte "
-                f"{rec.offset:,} ({rec.dropped_bytes:,} bytes dropped)")
-    print(f"tapegrad: {escape(path)}: {what}: {escape(rec.reason, 300)}", file=sys.stderr)
+    """On stderr: how much of a recovered file was read, and how its recording ended if by an exception."""
+    for line in recovery_lines(tape.recovery) + error_lines(tape.error):
+        print(f"tapegrad: {escape(path)}: {line}", file=sys.stderr)
 
 
 def _where(source: tuple[str, int] | None) -> str:
@@ -420,6 +418,30 @@ def _slice_json(r: _Sliced, args: argparse.Namespace) -> dict[str, Any]:
     return {**r.slice.as_dict(), "out": r.out}
 
 
+# ---- nan ----------------------------------------------------------------------------------
+
+def _nan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--of", metavar="NAME", help="the output whose reverse pass to check (default: the last recorded output)")
+    p.add_argument("--inputs", metavar="FILE.npz",
+                   help="input values (np.savez: by name, or v<N>) for tapes that store only inputs or no values")
+
+
+def _nan(args: argparse.Namespace, paths: tuple[str, ...], progress: Progress | None) -> NanReport:
+    tape = _load(paths[0], recover=True)  # the tape of a crashed run: its whole records (the report says so)
+    inputs: dict[str, Any] | None = None
+    if args.inputs is not None:
+        try:
+            with np.load(args.inputs, allow_pickle=False) as npz:
+                inputs = {name: npz[name] for name in npz.files}
+        except (OSError, ValueError) as exc:
+            raise _Failure(args.inputs, str(exc)) from None
+    return inspect.nan(tape, inputs=inputs, of=args.of)
+
+
+def _nan_text(report: NanReport, args: argparse.Namespace) -> list[str]:
+    return format_report(report)
+
+
 # ---- demo -----------------------------------------------------------------------------------
 
 def _demo(args: argparse.Namespace, paths: tuple[str, ...], progress: Progress | None) -> tuple[int, str]:
@@ -440,6 +462,8 @@ COMMANDS: tuple[Command, ...] = (
             _check_options, _check, _check_text, failed=lambda r: not r.ok),
     Command("diff", "align two tapes; structural changes and the first value (or gradient) that differs", "two",
             _diff_options, _diff, _diff_text, failed=lambda r: not r.same),
+    Command("nan", "where NaN or infinity is born: the first record making one, forward and in reverse", "many",
+            _nan_options, _nan, _nan_text, failed=lambda r: r.forward is not None or r.reverse is not None),
     Command("slice", "save the minimal tape that computes one variable (a standalone reproducer)", "one",
             _slice_options, _slice, _slice_text, _slice_json),
     Command("demo", "record a small MLP training step, list its tape and replay its gradients", "none",

@@ -15,6 +15,10 @@ documented in docs/inspect.md).  Long ones take `progress=callback(done, total)`
   value is not what recomputing it gives, and a finite-difference gradient check.
 - `diff(a, b, rtol=, atol=, of=)` -> `DiffReport` (`diff`): aligns two tapes and reports the
   structural changes and the first value (and gradient) that differs.
+- `nan(tape, inputs=, of=)` -> `NanReport` (`nan`): the first record whose output is NaN or
+  infinite from finite inputs, forward, and the first whose VJP makes a non-finite cotangent
+  from a finite one, in reverse; `load_for_debugging(path)` (`loading`) opens a crashed run's
+  file with recovery.
 - `slice(tape, var)` -> `Slice` (`slicing`): the minimal tape computing `var`.
 Helpers: `health.summarize` (value health, `ValueStats`), `common` (`load_tape`, `find`,
 `VarRef`, `jsonable`), `recompute` (a tape's values recomputed from its leaves).
@@ -27,12 +31,14 @@ from .flops import flops
 from .grads import Gradient, Gradients, grad, save_npz
 from .health import ValueStats, summarize
 from .listing import ShownLine, parse_range, show
+from .loading import load_for_debugging
+from .nan import NanReport, nan
 from .slicing import Slice, slice  # noqa: A004 (the command's name)
 from .stats import Health, TapeStats, stats
 
 __all__ = [
-    "Change", "CheckReport", "DiffReport", "GradCheck", "Gradient", "Gradients", "Health", "Mismatch", "Progress",
-    "ShownLine", "Slice", "TapeStats", "ValueDiff", "ValueStats", "VarRef",
-    "check", "diff", "find", "flops", "grad", "jsonable", "load_tape", "parse_range", "save_npz", "show", "slice",
-    "stats", "summarize",
+    "Change", "CheckReport", "DiffReport", "GradCheck", "Gradient", "Gradients", "Health", "Mismatch",
+    "NanReport", "Progress", "ShownLine", "Slice", "TapeStats", "ValueDiff", "ValueStats", "VarRef", "check",
+    "diff", "find", "flops", "grad", "jsonable", "load_for_debugging", "load_tape", "nan", "parse_range",
+    "save_npz", "show", "slice", "stats", "summarize",
 ]

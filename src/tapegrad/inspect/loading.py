@@ -1,8 +1,9 @@
 """Opening a tape for debugging, and what a file says about how its recording ended.
 
 Contract:
-- `load_for_debugging(path, mmap=False, limits=None) -> (tape, recovery)` loads the tape file at
-  `path` with `recover=True`: a complete tape loads as usual (`recovery` None); the file of a
+- `load_for_debugging(path) -> (tape, recovery)` loads the tape file at `path` with
+  `recover=True` (through `common.load_tape`, which reads only regular files): a complete tape
+  loads as usual (`recovery` None); the file of a
   killed streaming run loads as its whole-record prefix, and the `TapeRecoveryWarning` such a
   load issues is captured instead of printed: `recovery` (also `tape.recovery`) says what was
   kept and dropped.  It raises what `tg.load` raises: a `TapeFormatError` for damage that
@@ -16,18 +17,15 @@ Contract:
 from __future__ import annotations
 
 import os
-import warnings
 
 from ..tape import ERROR_MESSAGE_BYTES, ERROR_TYPE_BYTES, Tape, escape
-from ..tape_format import Limits, Recovery, TapeRecoveryWarning, load_path
+from ..tape_format import Recovery
+from .common import load_tape
 
 
-def load_for_debugging(path: str | os.PathLike[str], *, mmap: bool = False,
-                       limits: Limits | None = None) -> tuple[Tape, Recovery | None]:
+def load_for_debugging(path: str | os.PathLike[str]) -> tuple[Tape, Recovery | None]:
     """The tape at `path`, loaded with recovery, and what recovery dropped (see the module docstring)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TapeRecoveryWarning)  # reported through `Recovery` instead
-        tape = load_path(path, recover=True, mmap=mmap, limits=limits)
+    tape = load_tape(path, recover=True)
     recovery: Recovery | None = tape.recovery
     return tape, recovery
 

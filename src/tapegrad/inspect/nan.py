@@ -110,6 +110,7 @@ class NanReport:
     def as_dict(self) -> dict[str, Any]:
         """The report as plain data (nested dicts, lists, numbers, strings, None) for JSON."""
         plain: dict[str, Any] = _plain(asdict(self))
+        plain["exception"] = plain.pop("error")  # ("error" is what the CLI calls a file it could not read)
         return plain
 
 

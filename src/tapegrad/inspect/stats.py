@@ -11,7 +11,7 @@ Contract: `stats(tape, ...)` returns a `TapeStats` (plain data; `as_dict()` is i
   `MAX_PLAN_RECORDS`; None: no limit) skip it;
   a skipped or impossible plan is None, with the reason in `peak_note`;
 - the inputs (non-constant leaves) and outputs (named record results, then the last output,
-  as `replay.forward` returns them by default), the source files, metadata and `recovery`;
+  as `replay.forward` returns them by default), the source files, metadata, `recovery` and `error`;
 - with `values=True`, `health`: the `ValueStats` of every stored value, worst first (most
   NaN + Inf, then floating-point values before integers and bools, then the largest finite
   magnitude, then by id), the first `top` of them (0: all);
@@ -67,6 +67,7 @@ class TapeStats:
     sources: list[str]
     metadata: dict[str, Any]
     recovery: Any  # a tape_format.Recovery, or None
+    error: tuple[str, str] | None  # how the recording ended, if by an exception: (type, message)
     health: list[Health] | None
     health_count: int
 
@@ -82,6 +83,7 @@ class TapeStats:
             "flops": self.flops, "peak": self.peak, "peak_note": self.peak_note, "sources": self.sources,
             "metadata": jsonable(self.metadata),
             "recovery": None if self.recovery is None else dataclasses.asdict(self.recovery),
+            "exception": None if self.error is None else [self.error[0], self.error[1]],
             "health": None if self.health is None else [h.as_dict() for h in self.health],
             "health_count": self.health_count,
         }
@@ -121,7 +123,7 @@ def stats(tape: Tape, *, values: bool = False, top: int = 20, max_plan_records: 
         inputs=[ref(tape, v) for v in inputs], outputs=[ref(tape, v) for v in outputs],
         ops=dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))), values_mode=tape.values_mode,
         stored=dict(sorted(by_dtype.items())), flops=flops, peak=peak, peak_note=note,
-        sources=tape.source_files(), metadata=dict(tape.metadata), recovery=tape.recovery, health=health,
+        sources=tape.source_files(), metadata=dict(tape.metadata), recovery=tape.recovery, error=tape.error, health=health,
         health_count=count)
 
 
