@@ -1,5 +1,5 @@
 # ruff: noqa: A005  (the issue names this file benchmarks/inspect.py; see the sys.path note below)
-"""Inspector benchmark: `tapegrad show` and `tapegrad stats` on a long tape of tiny values.
+"""Inspector benchmark: `tapegrad show`, `stats` and `nan` on a long tape of tiny values.
 
 A tape of --records records (default 1,000,000: a chain cycling mul/tanh/add on shape-(2,)
 float64 values, every value stored, every record with its source line) is recorded and saved.
@@ -7,11 +7,13 @@ Then each measured command runs in a child process of its own, through `tapegrad
 with stdout going to /dev/null:
 - `load`: `tg.load(path)` alone, the part of every command that is the loader's;
 - `show FILE`: the whole listing;
-- `stats FILE`: counts, histogram, bytes, FLOPs (replay plans are skipped above 50,000 records).
+- `stats FILE`: counts, histogram, bytes, FLOPs (replay plans are skipped above 50,000 records);
+- `nan FILE`: the forward scan of the stored values and a checked reverse pass.
 For each: wall time (the median of --repeat runs), and the child's peak resident memory
 (VmHWM, else `ru_maxrss`) above what it held after importing tapegrad and numpy, against the
 file size.
-Targets: under 10 s each; memory under 3x the file size (the loader's own share shows in `load`).
+Targets: show and stats under 10 s, nan under 20 s; memory under 3x the file size (the loader's
+own share shows in `load`).
 
 Run: python benchmarks/inspect.py [--records N] [--repeat 1] [--values all|inputs]
 """
@@ -118,7 +120,7 @@ def main() -> None:
         size = os.path.getsize(path)
         print(f"tape: {args.records:,} records, values={args.values}, {size / 1e6:.1f} MB "
               f"(recorded and saved in {time.perf_counter() - start:.1f} s)")
-        for command in ("load", "show", "stats"):
+        for command in ("load", "show", "stats", "nan"):
             seconds, rss = measure(command, path, args.repeat)
             print(f"{command:5s}  {seconds:6.2f} s   peak memory +{rss / 1e6:7.1f} MB = {rss / size:4.1f}x the file")
 

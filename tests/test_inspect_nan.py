@@ -299,3 +299,15 @@ def test_printing_the_error_escapes_and_caps_it() -> None:
     assert lines[0].startswith("recording ended with an exception: Evil\\x1b[2J: \\x1b]0;title\\x07 first")
     assert lines[1] == "  second" and len(text) < 2 * ERROR_MESSAGE_BYTES
     assert error_lines(None) == []
+
+
+@pytest.mark.parametrize("build", [underflow, root], ids=["forward nan", "reverse nan"])
+def test_the_pass_over_stored_values_finds_what_a_replay_finds(build: Any) -> None:
+    """A tape that stores every value is walked in reverse straight over them (no replay plan);
+    giving its inputs again forces the replay: both must report the same."""
+    tape, _ = build()
+    direct = nan(tape)
+    replayed = nan(tape, inputs={name: tape.value(name) for name in tape.names if tape.var(name).kind == "input"})
+    assert replayed.replayed and not direct.replayed
+    assert direct.reverse is not None and replayed.reverse is not None
+    assert direct.reverse == replayed.reverse

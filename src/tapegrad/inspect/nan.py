@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import anomaly, replay
+from .. import anomaly, engine, replay
 from ..errors import GuardError, NonFiniteError, TapegradError
-from ..ops import REGISTRY
+from ..ops import NUMPY, REGISTRY
 from ..tape import INPUTS, OP, OUTPUT, Tape, escape
 from ..tape_format import Recovery
 from .health import ValueStats, summarize
@@ -172,20 +172,45 @@ def _dense_inputs(tape: Tape, replaced: Mapping[int, Any]) -> dict[int, Any]:
     return {dense[vid]: value for vid, value in replaced.items()}
 
 
+def _stored_pass(tape: Tape, of_id: int, replaced: Mapping[int, Any]) -> tuple[list[Any], Mapping[int, Any], set[int], set[int]] | None:
+    """(records, values, skip, leaves) for a reverse pass of `of_id` straight over the stored
+    values, or None when some value must be recomputed first (not every value is stored, or
+    inputs are replaced).  Such a pass compiles no replay plan, whose cost per record would
+    dominate on long tapes of tiny values."""
+    parts = tape.parts()
+    n = tape.producer(of_id)
+    if replaced or n is None or len(parts.values) != len(tape.ids_in_order()):
+        return None
+    records = list(parts.records[: n + 1])
+    leaves = {v for v in parts.leaves if v not in parts.consts and tape.shape_dtype(v)[1].kind == "f"}
+    active = engine.active_set(records, leaves)
+    return records, parts.values, {v for v in parts.values if v not in active}, leaves
+
+
 def _reverse(tape: Tape, of_id: int | None, replaced: Mapping[int, Any]) -> tuple[NonFiniteError | None, str | None]:
     """The error of a reverse replay of `of_id` checking its cotangents, or why none ran."""
     if of_id is None:
         return None, "the tape has no records"
     dense = tape.dense_ids()
-    dtype = tape.shape_dtype(of_id)[1]
+    shape, dtype = tape.shape_dtype(of_id)
     if dtype.kind != "f":
         return None, f"v{dense[of_id]} has dtype {dtype}, which has no gradient"
     parts = tape.parts()
     if not any(v not in parts.consts and tape.shape_dtype(v)[1].kind == "f" for v in parts.leaves):
         return None, "the tape has no floating-point inputs to differentiate with respect to"
+    stored = _stored_pass(tape, of_id, replaced)
     try:
         with replay.computing_through(None), np.errstate(all="ignore"):  # never recorded, even inside record()
-            replay.backward(tape, of=dense[of_id], inputs=_dense_inputs(tape, replaced), check_finite="reverse")
+            if stored is None:
+                replay.backward(tape, of=dense[of_id], inputs=_dense_inputs(tape, replaced), check_finite="reverse")
+            else:
+                records, values, skip, leaves = stored
+
+                def noted(k: int, i: int, g: Any) -> None:
+                    if not anomaly.finite(g):
+                        raise anomaly.reverse_error(tape, k, records[k], i, g)
+
+                engine.reverse_checked(records, values, {of_id: np.ones(shape, dtype)}, skip, leaves, NUMPY, noted)
     except NonFiniteError as err:
         if err.record is None:  # (the seed is ones: cannot happen)
             return None, str(err)
@@ -199,9 +224,15 @@ def _incoming(tape: Tape, of_id: int | None, n: int, replaced: Mapping[int, Any]
     if of_id is None or tape.shape_dtype(out)[1].kind != "f":
         return None
     dense = tape.dense_ids()
+    stored = _stored_pass(tape, of_id, replaced)
     with replay.computing_through(None), np.errstate(all="ignore"):
-        g = replay.backward(tape, of=dense[of_id], wrt=[dense[out]], inputs=_dense_inputs(tape, replaced))
-    return summarize(g[dense[out]])
+        if stored is None:
+            g = replay.backward(tape, of=dense[of_id], wrt=[dense[out]], inputs=_dense_inputs(tape, replaced))[dense[out]]
+        else:
+            records, values, skip, _ = stored
+            seed = np.ones(*tape.shape_dtype(of_id))
+            g = engine.reverse(records, values, {of_id: seed}, skip, {out}, NUMPY)[out]
+    return summarize(g)
 
 
 def _clip(text: str | None) -> str | None:
