@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import os
 import tempfile
 import warnings
@@ -213,26 +214,94 @@ def test_a_loaded_array_copied_and_mutated_by_the_caller_changes_nothing_else() 
     assert tg.replay.backward(loaded, of="y", wrt=["x"])["x"].tolist() == [3.0, 3.0]
 
 
-def test_arrays_larger_than_a_chunk_are_split_and_reassembled(monkeypatch) -> None:
-    monkeypatch.setattr(writer, "CHUNK_BYTES", 256)
+def owner(arr: np.ndarray) -> Any:
+    """The object owning `arr`'s memory: the buffer a tape was read into, or its mmap."""
+    while isinstance(arr.base, np.ndarray):
+        arr = arr.base
+    return arr if arr.base is None else arr.base
+
+
+def big_tapes() -> list[Tape]:
+    """Tapes whose arrays are larger than 256 bytes (a lowered frame size), built and recorded."""
     tape = Tape("all")
-    big = np.arange(300, dtype=np.float64)  # 2400 bytes: ten chunks
+    big = np.arange(300, dtype=np.float64)  # 2400 bytes
     tape._add_leaf(0, big, "big", False)
     tape._add_leaf(1, np.arange(7, dtype=np.int16), "small", False)
+    tape._add_leaf(2, np.arange(25, dtype=np.float64), "fits", False)  # 200 bytes: the next one does not fit
+    tape._add_leaf(3, np.arange(25, dtype=np.float64) + 1, "fits2", False)
+    tape._add_leaf(4, np.zeros((0, 3)), "empty", False)
     with tg.record() as rec:
         v = tg.Variable(big.copy(), name="v")
         s = tg.sum(v * v)
         s.name = "s"
-    for t in (tape, rec):
+    return [tape, rec]
+
+
+def test_arrays_larger_than_a_frame_may_be_are_split_and_reassembled(monkeypatch) -> None:
+    """What tapegrad writes for arrays over 4 GiB (and wrote for arrays crossing a 1 GiB frame before):
+    "chunks" pieces in several DATA frames, copied together when loaded."""
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 256)
+    monkeypatch.setattr(writer, "DATA_FRAME_LIMIT", 256)
+    for t in big_tapes():
         data = tf.dumps(t)
         frames = split_frames(data)[1]
         assert sum(tag == b"DATA" for tag, _ in frames) >= 10
         assert all(len(p) <= 256 for tag, p in frames if tag == b"DATA")
+        assert any(b"chunks" in p for tag, p in frames if tag in (b"VARS", b"RECS"))
         loaded = tf.loads(data)
         same_tape(t, loaded)
         for a in loaded._values.values():
             assert not a.flags.writeable
-    assert tg.replay.backward(tf.loads(tf.dumps(rec)), of="s")["v"].tobytes() == (2 * big).tobytes()
+    rec = big_tapes()[1]
+    assert tg.replay.backward(tf.loads(tf.dumps(rec)), of="s")["v"].tobytes() == (2 * rec.value("v")).tobytes()
+
+
+def test_arrays_are_never_split_while_a_frame_can_hold_them(monkeypatch, tmp_path) -> None:
+    """An array larger than CHUNK_BYTES gets a DATA frame of its own, one that does not fit in
+    what remains of a frame starts a new one: every array is one range of the file, so a mapped
+    load maps every one of them (nothing is read or copied when opening) and a read load makes
+    views of the one buffer it read."""
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 256)
+    for t in big_tapes():
+        path = tmp_path / "t.tape"
+        tf.save(t, path, fsync=False)
+        data = path.read_bytes()
+        frames = split_frames(data)[1]
+        assert not any(b"chunks" in p for tag, p in frames if tag in (b"VARS", b"RECS"))
+        sizes = [len(p) for tag, p in frames if tag == b"DATA"]
+        assert max(sizes) > 2400 and len(sizes) >= 2  # the big array's own frame, and the others'
+        for mapped in (True, False):
+            loaded = tf.load_path(path, mmap=mapped)
+            same_tape(t, loaded)
+            owners = {id(owner(a)): owner(a) for a in loaded._values.values() if a.size}
+            assert len(owners) == 1  # every stored array is a view of the tape's bytes
+            (buf,) = owners.values()
+            assert isinstance(buf, mmap.mmap) if mapped else isinstance(buf, np.ndarray) and buf.nbytes >= len(data)
+    assert tg.replay.backward(tf.load_path(path, mmap=True), of="s")["v"].tobytes() == \
+        (2 * t.value("v")).tobytes()
+    streamed = tmp_path / "s.tape"  # (the streaming writer lays out its batches the same way)
+    with tg.record(path=streamed, flush_every=2):
+        v = tg.Variable(np.arange(300, dtype=np.float64), name="v")
+        for _ in range(5):
+            v = tg.sin(v) * 2.0
+    frames = split_frames(streamed.read_bytes())[1]
+    assert not any(b"chunks" in p for tag, p in frames if tag in (b"VARS", b"RECS"))
+    loaded = tf.load_path(streamed, mmap=True)
+    assert all(isinstance(owner(a), mmap.mmap) for a in loaded._values.values())
+
+
+def test_old_files_with_split_arrays_still_load_and_map(monkeypatch, tmp_path) -> None:
+    """Files whose arrays were split at 1 GiB (as tapegrad wrote them before arrays got frames of
+    their own) load, mapped or not: their split arrays are copied, the others mapped."""
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 256)
+    monkeypatch.setattr(writer, "DATA_FRAME_LIMIT", 256)
+    tape = big_tapes()[0]
+    path = tmp_path / "old.tape"
+    tf.save(tape, path, fsync=False)
+    loaded = tf.load_path(path, mmap=True)
+    same_tape(tape, loaded)
+    assert not isinstance(owner(loaded.value("big")), mmap.mmap)  # (copied together)
+    assert isinstance(owner(loaded.value("small")), mmap.mmap)
 
 
 def test_save_load_path_and_file_objects(tmp_path) -> None:

@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import struct
+import threading
 import warnings
 import zipfile
 import zlib
@@ -18,6 +19,7 @@ import tapegrad as tg
 from tape_bytes import join_frames, preamble, split_frames, tiny_tape
 from tapegrad import tape_format as tf
 from tapegrad.tape import Tape
+from tapegrad.tape_format import frames as frames_module
 from tapegrad.tape_format import sources
 from tapegrad.tape_format.frames import _BATCH, _BIG, MAGIC, FrameWriter, crc_shift, crc_shifter
 from tapegrad.tape_format.limits import Limits
@@ -436,3 +438,41 @@ def test_a_big_frame_of_many_parts_is_written_in_bounded_pieces() -> None:
     frame = b"".join(written)
     assert frame[8:-4] == b"".join(p.tobytes() for p in parts)
     assert struct.unpack("<I", frame[-4:])[0] == zlib.crc32(frame[:-4])  # (the chain starts from 0 here)
+
+
+def test_big_payloads_checksummed_in_pieces_on_two_threads_give_the_bytes_of_one_pass(monkeypatch) -> None:
+    """A payload of `_BIG` bytes or more is checksummed piece by piece by two threads, each piece
+    written after its checksum: the frames are byte for byte those of a single pass, whatever the
+    parts and wherever pieces cut them."""
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        parts = [rng.integers(0, 256, int(rng.integers(0, 3000)), dtype=np.uint8) for _ in range(int(rng.integers(1, 9)))]
+        total = sum(p.nbytes for p in parts)
+        frames = {}
+        for big, piece in ((1 << 40, 1), (1, int(rng.integers(1, 700)))):  # (one pass; pieces)
+            monkeypatch.setattr(frames_module, "_BIG", big)
+            monkeypatch.setattr(frames_module, "_PIECE", piece)
+            out = io.BytesIO()
+            writer = FrameWriter(out)
+            writer.frame(b"HEAD", [b"x"], 1)
+            writer.frame(b"DATA", parts, total)
+            writer.commit()
+            frames[big] = out.getvalue()
+        assert frames[1] == frames[1 << 40], trial
+
+
+def test_a_failing_write_of_a_big_payload_stops_its_checksum_thread(monkeypatch) -> None:
+    monkeypatch.setattr(frames_module, "_PIECE", 1 << 16)
+
+    class Full(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            raise OSError(28, "No space left on device")
+
+    before = threading.active_count()
+    writer = FrameWriter(Full())
+    with pytest.raises(OSError, match="No space"):
+        writer.frame(b"DATA", [np.zeros(_BIG + 5, dtype=np.uint8)], _BIG + 5)
+    assert threading.active_count() == before

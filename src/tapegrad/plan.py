@@ -26,12 +26,18 @@ Contract:
   is made; its steps are the same as `engine.reverse`'s).  `run(..., check=...)` on such a plan
   runs a separate loop that raises `NonFiniteError` at the first non-finite value of the passes
   asked for; the plain loop is unchanged, so a replay without checks costs what it did.
+- A `Plan` holds its tape weakly (`Plan.tape`): the tape's plan cache holds its plans, so a
+  strong link back would be a reference cycle, and a dropped tape, its values and the file a
+  mapped tape keeps open would wait for the garbage collector.  A plan runs without its tape
+  (its registers hold the stored values it needs); its error messages then name the record by
+  index only, and a checked run needs the tape.
 """
 
 from __future__ import annotations
 
 import math
 import operator
+import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -75,7 +81,15 @@ class Compiler:
         self.avals = avals  # slot -> (shape, dtype); grows as temporaries are created
         self.steps: list[RawRecord] = []
         self.consts: dict[int, Any] = {}
-        self.ops: Any = SimpleNamespace(**{name: self._op(spec) for name, spec in REGISTRY.items()})
+
+    @property
+    def ops(self) -> Any:
+        """The backend: a namespace of one function per registry op, each appending a step here.
+
+        Made anew on each access and not kept: its functions refer to this compiler, so keeping
+        it would be a reference cycle (its tape-sized tables would then wait for the collector).
+        """
+        return SimpleNamespace(**{name: self._op(spec) for name, spec in REGISTRY.items()})
 
     def sym(self, slot: int) -> Sym:
         shape, dtype = self.avals[slot]
@@ -182,10 +196,11 @@ class Plan:
     `Program`: None and -1 for zero results).  `step_records` gives, per step, the tape record
     it recomputes, or _REVERSE / _RELEASE.  `checks` (plans compiled with `checked=True` only)
     gives, per step, the `StepCheck` of the value it makes, or None for a step whose value is not
-    checked (a temporary inside a VJP rule, a release).
+    checked (a temporary inside a VJP rule, a release).  `tape_ref` is a weak reference to the
+    tape compiled from (see the module docstring); `tape` resolves it.
     """
 
-    tape: Tape
+    tape_ref: weakref.ref[Tape] = field(repr=False)
     steps: list[Step] = field(repr=False)
     step_records: list[int] = field(repr=False)
     registers: list[Any] = field(repr=False)
@@ -196,6 +211,14 @@ class Plan:
     tangent_registers: list[int]
     peak_bytes: int
     checks: list[StepCheck | None] | None = field(default=None, repr=False)
+
+    @property
+    def tape(self) -> Tape:
+        """The tape this plan replays; TapegradError if it was freed."""
+        tape = self.tape_ref()
+        if tape is None:
+            raise TapegradError("the tape of this plan was freed; keep a reference to the tape while using its plans")
+        return tape
 
     @property
     def n_forward(self) -> int:
@@ -244,14 +267,15 @@ class Plan:
         checks = self.checks
         if checks is None:
             raise TapegradError("this plan was compiled without finiteness checks (compile_plan(..., checked=True))")
+        tape = self.tape  # (held for the run: its errors name the tape's variables and sources)
         forward, reverse = "forward" in check, "reverse" in check
         if forward:
             for vid, value in replaced.items():
                 if not anomaly.finite(value):
-                    raise anomaly.input_error(self.tape, vid, value)
+                    raise anomaly.input_error(tape, vid, value)
         if reverse and self.seed_register is not None and not anomaly.finite(seed):
-            raise anomaly.seed_error(self.tape, None, seed)
-        records = self.tape.parts().records
+            raise anomaly.seed_error(tape, None, seed)
+        records = tape.parts().records
         for k, (fn, a, b, out) in enumerate(self.steps):
             try:  # (the result is checked before it is stored: its register may hold an input)
                 if b is None:
@@ -265,9 +289,9 @@ class Plan:
             c = checks[k]
             if c is not None and (reverse if c.reverse else forward) and not anomaly.finite(value):
                 if c.reverse:
-                    raise anomaly.reverse_error(self.tape, c.record, records[c.record], c.var, value)
+                    raise anomaly.reverse_error(tape, c.record, records[c.record], c.var, value)
                 regs = (a,) if b is None else b if a is None else (a, b)
-                raise anomaly.forward_error(self.tape, c.record, value, [vals[r] for r in regs])
+                raise anomaly.forward_error(tape, c.record, value, [vals[r] for r in regs])
             vals[out] = value
         return vals
 
@@ -289,9 +313,12 @@ class Plan:
         rec = self.step_records[k]
         if rec < 0:
             return "in the reverse pass"
-        src = self.tape.source_of(rec)
+        tape = self.tape_ref()
+        if tape is None:  # (a plan kept after its tape: the record's index is all it knows)
+            return f"record {rec}"
+        src = tape.source_of(rec)
         at = f" at {src[0]}:{src[1]}" if src else ""
-        return f"record {rec} ({self.tape.parts().records[rec][0]}){at}"
+        return f"record {rec} ({tape.parts().records[rec][0]}){at}"
 
 
 def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of: int | None = None,
@@ -524,7 +551,7 @@ def _lower(prog: Program) -> Plan:
     registers: list[Any] = [None] * len(holder)
     for s, value in prog.initial.items():
         registers[reg_of[s]] = value
-    return Plan(prog.tape, steps, step_records, registers,
+    return Plan(weakref.ref(prog.tape), steps, step_records, registers,
                 inputs={v: reg_of[s] for v, s in prog.inputs.items()},
                 outputs={v: reg_of[s] if s >= 0 else -1 for v, s in prog.outputs.items()},
                 grads={v: None if s is None else reg_of[s] for v, s in prog.grads.items()},

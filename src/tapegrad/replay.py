@@ -14,7 +14,8 @@ Contract:
   reverse pass, so it agrees exactly with `backward`).
 - Plans (what to recompute, the compiled reverse pass, which register holds each value and
   when it is dropped) are compiled once per request and cached on the tape (`plan()` returns
-  them, with `.peak_bytes`).
+  them, with `.peak_bytes`).  A plan holds its tape weakly, so dropping a replayed tape frees
+  its values, its plans and a mapped tape's file at once, without the garbage collector.
 - Inside `record()`, replay computes with Variables through the tracer's hooks and returns
   Variables: the replayed tape's inputs enter the new tape under their own names, so the
   reverse pass itself is recorded and can be saved and differentiated again.  Inside a function

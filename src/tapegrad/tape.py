@@ -286,7 +286,9 @@ class Tape:
 
     def cached(self, key: Any, build: Callable[[], _T]) -> _T:
         """`build()`, kept under `key` while the tape has as many records and leaves as when it
-        was built (replay keeps its compiled plans here)."""
+        was built (replay keeps its compiled plans here).  What is kept must not refer to the
+        tape (a plan holds it weakly): a cycle would keep the tape and its values, and a mapped
+        tape's file, until the garbage collector runs."""
         stamp = (len(self._records), len(self._leaves))
         hit = self._plans.get(key)
         if hit is not None and hit[0] == stamp:

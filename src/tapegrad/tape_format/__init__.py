@@ -23,7 +23,8 @@ Modules, each stating its own contract:
 - `atomic`: `save`, the atomic write (temporary file, fsync, rename; sweeping killed writers' litter).
 - `stream`: `StreamWriter`, which appends a recording to a file in batches as it happens.
 - `columns`: a tape's leaves and records as the writer's rows (`DenseIds`: internal -> file ids).
-- `writer`: encoding rows into frames (`Encoder`; its `CHUNK_BYTES` is the DATA frame size).
+- `writer`: encoding rows into frames (`Encoder`; `CHUNK_BYTES` sizes DATA frames, and an array
+  gets a frame of its own rather than being split, up to `DATA_FRAME_LIMIT`).
 - `frames`: the container: preamble, frames, CRC chain (`FrameWriter`, `FrameScanner`).
 - `sources`: where the bytes come from (memory, file objects, paths, read or mapped).
 - `reader`: decoding frames into a `Tape` (`read`), then validating it; `Recovery`.

@@ -9,9 +9,10 @@ Contract (byte layout in docs/FORMAT.md):
 - `FrameWriter` appends frames to a binary file object, tracking the offset (relative to the
   tape's first byte) and the CRC chain; buffers under `_BATCH` bytes are gathered into
   writes of about that size, larger ones are written straight from the caller's memory (arrays
-  that are not C-contiguous are copied into C order), and the CRC of a payload of `_BIG` bytes
-  or more is computed on another thread meanwhile.  It raises only what the file object raises
-  (`OSError`).
+  that are not C-contiguous are copied into C order).  A payload of `_BIG` bytes or more is
+  checksummed in `_PIECE`-byte pieces by a worker thread and by the writing thread, and each
+  piece is written right after its checksum, while its bytes are still in the cache; the pieces'
+  CRCs are combined (`crc_shift`).  It raises only what the file object raises (`OSError`).
 - `FrameScanner` walks the frames of a byte buffer (possibly still being filled by reader
   threads) and yields `Frame`s whose bounds are checked and whose CRC matched.  It stops at the
   footer or at the first problem, which it describes in `scanner.stop` (`Stop`): the byte
@@ -57,7 +58,8 @@ TAGS = frozenset((HEAD, DATA, VARS, RECS, NAME, FOOT))
 
 _U32 = struct.Struct("<I")
 _HEAD = struct.Struct("<4sI")
-_BIG = 4 << 20  # payloads at least this large get their CRC computed alongside the write
+_BIG = 4 << 20  # payloads at least this large are checksummed on two threads, piece by piece
+_PIECE = 2 << 20  # (fits a core's L2 cache, so a piece is written from the cache after its checksum)
 _BATCH = 1 << 20  # small frames are gathered into writes of about this size
 
 
@@ -114,6 +116,81 @@ def _crc_parts(parts: Sequence[Any], seed: int) -> int:
     return crc
 
 
+def _pieces(views: Sequence[memoryview], size: int) -> list[list[memoryview]]:
+    """The bytes of `views` cut into consecutive pieces of `size` bytes (the last one fewer),
+    each a list of views."""
+    pieces: list[list[memoryview]] = []
+    piece: list[memoryview] = []
+    room = size
+    for view in views:
+        while view.nbytes:
+            take = view[:room]
+            piece.append(take)
+            room -= take.nbytes
+            view = view[take.nbytes:]
+            if not room:
+                pieces.append(piece)
+                piece, room = [], size
+    if piece:
+        pieces.append(piece)
+    return pieces
+
+
+class _PieceCRCs:
+    """The CRC-32s of `pieces` (each started from 0), computed by a worker thread and by the
+    thread asking for them (`get`) while there are pieces nobody has taken.  zlib releases the
+    GIL on large buffers, so both threads checksum at once.  `close()` stops and joins the worker
+    (it finishes the piece it is on)."""
+
+    def __init__(self, pieces: list[list[memoryview]]) -> None:
+        self.pieces = pieces
+        self.crcs: list[int | None] = [None] * len(pieces)
+        self._next = 0  # the first piece nobody has taken
+        self._stop = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="tapegrad-crc", daemon=True)
+        self._thread.start()
+
+    def _take(self) -> bool:
+        """Checksum the next piece nobody has taken; False if there is none (or after close)."""
+        with self._cond:
+            k = self._next
+            if self._stop or k >= len(self.pieces):
+                return False
+            self._next += 1
+        crc = _crc_parts(self.pieces[k], 0)
+        with self._cond:
+            self.crcs[k] = crc
+            self._cond.notify_all()
+        return True
+
+    def _run(self) -> None:
+        try:
+            while self._take():
+                pass
+        except BaseException as exc:  # (handed to the thread waiting for the piece)
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    def get(self, k: int) -> int:
+        """The CRC of piece `k`."""
+        while self.crcs[k] is None and self._take():
+            pass
+        with self._cond:
+            while (crc := self.crcs[k]) is None:
+                if self._error is not None:
+                    raise self._error
+                self._cond.wait()
+        return crc
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+        self._thread.join()
+
+
 class FrameWriter:
     """Appends frames to `out`; `pos` is the offset of the next byte relative to the tape start."""
 
@@ -134,18 +211,12 @@ class FrameWriter:
         head = _HEAD.pack(tag, length)
         views = list(map(_flat, parts))
         seed = zlib.crc32(head, self.seed)
+        self._pending += head
         if length < _BIG:
             crc = _crc_parts(views, seed)
-            self._append(head, views)
+            self._append(views)
         else:
-            result: list[int] = []
-            worker = threading.Thread(target=lambda: result.append(_crc_parts(views, seed)))
-            worker.start()  # zlib releases the GIL on large buffers, and so does write()
-            try:
-                self._append(head, views)
-            finally:
-                worker.join()
-            crc = result[0]
+            crc = self._append_checked(views, seed)
         self._pending += _U32.pack(crc)
         if len(self._pending) >= _BATCH:
             self.commit()
@@ -153,10 +224,24 @@ class FrameWriter:
         self.pos += FRAME_HEAD + length + FRAME_TAIL
         self.frames += 1
 
-    def _append(self, head: bytes, views: list[memoryview]) -> None:
-        """Queue `head` and `views`: each view is copied into the pending batch, which is written
-        whenever it fills; a view of a batch or more is written as it is."""
-        self._pending += head
+    def _append_checked(self, views: list[memoryview], seed: int) -> int:
+        """`_append(views)`, returning their CRC-32 continued from `seed`: checksummed piece by
+        piece on two threads, each piece written right after its checksum (see the module
+        docstring)."""
+        pieces = _pieces(views, _PIECE)
+        crcs = _PieceCRCs(pieces)
+        crc = seed
+        try:
+            for k, piece in enumerate(pieces):
+                crc = crc_shift(crc, crc_shifter(sum(view.nbytes for view in piece))) ^ crcs.get(k)
+                self._append(piece)
+        finally:
+            crcs.close()
+        return crc
+
+    def _append(self, views: list[memoryview]) -> None:
+        """Queue `views`: each view is copied into the pending batch, which is written whenever
+        it fills; a view of a batch or more is written as it is."""
         for view in views:
             if view.nbytes < _BATCH:
                 self._pending += view

@@ -14,9 +14,10 @@ Contract:
   `REGISTRY` (by `validate`), dtypes are matched as exact strings against `DTYPES` before any
   `np.dtype` call, no pickle, no eval.
 - Memory: the tape's bytes are read once into one buffer (or mapped); stored arrays are read-only
-  zero-copy views into it, except arrays split over several chunks, which are copied once.  Every
-  length and count is checked against the bytes present and the limits before use, so memory is
-  bounded by about 2x the file size plus a few hundred bytes per record.
+  zero-copy views into it, except arrays split over several chunks (arrays over 4 GiB, or files of
+  older writers), which are copied once.  Every length and count is checked against the bytes
+  present and the limits before use, so memory is bounded by about 2x the file size plus a few
+  hundred bytes per record.
 - Recover mode returns the tape made of the whole frames before the first damaged one (a crash
   leaves whole records) and reports what it dropped in `tape.recovery` (a `Recovery`) and with a
   `TapeRecoveryWarning`; a strict load of a complete tape sets `tape.recovery = None`.

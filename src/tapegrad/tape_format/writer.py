@@ -16,8 +16,11 @@ Contract:
   widths, so no frame is encoded twice, except when huge tables overflow the estimate.
 - Arrays are written as raw C-order little-endian bytes at 64-byte-aligned offsets inside DATA
   frames, straight from the arrays' memory (a frame of values up to `PACK_BYTES` is copied into
-  one buffer instead); an array larger than `CHUNK_BYTES` (or a batch whose arrays do not fit
-  one frame) is split over several DATA frames.
+  one buffer instead).  An array is never split while one frame can hold it: a DATA frame holds
+  arrays up to `CHUNK_BYTES` in all, an array that does not fit in what remains of it starts a
+  new frame, and an array larger than `CHUNK_BYTES` gets a frame of its own.  Only an array
+  larger than `DATA_FRAME_LIMIT` (what a u32 frame length can state) is split over several
+  frames; a reader must copy such an array to make it contiguous, every other one it can map.
 - Raises `TapegradError` for what the format cannot represent (dtypes outside `DTYPES`, ids
   beyond 2**32 - 1, attributes or metadata that are not plain data); `OSError` from the file.
 """
@@ -56,10 +59,14 @@ from .frames import (
 from .limits import DEFAULT_LIMITS
 
 CHUNK_BYTES = 1 << 30
-"""Largest DATA frame payload; bigger arrays are split into chunks of at most this size.
-
-Frame lengths are u32, so this must stay below 4 GiB; tests lower it to exercise chunking.
+"""Size at which a DATA frame of several arrays is closed: an array that does not fit in what
+remains of a frame starts the next one, and an array larger than this gets a frame of its own
+(up to `DATA_FRAME_LIMIT`).  Tests lower it to exercise frame boundaries.
 """
+
+DATA_FRAME_LIMIT = (1 << 32) - 1
+"""Largest DATA frame payload (frame lengths are u32).  Only an array larger than this (minus
+its alignment padding) is split over several frames; tests lower it to write split arrays."""
 
 PACK_BYTES = 4096  # DATA frames hold values up to this size as one copied buffer (`_packed`)
 ROWS_PER_FRAME = 1 << 16  # definitions per VARS/RECS frame at most
@@ -258,10 +265,12 @@ def _table(codes: Ints, table: list[Any], a: int, b: int, whole: bool, first: in
 
 
 class DataLayout:
-    """Places arrays in DATA frames starting at tape offset `start`: 64-aligned, chunked."""
+    """Places arrays in DATA frames starting at tape offset `start`: 64-aligned, each array in
+    one frame unless it is larger than any frame may be (see the module docstring)."""
 
     def __init__(self, start: int) -> None:
-        self.chunk = max(int(CHUNK_BYTES), 2 * ALIGN)
+        self.limit = max(int(DATA_FRAME_LIMIT), 2 * ALIGN)
+        self.chunk = min(max(int(CHUNK_BYTES), 2 * ALIGN), self.limit)
         self.frames: list[tuple[list[Any], int]] = []
         self._start = start
         self._parts: list[Any] = []
@@ -306,7 +315,33 @@ class DataLayout:
                 chunks.append((row, tuple(ref)))
         return np.array(column, dtype="<i8").tobytes(), chunks
 
+    def _pad(self) -> int:
+        """Zero bytes needed before the next array, so that it starts at an aligned offset."""
+        return -(self._start + FRAME_HEAD + self._used) % ALIGN
+
     def _add(self, value: Any) -> list[int]:
+        """Place one array; return its (offset, length) pieces: one piece unless it is larger than
+        `limit`, none if it is empty."""
+        nbytes = value.nbytes
+        if not nbytes:
+            return []
+        if self._used and self._used + self._pad() + nbytes > self.chunk:
+            self._close()  # a new frame rather than a split array
+        pad = self._pad()
+        if pad + nbytes > self.limit:  # larger than one frame may be
+            return self._split(value)
+        if pad:
+            self._parts.append(_PADS[pad])
+        self._parts.append(value)
+        at = self._start + FRAME_HEAD + self._used + pad
+        self._used += pad + nbytes
+        if self._used >= self.chunk:
+            self._close()
+        return [at, nbytes]
+
+    def _split(self, value: Any) -> list[int]:
+        """Place an array larger than a frame over several frames, `limit` bytes each (the last
+        one less); return its pieces."""
         nbytes = value.nbytes
         ref: list[int] = []
         flat: Any = None
@@ -314,7 +349,7 @@ class DataLayout:
         while done < nbytes:
             at = self._start + FRAME_HEAD + self._used
             pad = -at % ALIGN
-            room = self.chunk - self._used - pad
+            room = self.limit - self._used - pad
             if room <= 0:
                 self._close()
                 continue
