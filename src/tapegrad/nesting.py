@@ -8,8 +8,8 @@ Contract:
   Variables, because its result may depend on Variables of the enclosing differentiation (a
   closure over an outer argument) and must stay on the graph that differentiation walks.  At top
   level it is False and reverse passes keep the fast numpy path.
-- The state is per thread and per asyncio task (a `contextvars.ContextVar`), like a recording
-  would ideally be: one thread's differentiation never changes how another thread's runs.
+- The state is per thread and per asyncio task (a `contextvars.ContextVar`), like the recording
+  state (`context`): one thread's differentiation never changes how another thread's runs.
 - This module imports nothing from tapegrad.
 """
 

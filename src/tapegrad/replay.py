@@ -37,13 +37,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 
-from . import anomaly, engine
+from . import anomaly, context, engine
 from .errors import DTypeError, TapegradError
 from .plan import Plan, compile_jvp, compile_plan
 from .tape import ATTRS, INPUTS, OP, OUTPUT, Tape
@@ -58,23 +57,24 @@ class Recorder(Protocol):
     def backend(self) -> Any: ...
 
 
-_recorder: ContextVar[Recorder | None] = ContextVar("tapegrad_replay_recorder", default=None)
-
-
 @contextmanager
 def computing_through(recorder: Recorder | None) -> Iterator[None]:
     """Inside the block, replays in this thread or task compute through `recorder` (on
-    Variables, recorded and differentiable) or, with None, on numpy arrays.  The tracer enters
-    it in `record()` and `no_record()`, and `grad` while the function it differentiates runs."""
-    token = _recorder.set(recorder)
+    Variables, recorded and differentiable) or, with None, on numpy arrays.  `record()` and
+    `no_record()` set the same (`context.State.through`), and `grad` enters this while the
+    function it differentiates runs."""
+    outer = context.current()
+    state = context.block(outer.tape, outer.linking, recorder)
     try:
+        context.enter(state)
         yield
     finally:
-        _recorder.reset(token)
+        context.end(state)
 
 
 def _recording() -> Recorder | None:
-    return _recorder.get()
+    through: Recorder | None = context.current().through
+    return through
 
 
 def _array(value: Any, label: str) -> Any:

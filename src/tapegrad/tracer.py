@@ -13,7 +13,19 @@ Contract:
   the shapes, never a bare numpy error.
 - `y.backward()` runs `engine.reverse`, the same engine as file replay (with
   `check_finite=True`, its checking twin `engine.reverse_checked`).
-- Recording state is process-wide: record from one thread at a time.
+- Recording state (the tape being recorded, `no_record()`) is per thread and per asyncio task
+  (`context`): threads and tasks that each enter `record()` record complete tapes of their own,
+  and `no_record()` in one changes nothing in another.  A new thread starts outside every block,
+  even if started inside one.  An asyncio task (and `asyncio.to_thread`) runs in a copy of its
+  creator's context: created inside a `record()` block, it records onto that tape while the
+  block is open and computes as at top level once it has ended.  One tape must not be recorded
+  onto from two threads at the same time.
+- Sharing Variables between threads: a Variable can be used on any thread.  Used in a recording
+  other than the one it was made on (a tape of another thread, or none), it enters that tape as
+  an input, a copy of its value under its name, exactly like a Variable made outside the block;
+  each tape stays complete and separate.  `backward()` from a result that depends on it goes on
+  through its own history (the other thread's tape): do that once the other thread's block has
+  ended, since it reads that tape.
 """
 
 from __future__ import annotations
@@ -28,15 +40,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from . import anomaly, backprop, engine, nesting, replay
+from . import anomaly, backprop, context, engine, nesting
 from .errors import DTypeError, TapegradError
 from .ops import NUMPY, REGISTRY, OpSpec
 from .ops.registry import backend
 from .tape import RawRecord, Tape, describe_exception
 
 _serials = itertools.count()
-_tape: Tape | None = None  # the active recording, if any
-_linking = True  # False inside no_record(): results get no graph links
+_current = context.current  # this thread's or task's recording state (read once per op)
 # numpy's module defines `__getattr__`, so `np.ndarray` in a hot path is an unspecialised
 # attribute lookup (~180 machine instructions in CPython 3.11): read it once.
 _NDARRAY = np.ndarray
@@ -86,8 +97,9 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
     forward, name = spec.forward, spec.name
 
     def op(x: Any) -> Variable:
-        tape = _tape
-        if type(x) is not Variable or not _linking or x.data is None or (
+        state = _current()
+        tape = state.tape
+        if type(x) is not Variable or not state.linking or x.data is None or (
                 x._tape is not tape and tape is not None and x._tapegrad_serial not in tape._values):
             return _apply(spec, (x,), NO_ATTRS)
         out = forward(x.data)
@@ -124,8 +136,9 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
     forward, name = spec.forward, spec.name
 
     def op(a: Any, b: Any) -> Variable:
-        tape = _tape
-        if (type(a) is not Variable or type(b) is not Variable or not _linking or a.data is None or b.data is None
+        state = _current()
+        tape = state.tape
+        if (type(a) is not Variable or type(b) is not Variable or not state.linking or a.data is None or b.data is None
                 or (a._tape is not tape and tape is not None and a._tapegrad_serial not in tape._values)
                 or (b._tape is not tape and tape is not None and b._tapegrad_serial not in tape._values)):
             return _apply(spec, (a, b), NO_ATTRS)
@@ -189,8 +202,9 @@ class Variable:
         self._tapegrad_serial = next(_serials)
         self._link: tuple[RawRecord, tuple[Any, ...]] | None = None
         self._tape: Tape | None = None
-        if _tape is not None and data is not None:
-            _enter(_tape, self)
+        tape = _current().tape
+        if tape is not None and data is not None:
+            _enter(tape, self)
 
     # -- naming: names are tape metadata too --
     @property
@@ -376,7 +390,8 @@ def _observe(v: Variable, kind: str) -> bool | int | float:
                             "use .any() / .all() style reductions explicitly")
     item = v.data.item()
     value: bool | int | float = bool(item) if kind == "bool" else int(item) if kind == "int" else float(item)
-    if _tape is not None and _linking:
+    state = _current()
+    if state.tape is not None and state.linking:
         _apply(_GUARD, (v,), {"value": value, "kind": kind})
     return value
 
@@ -402,7 +417,8 @@ def _constant(a: Any, dtype: Any) -> Any:
 
 def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
     """Compute `spec` on `args`, wrap the result, record it and link it."""
-    tape = _tape
+    state = _current()
+    tape = state.tape
     xs: list[Any] = []
     ids: list[int] = []
     weak: list[int] = []
@@ -437,7 +453,7 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
     except (ValueError, TypeError, IndexError, ZeroDivisionError) as exc:
         shapes = " and ".join(str(np.shape(x)) for x in xs)
         raise TapegradError(f"{spec.name}: {exc} (input shapes {shapes})") from None
-    if not _linking:  # inside no_record(): a plain leaf
+    if not state.linking:  # inside no_record(): a plain leaf
         return Variable(np.asarray(out))
     consts = [k for k, i in enumerate(ids) if i < 0]
     for k in consts:  # a constant gets an id before the output does
@@ -485,58 +501,59 @@ def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, f
     With `source` (the default) each record keeps the file and line of the user code that made
     it, for error messages, guards and the inspector.  When the block exits by raising, the
     exception's type and message are kept in `tape.error` and in the file's footer.
+
+    The recording belongs to this thread or asyncio task (see the module docstring).
     """
-    global _tape
     tape = Tape(values, metadata)
     tape.source = source
-    if path is not None:
-        from .tape_format.stream import StreamWriter
-
-        tape._sink = StreamWriter(path, tape, flush_every=flush_every, fsync=fsync)
-    outer = _tape
-    _tape = tape
+    state = context.block(tape, _current().linking, RECORDER)  # (a replay inside records onto this tape)
     try:
-        with replay.computing_through(RECORDER):  # a replay inside records onto this tape
-            yield tape
+        if path is not None:
+            from .tape_format.stream import StreamWriter
+
+            tape._sink = StreamWriter(path, tape, flush_every=flush_every, fsync=fsync)
+        context.enter(state)
+        yield tape
     except BaseException as exc:
         if not isinstance(exc, GeneratorExit):  # (a generator closed unfinished: no exception of the block)
             tape.error = describe_exception(exc)  # the file says how the recording ended
         raise
     finally:
-        _tape = outer
-        if tape._sink is not None:
-            sink, tape._sink = tape._sink, None
-            sink.close()
+        try:
+            context.end(state)
+        finally:
+            if tape._sink is not None:
+                sink, tape._sink = tape._sink, None
+                sink.close()
 
 
 @contextmanager
 def no_record() -> Iterator[None]:
     """Compute without recording and without graph links (results are plain leaves)."""
-    global _tape, _linking
-    outer = (_tape, _linking)
-    _tape, _linking = None, False
+    state = context.block(None, False, RECORDER if nesting.active() else None)
     try:
-        with replay.computing_through(RECORDER if nesting.active() else None):
-            yield
+        context.enter(state)
+        yield
     finally:
-        _tape, _linking = outer
+        context.end(state)
 
 
 @contextmanager
 def _linked() -> Iterator[None]:
     """Make sure ops inside link their results (used by grad(), even under no_record)."""
-    global _linking
-    outer = _linking
-    _linking = True
+    outer = _current()
+    state = context.block(outer.tape, True, outer.through)
     try:
+        context.enter(state)
         yield
     finally:
-        _linking = outer
+        context.end(state)
 
 
 def recording() -> Tape | None:
-    """The tape being recorded, or None."""
-    return _tape
+    """The tape being recorded in this thread or task, or None."""
+    tape: Tape | None = _current().tape
+    return tape
 
 
 # ---- public op functions, one per registry entry -------------------------------------------
