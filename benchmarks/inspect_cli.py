@@ -1,4 +1,3 @@
-# ruff: noqa: A005  (the issue names this file benchmarks/inspect.py; see the sys.path note below)
 """Inspector benchmark: `tapegrad show`, `stats` and `nan` on a long tape of tiny values.
 
 A tape of --records records (default 1,000,000: a chain cycling mul/tanh/add on shape-(2,)
@@ -15,26 +14,20 @@ file size.
 Targets: show and stats under 10 s, nan under 20 s; memory under 3x the file size (the loader's
 own share shows in `load`).
 
-Run: python benchmarks/inspect.py [--records N] [--repeat 1] [--values all|inputs]
+Run: python benchmarks/inspect_cli.py [--records N] [--repeat 1] [--values all|inputs]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import resource
+import statistics
+import subprocess
 import sys
-
-# This file's name is the standard library's `inspect`, which numpy imports: run as a script, its
-# folder leads sys.path, so take it out before anything imports `inspect`.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import tempfile
+import time
 
 
 def build(path: str, records: int, values: str) -> None:
