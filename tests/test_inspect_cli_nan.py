@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from nan_tapes import CRASH, HERE, root, underflow
 from tapegrad.cli import main
-from test_inspect_nan import CRASH, root, underflow
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
 
@@ -33,7 +33,7 @@ def test_forward_and_reverse_findings_name_the_record_op_and_source_line(tmp_pat
     backward.save(tmp_path / "backward.tape")
     code, out, err = run(capsys, "nan", str(tmp_path / "forward.tape"))
     assert code == 1 and err == ""  # a non-finite value was found
-    assert f"non-finite value from finite inputs is record 1 at {__file__.replace('_cli_nan', '_nan')}:{forward_line}" in out
+    assert f"non-finite value from finite inputs is record 1 at {HERE}:{forward_line}" in out
     code, out, err = run(capsys, "nan", str(tmp_path / "backward.tape"), "--json")
     report = json.loads(out)
     assert code == 1 and report["file"] == str(tmp_path / "backward.tape") and report["forward"] is None

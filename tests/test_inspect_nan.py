@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 import warnings
 from typing import Any
 
@@ -16,41 +15,13 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
+from nan_tapes import CRASH, HERE, LOGITS, root, underflow
 from op_cases import roundtrip
 from tapegrad.inspect.loading import error_lines, load_for_debugging, recovery_lines
 from tapegrad.inspect.nan import NanReport, format_report, nan
 from tapegrad.tape import ERROR_MESSAGE_BYTES, Tape
 
-HERE = __file__
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # numpy on the NaNs made here
-LOGITS = np.array([[1000.0, 0.0, -5.0]])  # softmax underflows to exactly 0 at two places
-
-
-def line_after() -> int:
-    return sys._getframe(1).f_lineno + 1
-
-
-def underflow(values: str = "all", logits: np.ndarray = LOGITS) -> tuple[Tape, int]:
-    """loss = -sum(log(softmax(z))): record 1 (log) makes -inf from the finite softmax."""
-    with tg.record(values=values) as tape, np.errstate(all="ignore"):
-        z = tg.Variable(logits, name="logits")
-        p = tg.softmax(z, axis=-1)
-        line = line_after()
-        lp = tg.log(p)
-        loss = -tg.sum(lp)
-        loss.name = "loss"
-    return tape, line
-
-
-def root(values: str = "all") -> tuple[Tape, int]:
-    """y = sum(2 sqrt(x)) at x = [4, 0, 1]: a finite forward pass, an infinite gradient at 0."""
-    with tg.record(values=values) as tape:
-        x = tg.Variable(np.array([4.0, 0.0, 1.0]), name="x")
-        line = line_after()
-        s = tg.sqrt(x)
-        y = tg.sum(s * 2.0)
-        y.name = "y"
-    return tape, line
 
 
 def text(report: NanReport) -> str:
@@ -177,22 +148,6 @@ def test_an_integer_output_and_an_empty_tape_have_no_reverse_pass() -> None:
 
 
 # ---- how the recording ended ----------------------------------------------------------------
-
-CRASH = textwrap.dedent("""
-    import sys
-    import numpy as np
-    import tapegrad as tg
-
-    np.seterr(all="ignore")
-    with tg.record(path=sys.argv[1], flush_every=4) as tape:
-        z = tg.Variable(np.array([[1000.0, 0.0, -5.0]]), name="logits")
-        y = -tg.sum(tg.log(tg.softmax(z, axis=-1)))   # records 0-3: record 1 (log) makes -inf
-        while True:
-            y = tg.sin(y) * 0.5
-            if len(tape) % 4 == 0:
-                print(len(tape), flush=True)   # a batch of records has been handed to the OS
-""")
-
 
 def test_a_crashed_streaming_run_loads_with_recovery_and_still_reports(tmp_path) -> None:
     path = tmp_path / "crashed.tape"
