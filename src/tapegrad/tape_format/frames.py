@@ -10,7 +10,7 @@ Contract (byte layout in docs/FORMAT.md):
   tape's first byte) and the CRC chain; buffers under `_BATCH` bytes are gathered into
   writes of about that size, larger ones are written straight from the caller's memory (arrays
   that are not C-contiguous are copied into C order), and the CRC of a payload of `_BIG` bytes
-  or more is computed on another thread meanwhile.  It raises only what the file object raises
+  or more is computed on another (bare) thread meanwhile.  It raises only what the file object raises
   (`OSError`).
 - `FrameScanner` walks the frames of a byte buffer (possibly still being filled by reader
   threads) and yields `Frame`s whose bounds are checked and whose CRC matched.  It stops at the
@@ -23,9 +23,9 @@ Contract (byte layout in docs/FORMAT.md):
 
 from __future__ import annotations
 
+import _thread
 import functools
 import struct
-import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, NamedTuple
@@ -138,14 +138,11 @@ class FrameWriter:
             crc = _crc_parts(views, seed)
             self._append(head, views)
         else:
-            result: list[int] = []
-            worker = threading.Thread(target=lambda: result.append(_crc_parts(views, seed)))
-            worker.start()  # zlib releases the GIL on large buffers, and so does write()
-            try:
+            wait = _alongside(lambda: _crc_parts(views, seed))  # zlib releases the GIL on large buffers,
+            try:  # and so does write()
                 self._append(head, views)
             finally:
-                worker.join()
-            crc = result[0]
+                crc = wait()
         self._pending += _U32.pack(crc)
         if len(self._pending) >= _BATCH:
             self.commit()
@@ -179,6 +176,35 @@ class FrameWriter:
             if n is None:  # a non-blocking raw file that could take nothing right now
                 raise BlockingIOError("the tape file object accepted no bytes")
             view = view[n:]
+
+
+def _alongside(work: Callable[[], int]) -> Callable[[], int]:
+    """Start `work` on another thread; the function returned waits for its result.
+
+    A bare thread (`_thread`), not a `threading.Thread`: freeing one of those runs a weakref
+    callback of the threading module on this thread, and an exception raised in a callback is
+    printed and dropped by Python; a Ctrl-C landing there would be lost, and the program would
+    go on writing.
+    """
+    done = _thread.allocate_lock()
+    done.acquire()
+    result: list[int] = []
+
+    def run() -> None:
+        try:
+            result.append(work())
+        finally:
+            done.release()
+
+    _thread.start_new_thread(run, ())
+
+    def wait() -> int:
+        with done:
+            if not result:
+                raise RuntimeError("computing a checksum on another thread failed")
+            return result[0]
+
+    return wait
 
 
 def _flat(part: Any) -> memoryview:

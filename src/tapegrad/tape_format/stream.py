@@ -7,14 +7,23 @@ recording when there is one (`tape.error`, which `record()` sets before closing 
 stream declares format version 1.1 from its first byte, since only its end tells whether its
 footer holds an exception.  A process killed at any point leaves a file whose flushed batches
 load with `recover=True`.  Files are flushed to the OS, not fsynced, unless `fsync=True`.
+
+Interrupts: creating the writer (the file and its whole header), each flush and `close()` (the
+last batch, the footer and closing the file) run with signal handlers held back
+(`interrupts.held`): Ctrl-C, `_thread.interrupt_main()` or a handler raising `SystemExit` never
+cut a write short; what they raise propagates once the write is complete.  So the file is never
+left without a complete header, and a recording interrupted anywhere still gets its footer when
+`record()` closes it.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from typing import IO, Any
 
 from ..errors import TapegradError
+from ..interrupts import held
 from ..tape import Tape
 from .columns import DenseIds, SourceCache, batch_rows, late_names
 from .frames import ERROR_MINOR
@@ -46,13 +55,15 @@ class StreamWriter:
         self._where: SourceCache = {}  # resolved source locations
         self._failed: BaseException | None = None
         self._closed = False
-        self._file: IO[bytes] = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
-        try:
-            self._enc = Encoder(self._file, tape.values_mode, tape.metadata, minor=ERROR_MINOR)
-            self._flush()
-        except BaseException:
-            self._file.close()
-            raise
+        self._path = os.fspath(path)
+        with held():  # the file exists only with its complete header
+            self._file: IO[bytes] = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
+            try:
+                self._enc = Encoder(self._file, tape.values_mode, tape.metadata, minor=ERROR_MINOR)
+                self._flush()  # the header, and whatever the tape holds already
+            except BaseException:
+                _remove_unfinished(self._path, self._file)
+                raise
 
     # -- TapeSink --
     def leaf(self, vid: int, value: Any, name: str | None, const: bool) -> None:
@@ -60,7 +71,8 @@ class StreamWriter:
 
     def due(self) -> None:
         if self._failed is None:
-            self._flush()
+            with held():
+                self._flush()
 
     def name(self, vid: int, name: str | None) -> None:
         self._renamed[vid] = None
@@ -69,21 +81,23 @@ class StreamWriter:
         """Write what is left and the footer, and close the file (idempotent)."""
         if self._closed:
             return
-        self._closed = True
-        try:
-            if self._failed is None:
-                self._flush()
-                self._enc.footer(footer_error(self._tape.error))
-                if self._fsync:
-                    os.fsync(self._file.fileno())
-        finally:
-            self._file.close()
+        with held():
+            self._closed = True
+            try:
+                if self._failed is None:
+                    self._flush()
+                    self._enc.footer(footer_error(self._tape.error))
+                    if self._fsync:
+                        os.fsync(self._file.fileno())
+            finally:
+                self._file.close()
 
     def flush(self) -> None:
         """Write the records gathered so far (also done every `flush_every` records)."""
         if self._failed is not None:
             raise TapegradError(f"the tape stream failed earlier: {self._failed}") from self._failed
-        self._flush()
+        with held():
+            self._flush()
 
     def _flush(self) -> None:
         tape = self._tape
@@ -104,3 +118,17 @@ class StreamWriter:
             raise
         self._leaves_done += len(leaves)
         self._records_done += len(records)
+
+
+def _remove_unfinished(path: str, file: IO[bytes]) -> None:
+    """Close `file` and remove it from `path` if it is a regular file still there (never a
+    device such as /dev/full, nor a file that replaced it meanwhile)."""
+    try:
+        mine = os.fstat(file.fileno())
+        there = os.stat(path)
+        if stat.S_ISREG(mine.st_mode) and (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        file.close()
