@@ -1,4 +1,4 @@
-"""Faults: kill -9, failing fsync, a full disk, concurrent readers.
+"""Faults: kill -9, failing fsync, a full disk (and what its errors say), concurrent readers.
 
 Real child processes are killed with SIGKILL at random moments; the parent then checks what the
 file system holds.  `TAPEGRAD_CRASH_ROUNDS` (default 3) sets how many kills each test makes.
@@ -6,13 +6,16 @@ file system holds.  `TAPEGRAD_CRASH_ROUNDS` (default 3) sets how many kills each
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -182,12 +185,84 @@ def test_a_failing_write_leaves_the_old_file(tmp_path, monkeypatch) -> None:
     before = path.read_bytes()
 
     def no_space(self: object, data: object) -> None:
-        raise OSError(28, "No space left on device (injected)")
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
     monkeypatch.setattr(frames.FrameWriter, "_write", no_space)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match="No space") as info:
         tf.save(Tape("all", {"v": "new"}), path)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["t.tape"]
+    exc = info.value
+    assert exc.errno == errno.ENOSPC and exc.filename == str(path)
+    assert f"saving a tape to {path}: writing failed: No space left on device (injected); the file is unchanged" in str(exc)
+
+
+def test_a_failing_fsync_names_the_path_and_the_step(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "t.tape"
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error (injected)")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError) as info:
+        tf.save(Tape("all", {}), path)
+    assert info.value.errno == errno.EIO and info.value.filename == str(path)
+    assert str(path) in str(info.value) and "fsync" in str(info.value)
+    with pytest.raises(FileNotFoundError, match="missing"):  # the errno keeps its OSError subclass
+        tf.save(Tape("all", {}), tmp_path / "missing" / "t.tape")
+
+
+def fail_writes(monkeypatch: pytest.MonkeyPatch, when: Callable[[int], bool]) -> None:
+    """Make the file writer's writes fail with ENOSPC (a full disk) when `when(n)` accepts their
+    number (from 1)."""
+    from tapegrad.tape_format import frames
+
+    original = frames.FrameWriter._write
+    count = [0]
+
+    def write(self: frames.FrameWriter, data: object) -> None:
+        count[0] += 1
+        if when(count[0]):
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        original(self, data)
+
+    monkeypatch.setattr(frames.FrameWriter, "_write", write)
+
+
+def test_a_full_disk_while_streaming_names_the_records_and_the_file(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "run.tape"
+    fail_writes(monkeypatch, lambda n: n == 3)  # header, the first batch, the second batch
+    with pytest.raises(OSError) as info, tg.record(path=path, flush_every=4) as tape:
+        y = tg.Variable(np.linspace(0.0, 1.0, 3), name="x")
+        for _ in range(20):
+            y = tg.sin(y)
+    exc = info.value
+    assert exc.errno == errno.ENOSPC and exc.filename == str(path) and len(tape) == 8
+    assert str(exc) == (f"[Errno 28] writing records 4 to 7 to {path}: No space left on device (injected); the file "
+                        f"holds a recoverable prefix of the recording (tg.load(path, recover=True)): '{path}'")
+    assert isinstance(exc.__cause__, OSError)
+    got = quiet_recover(path)
+    assert got.records == tape.records[:4]
+
+
+def test_a_full_disk_when_the_stream_closes(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "run.tape"
+    closing: list[bool] = []
+    fail_writes(monkeypatch, lambda n: bool(closing))
+    with pytest.raises(OSError, match=r"writing record 4 to .*recoverable prefix"), tg.record(path=path, flush_every=4) as tape:
+        y = tg.Variable(np.linspace(0.0, 1.0, 3), name="x")
+        for _ in range(5):
+            y = tg.sin(y)
+        closing.append(True)
+    assert quiet_recover(path).records == tape.records[:4]
+
+
+def test_a_full_disk_at_the_start_of_a_stream_leaves_no_file(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "run.tape"
+    fail_writes(monkeypatch, lambda n: True)
+    with pytest.raises(OSError, match=f"starting a recording in {path}: No space") as info, tg.record(path=path):
+        pass
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert not path.exists()
 
 
 FULL_DISK = textwrap.dedent("""
@@ -237,8 +312,9 @@ def test_a_full_disk_while_streaming_surfaces_and_keeps_the_written_prefix(tmp_p
     got = quiet_recover(path)
     assert flushed and len(got) >= flushed[-1]
     assert {r.op for r in got.records} == {"sin"}
-    with pytest.raises(OSError), tg.record(path="/dev/full"):
+    with pytest.raises(OSError, match="starting a recording in /dev/full"), tg.record(path="/dev/full"):
         pass
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # a file that never got its header is removed, a device never
 
 
 READERS_WRITER_SECONDS = 1.5

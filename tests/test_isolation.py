@@ -34,6 +34,7 @@ FORBIDDEN_IMPORTS = {
     "tapegrad.ops": ("tapegrad.tracer", "tapegrad.tape", "tapegrad.engine", "tapegrad.replay"),
     "tapegrad.nesting": ("tapegrad.tracer", "tapegrad.tape", "tapegrad.ops"),
     "tapegrad.context": ("tapegrad.tracer", "tapegrad.tape", "tapegrad.ops", "tapegrad.replay"),
+    "tapegrad.interrupts": ("tapegrad.tracer", "tapegrad.tape", "tapegrad.ops", "tapegrad.replay"),
 }
 FORMAT_DIR = PACKAGE_DIR / "tape_format"
 FORMAT_MODULES = ["tapegrad.tape_format"] + [f"tapegrad.tape_format.{p.stem}" for p in sorted(FORMAT_DIR.glob("*.py"))

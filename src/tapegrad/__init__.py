@@ -6,23 +6,29 @@ marked `public`, installed from `tracer.FUNCTIONS`), `record`, `no_record`, `gra
 at `TapegradError` (`NonFiniteError` is what anomaly mode, `check_finite=True`, raises).
 """
 
-from typing import TYPE_CHECKING
+from .interrupts import held
 
-from . import replay
-from .errors import (
-    DTypeError,
-    GuardError,
-    LimitError,
-    NonFiniteError,
-    TapeFormatError,
-    TapegradError,
-    TruncatedTapeError,
-)
-from .functional import grad, hessian, value_and_grad
-from .tape import Record, Tape
-from .tape_format import Limits, Recovery, TapeRecoveryWarning, dumps, loads, save
-from .tape_format import load_path as load
-from .tracer import FUNCTIONS, Variable, no_record, record
+# A Ctrl-C while tapegrad (and numpy, msgpack) import is held until they are done: importlib frees
+# a lock per module through a weakref callback, and Python drops an exception raised in one, so an
+# interrupt landing there would be lost and the program would run on.
+with held():
+    from typing import TYPE_CHECKING
+
+    from . import replay
+    from .errors import (
+        DTypeError,
+        GuardError,
+        LimitError,
+        NonFiniteError,
+        TapeFormatError,
+        TapegradError,
+        TruncatedTapeError,
+    )
+    from .functional import grad, hessian, value_and_grad
+    from .tape import Record, Tape
+    from .tape_format import Limits, Recovery, TapeRecoveryWarning, dumps, loads, save
+    from .tape_format import load_path as load
+    from .tracer import FUNCTIONS, Variable, no_record, record
 
 globals().update(FUNCTIONS)
 

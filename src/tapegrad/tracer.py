@@ -26,6 +26,10 @@ Contract:
   each tape stays complete and separate.  `backward()` from a result that depends on it goes on
   through its own history (the other thread's tape): do that once the other thread's block has
   ended, since it reads that tape.
+- Interrupts: `record()` sets up its file with signal handlers held back (`interrupts`), so the
+  file exists with a complete header or not at all; however the block ends (normally, an
+  exception from user code, `KeyboardInterrupt`, `SystemExit`), its exit writes the last batch
+  and the footer before the exception propagates.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import numpy as np
 
 from . import anomaly, backprop, context, engine, nesting
 from .errors import DTypeError, TapegradError
+from .interrupts import held
 from .ops import NUMPY, REGISTRY, OpSpec
 from .ops.registry import backend
 from .tape import RawRecord, Tape, describe_exception
@@ -502,16 +507,24 @@ def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, f
     it, for error messages, guards and the inspector.  When the block exits by raising, the
     exception's type and message are kept in `tape.error` and in the file's footer.
 
-    The recording belongs to this thread or asyncio task (see the module docstring).
+    The recording belongs to this thread or asyncio task (see the module docstring).  A streamed
+    file is created with its complete header before the block starts; an interrupt (Ctrl-C,
+    `SystemExit` from a signal handler) never cuts a write short, and however the block ends its
+    file gets the last batch and the footer before the exception propagates.  A failed write (a
+    full disk) raises an `OSError` naming the file and the records being written; the file then
+    holds a recoverable prefix.
     """
     tape = Tape(values, metadata)
     tape.source = source
     state = context.block(tape, _current().linking, RECORDER)  # (a replay inside records onto this tape)
     try:
         if path is not None:
-            from .tape_format.stream import StreamWriter
+            # (held: an interrupt comes after the sink is attached, so its file gets a footer; also
+            # one during the first import of the writer, which importlib could drop: see __init__)
+            with held():
+                from .tape_format.stream import StreamWriter
 
-            tape._sink = StreamWriter(path, tape, flush_every=flush_every, fsync=fsync)
+                tape._sink = StreamWriter(path, tape, flush_every=flush_every, fsync=fsync)
         context.enter(state)
         yield tape
     except BaseException as exc:

@@ -2,7 +2,9 @@
 
 Contract: the tape is written (`api.dump`) to a temporary file in the same directory, which is
 flushed, fsynced and renamed over `path` (`os.replace`); then the directory is fsynced.  On any
-failure the temporary file is removed, `path` is untouched and the error propagates.  Temporary
+failure the temporary file is removed, `path` is untouched and the error propagates; an
+`OSError` (a full disk, a failing fsync) is raised again as an `OSError` with the same errno
+whose message names `path` and the step that failed, and whose `filename` is `path`.  Temporary
 files (`.<name>.<pid>.<random>.tapegrad-tmp`) left by writers that were killed are removed by
 the next save to the same path; those of other live processes, and saves in progress, are left
 alone.
@@ -28,7 +30,8 @@ def save(tape: Tape, path: str | os.PathLike[str], *, fsync: bool = True) -> Non
     The tape goes to a temporary file in the same directory, which is flushed, fsynced and
     renamed over `path`; then the directory is fsynced.  On failure (a full disk, a failing
     fsync, an interrupt) the temporary file is removed and `path` is untouched, and the error
-    propagates.  Temporary files left by writers that were killed are removed by the next save.
+    propagates (an `OSError` keeps its errno and names `path`).  Temporary files left by
+    writers that were killed are removed by the next save.
     `fsync=False` skips both fsyncs (faster; a power cut may then lose the new file).
     """
     target = os.path.abspath(os.fspath(path))
@@ -36,20 +39,30 @@ def save(tape: Tape, path: str | os.PathLike[str], *, fsync: bool = True) -> Non
     tmp = os.path.join(folder, f".{base}.{os.getpid()}.{os.urandom(6).hex()}{_TMP_SUFFIX}")
     with _inflight_lock:
         _inflight.add(tmp)
+    step = "creating a temporary file"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
             with os.fdopen(fd, "wb", buffering=0) as f:
+                step = "writing"
                 dump(tape, f)
                 if fsync:
+                    step = "flushing to disk (fsync)"
                     os.fsync(f.fileno())
+            step = "renaming the temporary file over it"
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
         if fsync:
+            step = "flushing its directory to disk (fsync)"
             _fsync_dir(folder)
+    except OSError as exc:
+        done = step.startswith("flushing its directory")
+        outcome = "the new tape is in place, but a power cut may still lose it" if done else "the file is unchanged"
+        raise OSError(exc.errno, f"saving a tape to {target}: {step} failed: {exc.strerror or exc}; {outcome}",
+                      target) from exc
     finally:
         with _inflight_lock:
             _inflight.discard(tmp)
