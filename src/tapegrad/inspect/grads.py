@@ -18,10 +18,8 @@ key of a gradient: its variable's name when that is a plain file name (letters, 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +28,7 @@ import numpy as np
 
 from .. import replay
 from ..tape import Tape
+from ..tape_format.atomic import write_atomically
 from .common import VarRef, find, ref
 from .health import ValueStats, summarize
 
@@ -100,16 +99,4 @@ def npz_key(var: VarRef) -> str:
 
 def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any]) -> None:
     """`np.savez(path, **arrays)`, atomically and to exactly `path` (see the module docstring)."""
-    target = os.fspath(path)
-    folder = os.path.dirname(target) or "."
-    fd, temp = tempfile.mkstemp(prefix=".tapegrad-", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    write_atomically(path, lambda f: np.savez(f, **arrays), "gradients")

@@ -1,4 +1,5 @@
-"""Atomic saving: `save(tape, path)` leaves `path` holding the old tape or the new one, never a mix.
+"""Atomic saving: `save(tape, path)` leaves `path` holding the old tape or the new one, never a mix
+(`write_atomically` does the same for any content: `tapegrad grad --out` writes its .npz with it).
 
 Contract: the tape is written (`api.dump`) to a temporary file in the same directory, which is
 flushed, fsynced and renamed over `path` (`os.replace`); then the directory is fsynced.  On any
@@ -15,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
+from typing import IO
 
 from ..tape import Tape
 from .api import dump
@@ -34,6 +37,13 @@ def save(tape: Tape, path: str | os.PathLike[str], *, fsync: bool = True) -> Non
     writers that were killed are removed by the next save.
     `fsync=False` skips both fsyncs (faster; a power cut may then lose the new file).
     """
+    write_atomically(path, lambda f: dump(tape, f), "a tape", fsync=fsync)
+
+
+def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], what: str, *,
+                     fsync: bool = True) -> None:
+    """`write(file)` to a temporary file that then replaces `path`, as `save` does for tapes
+    (`what` names the content in error messages: "a tape", "gradients")."""
     target = os.path.abspath(os.fspath(path))
     folder, base = os.path.split(target)
     tmp = os.path.join(folder, f".{base}.{os.getpid()}.{os.urandom(6).hex()}{_TMP_SUFFIX}")
@@ -45,7 +55,7 @@ def save(tape: Tape, path: str | os.PathLike[str], *, fsync: bool = True) -> Non
         try:
             with os.fdopen(fd, "wb", buffering=0) as f:
                 step = "writing"
-                dump(tape, f)
+                write(f)
                 if fsync:
                     step = "flushing to disk (fsync)"
                     os.fsync(f.fileno())
@@ -60,8 +70,9 @@ def save(tape: Tape, path: str | os.PathLike[str], *, fsync: bool = True) -> Non
             _fsync_dir(folder)
     except OSError as exc:
         done = step.startswith("flushing its directory")
-        outcome = "the new tape is in place, but a power cut may still lose it" if done else "the file is unchanged"
-        raise OSError(exc.errno, f"saving a tape to {target}: {step} failed: {exc.strerror or exc}; {outcome}",
+        outcome = f"the new {what.removeprefix('a ')} is in place, but a power cut may still lose it" if done \
+            else "the file is unchanged"
+        raise OSError(exc.errno, f"saving {what} to {target}: {step} failed: {exc.strerror or exc}; {outcome}",
                       target) from exc
     finally:
         with _inflight_lock:
