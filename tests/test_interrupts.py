@@ -274,3 +274,22 @@ def test_children_interrupted_at_random_moments_finish_their_files(tmp_path: Pat
         got = tg.load(path)  # strict: a complete file with its footer
         assert got.error is not None and got.error[0] == name, (kind, trial, got.error)
         assert got.records == expected(len(got)).records[:len(got)]
+
+
+def test_an_interrupt_while_the_collector_is_paused_leaves_it_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from tapegrad.tape_format import common
+
+    real_disable = gc.disable
+
+    def disable() -> None:  # an interrupt lands just after the collector stopped
+        real_disable()
+        _thread.interrupt_main()
+
+    assert gc.isenabled()
+    monkeypatch.setattr(gc, "disable", disable)
+    with pytest.raises(KeyboardInterrupt):
+        tg.dumps(tg.Tape("all", {}))
+    monkeypatch.undo()
+    assert gc.isenabled() and common._gc_users == 0
