@@ -173,6 +173,22 @@ def test_held_delivers_a_signal_after_the_block_and_restores_the_handlers() -> N
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_handler_installed_inside_held_stays() -> None:
+    before = signal.getsignal(signal.SIGUSR1)
+
+    def mine(signum: int, frame: Any) -> None:
+        raise Stop("usr1")
+
+    try:
+        with interrupts.held():
+            signal.signal(signal.SIGUSR1, mine)
+        assert signal.getsignal(signal.SIGUSR1) is mine
+        with pytest.raises(Stop), interrupts.held():
+            signal.raise_signal(signal.SIGUSR1)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
 def test_held_nests_and_does_nothing_off_the_main_thread() -> None:
     with pytest.raises(KeyboardInterrupt), interrupts.held():
         with interrupts.held():
