@@ -173,6 +173,22 @@ def test_held_delivers_a_signal_after_the_block_and_restores_the_handlers() -> N
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_handler_installed_inside_held_stays() -> None:
+    before = signal.getsignal(signal.SIGUSR1)
+
+    def mine(signum: int, frame: Any) -> None:
+        raise Stop("usr1")
+
+    try:
+        with interrupts.held():
+            signal.signal(signal.SIGUSR1, mine)
+        assert signal.getsignal(signal.SIGUSR1) is mine
+        with pytest.raises(Stop), interrupts.held():
+            signal.raise_signal(signal.SIGUSR1)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
 def test_held_nests_and_does_nothing_off_the_main_thread() -> None:
     with pytest.raises(KeyboardInterrupt), interrupts.held():
         with interrupts.held():
@@ -274,3 +290,22 @@ def test_children_interrupted_at_random_moments_finish_their_files(tmp_path: Pat
         got = tg.load(path)  # strict: a complete file with its footer
         assert got.error is not None and got.error[0] == name, (kind, trial, got.error)
         assert got.records == expected(len(got)).records[:len(got)]
+
+
+def test_an_interrupt_while_the_collector_is_paused_leaves_it_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from tapegrad.tape_format import common
+
+    real_disable = gc.disable
+
+    def disable() -> None:  # an interrupt lands just after the collector stopped
+        real_disable()
+        _thread.interrupt_main()
+
+    assert gc.isenabled()
+    monkeypatch.setattr(gc, "disable", disable)
+    with pytest.raises(KeyboardInterrupt):
+        tg.dumps(tg.Tape("all", {}))
+    monkeypatch.undo()
+    assert gc.isenabled() and common._gc_users == 0

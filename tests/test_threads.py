@@ -10,6 +10,7 @@ alone.  `TAPEGRAD_THREAD_ROUNDS` (default 2) sets the rounds for a stress run:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import sys
 import threading
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
+from tapegrad import context
 from tapegrad.tracer import recording
 
 ROUNDS = int(os.environ.get("TAPEGRAD_THREAD_ROUNDS", "2"))
@@ -337,3 +339,30 @@ def test_to_thread_inside_a_block_records_onto_it() -> None:
     tape = asyncio.run(main())
     assert [r.op for r in tape.records] == ["sin", "mul", "exp"]
     tg.loads(tg.dumps(tape))
+
+
+# ---- the state itself ---------------------------------------------------------------------
+
+def test_a_block_cut_short_before_or_after_entering_leaves_nothing_behind() -> None:
+    tape = tg.Tape("all", {})
+    never_entered = context.block(tape, True, None)
+    context.end(never_entered)  # (an interrupt before `enter`)
+    assert context.current() is context.TOP
+    cut = context.block(tape, True, None)
+    context.enter(cut)
+    cut.token = None  # (an interrupt between setting the variable and keeping the token)
+    assert recording() is tape
+    context.end(cut)
+    assert context.current() is context.TOP and recording() is None
+
+
+def test_a_block_ended_in_another_context_leaves_its_own_context_at_top_level() -> None:
+    tape = tg.Tape("all", {})
+    state = context.block(tape, True, None)
+    context.enter(state)
+    contextvars.copy_context().run(context.end, state)  # (a generator's block, resumed elsewhere)
+    assert context.current() is state and recording() is None  # the finished state records nothing
+    tg.sin(tg.Variable(np.ones(2)))
+    assert len(tape) == 0
+    context.end(state)
+    assert context.current() is context.TOP

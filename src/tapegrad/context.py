@@ -11,7 +11,7 @@ Contract:
   makes its state with `block(tape, linking, through)` (which remembers the state the block
   started from), makes it current with `enter()` and ends it with `end()` in a `finally`, in the
   same context.  `end()` is safe wherever the block was cut short, even before or during
-  `enter()` (an interrupt), so nothing can leave a context recording after its block.
+  `enter()` (an interrupt).
 - Blocks may end out of order (a generator's block ended after one started later in the same
   context): the context then returns to the nearest enclosing block still open, or stays in a
   later block still open.  A state that has ended never becomes current again.

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..dtypes import dtype_name
 from ..errors import TapegradError
+from ..interrupts import held
 from ..ops.spec import show
 from .limits import Limits
 
@@ -120,22 +121,34 @@ class no_gc:  # (named like the function it replaced: `with no_gc():`)
     Building a tape's records allocates millions of small objects; with the collector running,
     each allocation burst triggers full traversals that cost more than the work itself.  Nested
     and concurrent users share one pause; the collector's previous state is restored by the last.
+    Pausing and resuming run with signal handlers held back, and a pause that an interrupt
+    ends at once is undone: otherwise a Ctrl-C there could leave the collector off for good.
     """
+
+    def __init__(self) -> None:
+        self._paused = False
 
     def __enter__(self) -> None:
         global _gc_users, _gc_was_enabled
-        with _gc_lock:
-            if _gc_users == 0:
-                _gc_was_enabled = gc.isenabled()
-                gc.disable()
-            _gc_users += 1
+        try:
+            with held(), _gc_lock:
+                if _gc_users == 0:
+                    _gc_was_enabled = gc.isenabled()
+                    gc.disable()
+                _gc_users += 1
+                self._paused = True
+        except BaseException:  # (an interrupt held during the pause: the `with` will not call __exit__)
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         global _gc_users
-        with _gc_lock:
-            _gc_users -= 1
-            if _gc_users == 0 and _gc_was_enabled:
-                gc.enable()
+        with held(), _gc_lock:
+            if self._paused:
+                self._paused = False
+                _gc_users -= 1
+                if _gc_users == 0 and _gc_was_enabled:
+                    gc.enable()
 
 
 _gc_lock = threading.Lock()
