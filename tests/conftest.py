@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -17,6 +18,12 @@ settings.register_profile(
     "tapegrad", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("tapegrad")
+
+# A shell starts a background job (`cmd &`, as some CI runners do) with SIGINT ignored, and Python
+# then never turns Ctrl-C into KeyboardInterrupt, nor do the child processes it starts (an
+# ignored signal stays ignored across exec).  The interrupt tests need Python's own handling.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
