@@ -8,7 +8,7 @@ Contract:
   compute on Variables so that it is itself recorded, or None: on numpy arrays).  The tracer
   reads it once per op.
 - A block (`record()`, `no_record()`, the tracer's `_linked()`, `replay.computing_through()`)
-  makes its state with `block(tape, linking, through)` (which remembers the state the block
+  makes its state with `block(tape, linking, through)`, or through `inside(...)`, (which remembers the state the block
   started from), makes it current with `enter()` and ends it with `end()` in a `finally`, in the
   same context.  `end()` is safe wherever the block was cut short, even before or during
   `enter()` (an interrupt).
@@ -24,6 +24,8 @@ Contract:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import Any
 
@@ -70,6 +72,18 @@ def end(state: State) -> None:
         if outer is not state.outer or not _reset(state):
             _STATE.set(TOP if outer is None else outer)
     state.tape, state.linking, state.through = None, True, None
+
+
+@contextmanager
+def inside(tape: Any, linking: bool, through: Any) -> Iterator[None]:
+    """A block whose state is (tape, linking, through): `block`, `enter`, then `end` on the way
+    out (the blocks that need nothing more: `no_record()`, `_linked()`, `computing_through()`)."""
+    state = block(tape, linking, through)
+    try:
+        enter(state)
+        yield
+    finally:
+        end(state)
 
 
 def _reset(state: State) -> bool:

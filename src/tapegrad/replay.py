@@ -64,12 +64,8 @@ def computing_through(recorder: Recorder | None) -> Iterator[None]:
     `no_record()` set the same (`context.State.through`), and `grad` enters this while the
     function it differentiates runs."""
     outer = context.current()
-    state = context.block(outer.tape, outer.linking, recorder)
-    try:
-        context.enter(state)
+    with context.inside(outer.tape, outer.linking, recorder):
         yield
-    finally:
-        context.end(state)
 
 
 def _recording() -> Recorder | None:

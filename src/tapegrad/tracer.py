@@ -543,24 +543,16 @@ def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, f
 @contextmanager
 def no_record() -> Iterator[None]:
     """Compute without recording and without graph links (results are plain leaves)."""
-    state = context.block(None, False, RECORDER if nesting.active() else None)
-    try:
-        context.enter(state)
+    with context.inside(None, False, RECORDER if nesting.active() else None):
         yield
-    finally:
-        context.end(state)
 
 
 @contextmanager
 def _linked() -> Iterator[None]:
     """Make sure ops inside link their results (used by grad(), even under no_record)."""
     outer = _current()
-    state = context.block(outer.tape, True, outer.through)
-    try:
-        context.enter(state)
+    with context.inside(outer.tape, True, outer.through):
         yield
-    finally:
-        context.end(state)
 
 
 def recording() -> Tape | None:
