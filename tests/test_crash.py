@@ -92,6 +92,8 @@ def test_kill_9_while_streaming_recovers_every_flushed_record(tmp_path) -> None:
         with pytest.raises(tg.TruncatedTapeError):
             tf.load_path(path)
         got = quiet_recover(path)
+        if len(got) > len(reference):  # the child ran further ahead of our reading than usual (a busy machine)
+            reference = expected_chain(len(got))
         assert len(got) >= flushed[-1], (len(got), flushed[-1])
         assert got.recovery is not None and not got.recovery.complete
         assert got.records == reference.records[:len(got)]
