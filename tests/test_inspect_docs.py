@@ -6,8 +6,11 @@ lines after each command its output (stdout, then stderr).  Commands run in orde
 folder, so a block can use the files an earlier one wrote: `python examples/...` runs the
 example script in a subprocess, `tapegrad ...` runs `tapegrad.cli.main` in this process; a
 command may be followed by filters, `| python -m json.tool` (json.tool's layout) and
-`| head -n N`.  Before comparing, the repository's path in the output becomes `...` (source files
-of the example are absolute paths); nothing else is normalised.
+`| head -n N`.  The examples are copied into the folder first and run from there, and the folder
+is made in `/tmp` with a name of fixed length, so the tapes they write (which keep the absolute
+path of each record's source file) have the same bytes wherever the repository is checked out:
+the byte offsets the page shows do not depend on it.  Before comparing, the folder's path in the
+output becomes `...`; nothing else is normalised.
 
 Regenerate the outputs after a deliberate change: `python tests/test_inspect_docs.py --update`.
 """
@@ -20,6 +23,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,20 +70,22 @@ def run_command(line: str, folder: Path) -> str:
             out = "".join(out.splitlines(keepends=True)[:int(f.split()[2])])
         else:
             raise ValueError(f"a documented command: unknown filter {f!r}")
-    return out.replace(str(ROOT), "...")
+    return out.replace(str(folder), "...")
 
 
 def run_block(block: str, folder: Path) -> str:
     """The block as it should read: each command followed by its actual output."""
     commands = [line[2:] for line in block.splitlines() if line.startswith("$ ")]
-    return "".join(f"$ {c}\n{run_command(c.replace('examples/', str(ROOT / 'examples') + '/', 1), folder)}"
-                   for c in commands)
+    return "".join(f"$ {c}\n{run_command(c, folder)}" for c in commands)
 
 
 def render(text: str) -> str:
     """docs/inspect.md with every console block's output regenerated."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return BLOCK.sub(lambda m: f"```console\n{run_block(m.group(1), Path(tmp))}```", text)
+    # mkdtemp's names have a fixed length: with a fixed parent, so has every path under it.
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        folder = Path(tmp)
+        shutil.copytree(ROOT / "examples", folder / "examples")
+        return BLOCK.sub(lambda m: f"```console\n{run_block(m.group(1), folder)}```", text)
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
