@@ -60,7 +60,7 @@ def test_deeply_nested_metadata() -> None:
     for _ in range(17):
         meta = [meta]
     bad = edit_frame(DATA, b"HEAD", lambda h: {**h, "metadata": {"deep": meta}})
-    rejects(bad, "nested deeper than max_nesting=16")
+    rejects(bad, "nesting depth of a metadata value is 17, over the limit max_nesting=16", tg.LimitError)
     rejects(replace_payload(DATA, b"HEAD", b"\x82" + pack("values") + pack("all") + pack("metadata")
                             + b"\x81" + pack("k") + nested(100_000)), "invalid msgpack")
 

@@ -19,7 +19,8 @@ from op_cases import CASES, op_tape, record_case
 from tapegrad import inspect
 from tapegrad.inspect.flops import ELEMENTWISE_DEFAULT, RULES, flops, missing_rules
 from tapegrad.ops import REGISTRY
-from tapegrad.tape import escape, short_paths
+from tapegrad.errors import escape
+from tapegrad.tape import short_paths
 
 
 @pytest.mark.parametrize("op", sorted(REGISTRY))

@@ -169,7 +169,7 @@ def test_attributes_must_be_a_plain_mapping() -> None:
     (("less", (0, 0), 1, {}, (3,), F64), r"produces bool\[3\]"),
     (("sum", (0,), 1, {"axis": None, "keepdims": True}, (), F64), r"produces float64\[1\]"),
     (("reshape", (0,), 1, {"shape": (2, 2)}, (2, 2), F64), "cannot reshape"),
-    (("broadcast_to", (0,), 1, {"shape": (100_000, 100_000)}, (3,), F64), "cannot broadcast to \\(100000, 100000\\)"),
+    (("broadcast_to", (0,), 1, {"shape": (1000, 1000)}, (3,), F64), "cannot broadcast to \\(1000, 1000\\)"),
     (("broadcast_to", (0,), 1, {"shape": (100_000, 3)}, (3,), F64), "produces float64\\[100000, 3\\]"),
     (("matmul", (0, 0), 1, {}, (3,), F64), "produces float64\\[\\]"),
     (("getitem", (0,), 1, {"index": (5,)}, (), F64), "out of bounds"),

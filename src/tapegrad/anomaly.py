@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NonFiniteError
-from .tape import Tape, aval, escape
+from .errors import NonFiniteError, escape
+from .tape import Tape, aval
 
 _NDARRAY = np.ndarray
 _TEXT = 200  # characters of a name or a source path that a message shows

@@ -14,7 +14,7 @@ Contract:
   `{"file": ..., "error": ...}` with `--json`) and the others go on; the exit code is then 1.
 - `--json` output is valid JSON (`allow_nan=False`, ASCII only), fields in docs/inspect.md.
 - Everything printed that came from a file (names, op names, source paths, metadata, error
-  messages quoting them) or from the command line (paths) goes through `tape.escape`.
+  messages quoting them) or from the command line (paths) goes through `errors.escape`.
 - Output is written as it is produced; a closed pipe (`| head`) ends the command quietly with 0.
 - Progress: a bar on stderr, only when stderr is a terminal that the output does not share
   (stdout is not a pipe, which a pager would draw on, nor, for `show`, which prints as it
@@ -40,13 +40,13 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import __version__, inspect
-from .errors import TapegradError, TruncatedTapeError
+from .errors import TapegradError, TruncatedTapeError, escape
 from .inspect.check import ATOL, RTOL, Difference
 from .inspect.diff import Side
 from .inspect.loading import error_lines, recovery_lines
 from .inspect.nan import NanReport, format_report
 from .inspect.stats import MAX_PLAN_RECORDS
-from .tape import Tape, escape
+from .tape import Tape
 
 Progress = inspect.Progress
 

@@ -9,15 +9,88 @@ inconsistent.  `NonFiniteError` (also a `FloatingPointError`) is raised by anoma
 (`check_finite=True`) at the first NaN or infinity and carries where it arose as attributes.
 Messages name the record index, op and variable ids where they apply.
 Filesystem problems are left as `OSError`.
+
+Every message is safe to print (docs/FORMAT.md, "Security notes"): `escape(text)` is the one
+helper that makes a string from a file (an op name, a variable name, a source path, an attribute
+or metadata value) printable and short: non-printable characters become their Python escapes and
+a long text is cut with its length shown.  Every error path that quotes file text uses it (`quote`
+is `escape` in quotes, `show` the short description of any untrusted value), and
+`TapegradError` itself caps every message at `MESSAGE_LIMIT` characters, so no message can flood
+a terminal or a log whatever it quotes.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+ESCAPE_LIMIT = 200
+"""How many characters of one untrusted string `escape` shows by default."""
+
+MESSAGE_LIMIT = 4000
+"""Characters of one error message; a longer message is cut (`TapegradError`)."""
+
+
+def escape(text: object, limit: int = ESCAPE_LIMIT) -> str:
+    """Printable form of untrusted text (names, op names, source paths and metadata come from
+    files): every character that is not printable (control characters, so terminal escape
+    sequences and line breaks; format characters such as bidi overrides; the lone surrogates
+    that stand for undecodable bytes) is written as its Python escape (`\\x1b`), and text
+    longer than `limit` characters is cut there and says how long it was.  A value that is not
+    a str is escaped as its `repr` (cut before it is built in full for long containers)."""
+    if not isinstance(text, str):
+        text = _short_repr(text, limit)
+    cut = ""
+    if len(text) > limit:
+        cut = f"...[{len(text):,} characters]"
+        text = text[:limit]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text + cut
+
+
+def quote(text: object, limit: int = ESCAPE_LIMIT) -> str:
+    """`escape(text)` in single quotes: how a message quotes a string from a file."""
+    return f"'{escape(text, limit)}'"
+
+
+def show(value: object, limit: int = 40) -> str:
+    """A short, safe description of an untrusted value (never a deep repr): scalars as
+    themselves, strings quoted and escaped (`quote`), containers by their type and length."""
+    if value is None or type(value) in (bool, int, float):
+        return escape(repr(value), limit)
+    if type(value) is str:
+        return quote(value, limit)
+    if type(value) in (tuple, list, dict, bytes):
+        return f"a {type(value).__name__} of length {len(value):,}"  # type: ignore[arg-type]
+    return f"a {escape(type(value).__name__, limit)}"
+
+
+def _short_repr(value: object, limit: int) -> str:
+    """`repr(value)`, but a sequence longer than `limit` items is shown by its head and length."""
+    if type(value) in (tuple, list) and len(value) > limit:  # type: ignore[arg-type]
+        items = list(value)[:limit]  # type: ignore[call-overload]
+        return f"{repr(items)[:-1]}, ... ({len(value):,} items)]"  # type: ignore[arg-type]
+    try:
+        return repr(value)
+    except Exception:  # a hostile __repr__ is not worth a crash inside an error path
+        return f"<{type(value).__name__}>"
+
+
+def _capped(message: str) -> str:
+    """`message` cut to `MESSAGE_LIMIT` characters, saying how long it was."""
+    if len(message) <= MESSAGE_LIMIT:
+        return message
+    return f"{message[:MESSAGE_LIMIT]}...[message cut: {len(message):,} characters]"
+
 
 class TapegradError(Exception):
-    """Root of every error tapegrad raises on purpose."""
+    """Root of every error tapegrad raises on purpose.  A message (the first argument, when it
+    is a str) longer than `MESSAGE_LIMIT` characters is cut, saying how long it was."""
+
+    def __init__(self, *args: object) -> None:
+        if args and type(args[0]) is str and len(args[0]) > MESSAGE_LIMIT:
+            args = (_capped(args[0]), *args[1:])
+        super().__init__(*args)
 
 
 class DTypeError(TapegradError, TypeError):
@@ -58,7 +131,7 @@ class NonFiniteError(TapegradError, FloatingPointError):
 
     def __init__(self, message: str, *, pass_: str | None = None, record: int | None = None, op: str | None = None,
                  source: tuple[str, int] | None = None, variable: int | None = None, value: Any = None) -> None:
-        super().__init__(message)
+        super().__init__(_capped(message))
         self.pass_ = pass_
         self.record = record
         self.op = op

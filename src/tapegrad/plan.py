@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import anomaly, engine
-from .errors import GuardError, TapegradError
+from .errors import GuardError, TapegradError, escape
 from .ops import REGISTRY, OpSpec
 from .tape import ATTRS, INPUTS, OP, OUTPUT, RawRecord, Tape
 
@@ -317,8 +317,8 @@ class Plan:
         if tape is None:  # (a plan kept after its tape: the record's index is all it knows)
             return f"record {rec}"
         src = tape.source_of(rec)
-        at = f" at {src[0]}:{src[1]}" if src else ""
-        return f"record {rec} ({tape.parts().records[rec][0]}){at}"
+        at = f" at {escape(src[0])}:{src[1]}" if src else ""  # (file strings: escaped)
+        return f"record {rec} ({escape(tape.parts().records[rec][0])}){at}"
 
 
 def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of: int | None = None,

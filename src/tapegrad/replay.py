@@ -30,6 +30,11 @@ Contract:
   line.  Stored values the replay does not recompute are not checked (`tapegrad.inspect.nan`
   scans those).  Checked replays run separately compiled plans with a checking loop; without
   `check_finite` nothing is checked and nothing costs more.
+- Memory budget: `forward`, `backward` and `jvp` compare the plan's predicted peak
+  (`Plan.peak_bytes`) with `budget=` (default `tapegrad.budget.default_budget()`: half the
+  machine's memory, or `$TAPEGRAD_REPLAY_BUDGET`) before computing, and raise `LimitError` naming
+  the peak, the record making the largest value and how to raise the budget (`tapegrad.budget`).
+  Replays on Variables (inside `record()` or `grad`) are not checked.
 - This module never imports the tracer.
 """
 
@@ -43,7 +48,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import anomaly, context, engine
-from .errors import DTypeError, TapegradError
+from . import budget as memory_budget
+from .errors import DTypeError, TapegradError, escape
 from .plan import Plan, compile_jvp, compile_plan
 from .tape import ATTRS, INPUTS, OP, OUTPUT, Tape
 
@@ -191,10 +197,12 @@ def _seed(tape: Tape, of_id: int, seed: Any) -> Any:
 
 
 def forward(tape: Tape, inputs: Mapping[Any, Any] | None = None, outputs: Sequence[Any] | None = None, *,
-            check_finite: bool = False) -> dict[Any, Any]:
+            check_finite: bool = False, budget: int | None = None) -> dict[Any, Any]:
     """Re-execute the tape; returns `{name or id: value}` for `outputs` (default: named results
     and the last output).  Inside `record()` the values are Variables.  With `check_finite`,
-    the first non-finite replaced input or recomputed value raises `NonFiniteError`."""
+    the first non-finite replaced input or recomputed value raises `NonFiniteError`.  A replay
+    predicted to need more than `budget` bytes (None: `tapegrad.budget.default_budget()`) raises
+    `LimitError` before it computes anything."""
     if type(check_finite) is not bool:
         raise TapegradError(f"check_finite must be True or False, got {check_finite!r}")
     check = _passes(check_finite)
@@ -206,13 +214,14 @@ def forward(tape: Tape, inputs: Mapping[Any, Any] | None = None, outputs: Sequen
         values = _record_forward(rec, tape, replaced, out_ids, check)
         return {k: values[v] for k, v in zip(keys, out_ids, strict=True)}
     p = _plan(tape, out_ids, None, [], list(replaced), checked=bool(check))
+    memory_budget.check(tape, p, budget, "replay.forward")
     vals = p.run(replaced, check=check)
     taken: set[int] = set()
     return {k: engine.owned(vals[p.outputs[v]], taken) for k, v in zip(keys, out_ids, strict=True)}
 
 
 def backward(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Mapping[Any, Any] | None = None,
-             seed: Any = None, check_finite: bool | str = False) -> dict[Any, Any]:
+             seed: Any = None, check_finite: bool | str = False, budget: int | None = None) -> dict[Any, Any]:
     """Gradients of `of` (default: the last recorded output) with respect to `wrt`.
 
     `wrt` is a name, id, Variable or a list of them; None means every floating-point input.
@@ -220,7 +229,8 @@ def backward(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Mapping[Any
     is None).  `inputs` replaces recorded input values; `seed` is the cotangent of `of`
     (default: ones).  Inside `record()` the gradients are Variables on the active tape.
     With `check_finite` (True, or "forward" / "reverse" for one pass), the first non-finite
-    value of the checked passes raises `NonFiniteError` (see the module docstring).
+    value of the checked passes raises `NonFiniteError` (see the module docstring).  A replay
+    predicted to need more than `budget` bytes raises `LimitError` first (see `forward`).
     """
     check = _passes(check_finite)
     rec = _recording()
@@ -234,6 +244,7 @@ def backward(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Mapping[Any
     if "reverse" in check and not anomaly.finite(seed_value):
         raise anomaly.seed_error(tape, of_id, seed_value)
     p = _plan(tape, [], of_id, wrt_ids, list(replaced), checked=bool(check))
+    memory_budget.check(tape, p, budget, "replay.backward")
     vals = p.run(replaced, seed_value, check=check)
     taken = {id(seed_value)}
     result: dict[Any, Any] = {}
@@ -247,11 +258,12 @@ def backward(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Mapping[Any
 
 
 def jvp(tape: Tape, tangents: Mapping[Any, Any], *, inputs: Mapping[Any, Any] | None = None,
-        outputs: Sequence[Any] | None = None) -> dict[Any, Any]:
+        outputs: Sequence[Any] | None = None, budget: int | None = None) -> dict[Any, Any]:
     """Forward mode: `{output: J @ tangent}` for tangents given by input name/id/Variable.
 
     Computed by transposing the compiled reverse pass, so `<J v, u> == <v, J^T u>` holds to
-    rounding for every op.  `outputs` defaults to the named results and the last output.
+    rounding for every op.  `outputs` defaults to the named results and the last output.  A
+    replay predicted to need more than `budget` bytes raises `LimitError` first (see `forward`).
     """
     replaced = _resolve_inputs(tape, inputs, False)
     t_ids = [tape.resolve(r) for r in tangents]
@@ -276,6 +288,7 @@ def jvp(tape: Tape, tangents: Mapping[Any, Any], *, inputs: Mapping[Any, Any] | 
             continue
         cache_key = ("jvp", out_id, tuple(t_ids), tuple(sorted(replaced)))
         p = tape.cached(cache_key, partial(compile_jvp, tape, out_id, t_ids, sorted(replaced)))
+        memory_budget.check(tape, p, budget, "replay.jvp")
         vals = p.run(replaced, None, tangents=[t_vals[v] for v in t_ids])
         slot = p.outputs[out_id]
         result[key] = np.zeros(shape, dtype) if slot < 0 else engine.owned(vals[slot], taken)
@@ -313,7 +326,7 @@ def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_
             try:
                 values[r[OUTPUT]] = rec.apply(op, [values[i] for i in r[INPUTS:]], r[ATTRS])
             except TapegradError as exc:
-                raise type(exc)(f"record {n} ({op}): {exc}") from None
+                raise type(exc)(f"record {n} ({escape(op)}): {exc}") from None
             if checking and not anomaly.finite(values[r[OUTPUT]]):
                 raise anomaly.forward_error(tape, n, values[r[OUTPUT]], [values[i] for i in r[INPUTS:]])
     return values

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 import numpy as np
 
-from .errors import TapegradError
+from .errors import TapegradError, escape, quote
 from .ops.spec import AttrValue
 
 _T = TypeVar("_T")
@@ -77,26 +77,7 @@ _SHORT = {"float64": "f64", "float32": "f32", "float16": "f16", "int64": "i64", 
           "uint8": "u8", "bool": "bool"}
 
 
-ESCAPE_LIMIT = 200
-"""How many characters of one untrusted string `escape` shows by default."""
-
-
-def escape(text: str, limit: int = ESCAPE_LIMIT) -> str:
-    """Printable form of untrusted text (names, op names, source paths and metadata come from
-    files): every character that is not printable (control characters, so terminal escape
-    sequences and line breaks; format characters such as bidi overrides; the lone surrogates
-    that stand for undecodable bytes) is written as its Python escape (`\\x1b`), and text
-    longer than `limit` characters is cut there and says how long it was."""
-    if not isinstance(text, str):
-        text = repr(text)
-    cut = ""
-    if len(text) > limit:
-        cut = f"...[{len(text):,} characters]"
-        text = text[:limit]
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text + cut
-
+_LISTED = 20  # names an unknown-name error lists
 
 ERROR_TYPE_BYTES = 256
 ERROR_MESSAGE_BYTES = 4096
@@ -455,9 +436,11 @@ class Tape:
             d = self.dense_ids()
             if hits:
                 ids = ", ".join(f"v{d[h]}" for h in sorted(hits))
-                raise TapegradError(f"name {ref!r} is ambiguous on this tape: variables {ids}")
-            known = ", ".join(repr(n) for n in sorted(set(self._names.values()))) or "none"
-            raise TapegradError(f"no variable named {ref!r} on this tape; names: {known}")
+                raise TapegradError(f"name {quote(ref)} is ambiguous on this tape: variables {ids}")
+            names = sorted(set(self._names.values()))
+            known = ", ".join(quote(n, 60) for n in names[:_LISTED]) or "none"  # (names come from files)
+            more = f" and {len(names) - _LISTED:,} more" if len(names) > _LISTED else ""
+            raise TapegradError(f"no variable named {quote(ref)} on this tape; names: {known}{more}")
         serial = getattr(ref, "_tapegrad_serial", None)
         if serial is not None:
             if serial in self._values or serial in self._avals:

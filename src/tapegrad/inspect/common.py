@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import TapeFormatError, TapegradError
-from ..tape import OP, Tape, aval, escape
+from ..errors import TapeFormatError, TapegradError, escape, quote
+from ..tape import OP, Tape, aval
 from ..tape_format import TapeRecoveryWarning
 from ..tape_format import load_path as _load_path
 
@@ -68,10 +68,10 @@ def find(tape: Tape, ref: Any) -> int:
     ordered = sorted(names)
     near = difflib.get_close_matches(ref, ordered, n=5, cutoff=0.5)
     rest = [n for n in ordered if n not in near]
-    shown = ", ".join(repr(n) for n in (near + rest)[:_SHOWN])
+    shown = ", ".join(quote(n, 60) for n in (near + rest)[:_SHOWN])
     more = f" and {len(names) - _SHOWN:,} more" if len(names) > _SHOWN else ""
     known = f"its names, nearest first: {shown}{more}" if names else "it has no named variables"
-    raise TapegradError(f"no variable named {ref!r} on this tape ({len(tape.ids_in_order()):,} variables, "
+    raise TapegradError(f"no variable named {quote(ref)} on this tape ({len(tape.ids_in_order()):,} variables, "
                         f"v0..v{len(tape.ids_in_order()) - 1}); {known}")
 
 

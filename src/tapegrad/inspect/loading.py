@@ -11,14 +11,15 @@ Contract:
 - `recovery_lines(recovery)` and `error_lines(error)` are the lines every inspection command
   prints about a recovered file (how many records were recovered, where the file was cut and
   why) and about a recording that ended by raising (`tape.error`: the exception's type and
-  message).  Every string from the file is escaped (`tapegrad.tape.escape`) and capped.
+  message).  Every string from the file is escaped (`tapegrad.errors.escape`) and capped.
 """
 
 from __future__ import annotations
 
 import os
 
-from ..tape import ERROR_MESSAGE_BYTES, ERROR_TYPE_BYTES, Tape, escape
+from ..errors import escape
+from ..tape import ERROR_MESSAGE_BYTES, ERROR_TYPE_BYTES, Tape
 from ..tape_format import Recovery
 from .common import load_tape
 

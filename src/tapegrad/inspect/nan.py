@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 
 from .. import anomaly, engine, replay
-from ..errors import GuardError, NonFiniteError, TapegradError
+from ..errors import GuardError, NonFiniteError, TapegradError, escape
 from ..ops import NUMPY, REGISTRY
-from ..tape import INPUTS, OP, OUTPUT, Tape, escape
+from ..tape import INPUTS, OP, OUTPUT, Tape
 from ..tape_format import Recovery
 from .health import ValueStats, summarize
 from .loading import error_lines, recovery_lines

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import DTYPES, dtype_name
-from ..errors import TapegradError
+from ..errors import TapegradError, escape, show
 
 AttrValue = None | bool | int | float | str | tuple["AttrValue", ...]
 Attrs = Mapping[str, AttrValue]
@@ -313,17 +313,6 @@ def decode_index(index: AttrValue, arrays: Sequence[Any]) -> tuple[Any, ...]:
 
 # ---- stored-form checks (attributes read from files) ------------------------------------------
 
-def show(value: Any) -> str:
-    """A short, safe description of an untrusted value (never a deep repr)."""
-    if value is None or type(value) in (bool, int, float):
-        text = repr(value)
-    elif type(value) is str:
-        text = repr(value[:40] + ("..." if len(value) > 40 else ""))
-    else:
-        text = f"a {type(value).__name__}"
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _is_int(x: Any) -> bool:
     return type(x) is int
 
@@ -339,7 +328,7 @@ def check_stored(kind: str, value: Any, ndim: int, n_arrays: int, max_ndim: int)
         if type(value) is not tuple or not all(_is_int(a) for a in value):
             return f"expected None or a tuple of axes, got {show(value)}"
         if any(not 0 <= a < ndim for a in value) or any(a >= b for a, b in itertools.pairwise(value)):
-            return f"axes {value} must be distinct, sorted and in [0, {ndim})"
+            return f"axes {escape(value, 100)} must be distinct, sorted and in [0, {ndim})"
         return None
     if kind == AXIS:
         if not _is_int(value) or not 0 <= value < ndim:
@@ -353,7 +342,7 @@ def check_stored(kind: str, value: Any, ndim: int, n_arrays: int, max_ndim: int)
         return None
     if kind == PERM:
         if type(value) is not tuple or not all(_is_int(a) for a in value) or sorted(value) != list(range(ndim)):
-            return f"expected a permutation of range({ndim}), got {show(value) if type(value) is not tuple else value}"
+            return f"expected a permutation of range({ndim}), got {escape(value, 100)}"
         return None
     if kind == DTYPE:
         return None if type(value) is str and value in DTYPES else f"expected a dtype name, got {show(value)}"

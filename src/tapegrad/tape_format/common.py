@@ -4,7 +4,8 @@ id columns and the collector pause.
 Contract:
 - `check_plain(value, limits)` raises `TapegradError` unless `value` is plain data (None, bool,
   int, float, str, bytes, lists, tuples, dicts with string keys) nested at most
-  `limits.max_nesting` deep: what metadata may hold, checked alike when writing and reading.
+  `limits.max_nesting` deep (deeper raises `LimitError`): what metadata may hold, checked alike
+  when writing and reading.
 - `attrs_key(attrs)` is the hashable identity of an attribute map under which equal keys mean
   identical stored values (`True`, `1` and `1.0` differ, and so do `0.0` and `-0.0`);
   `attr_codes(attrs)` interns a column of attribute maps (None for none) into a table of
@@ -29,9 +30,8 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import dtype_name
-from ..errors import TapegradError
+from ..errors import TapegradError, show
 from ..interrupts import held
-from ..ops.spec import show
 from .limits import Limits
 
 Ints = np.ndarray[Any, np.dtype[np.int64]]
@@ -46,9 +46,12 @@ class Reject(Exception):
 
 
 def check_plain(value: Any, limits: Limits, depth: int = 0) -> None:
-    """Raise TapegradError unless `value` is plain data (metadata): nesting and keys bounded."""
+    """Raise TapegradError unless `value` is plain data (metadata): nesting and keys bounded.
+
+    Depth counts containers: the metadata map itself is at depth 0 and a value inside a map or
+    array at depth d is at depth d + 1; a value deeper than `max_nesting` raises `LimitError`."""
     if depth > limits.max_nesting:
-        raise TapegradError(f"metadata nested deeper than max_nesting={limits.max_nesting}")
+        limits.check("max_nesting", depth, "the nesting depth of a metadata value")
     t = type(value)
     if value is None or t in (bool, int, float, str, bytes):
         return

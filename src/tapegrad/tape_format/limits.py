@@ -7,7 +7,8 @@ Contract:
 - `Limits.check(name, value, what, *args)` raises `LimitError` when `value` exceeds the limit
   `name`; the message (`what.format(*args)`, formatted only then) names the limit, the offending
   size and how to raise the limit.  `Limits.elements(shape, whose)` is the element count of a
-  shape, checked against `max_ndim` and `max_elements`.
+  shape, checked against `max_ndim` and `max_elements` (which also bounds each dimension and the
+  product of the non-zero dimensions, so a zero-size shape cannot be one numpy refuses).
 - Sizes are always Python ints (numpy products overflow silently), so checks cannot wrap.
 """
 
@@ -61,12 +62,20 @@ class Limits:
 
     def elements(self, shape: tuple[int, ...], whose: str, *args: object) -> int:
         """The element count of `shape` (non-negative ints), after checking `max_ndim` and then
-        `max_elements`; `whose` names the variable in messages (formatted with `args`)."""
+        `max_elements`, which bounds every dimension and the product of the non-zero dimensions
+        too: an empty array of shape (2**62, 0) is refused like one of 2**62 elements, since numpy
+        cannot make either.  `whose` names the variable in messages (formatted with `args`)."""
         self.check("max_ndim", len(shape), "the number of dimensions of " + whose, *args)
         count = 1
+        extent = 1  # the product of the non-zero dimensions: what numpy must be able to address
         for d in shape:
             count *= d  # Python ints: no overflow
-        self.check("max_elements", count, "the number of elements of " + whose + " (shape {})", *args, shape)
+            if d:
+                extent *= d
+        if not count and extent > self.max_elements:  # (a zero-size shape: its element count says nothing)
+            self.check("max_elements", extent, "the product of the non-zero dimensions of " + whose + " (shape {})",
+                       *args, _shown(shape))
+        self.check("max_elements", count, "the number of elements of " + whose + " (shape {})", *args, _shown(shape))
         return count
 
     def replace(self, **changes: Any) -> Limits:
@@ -78,6 +87,11 @@ class Limits:
             value = getattr(self, f.name)
             if type(value) is not int or value < 0:
                 raise TypeError(f"Limits.{f.name} must be a non-negative int, got {value!r}")
+
+
+def _shown(shape: tuple[int, ...]) -> str:
+    """A shape for a message: its first dimensions when it has many."""
+    return str(shape) if len(shape) <= 8 else f"({', '.join(map(str, shape[:8]))}, ... {len(shape)} dimensions)"
 
 
 DEFAULT_LIMITS = Limits()

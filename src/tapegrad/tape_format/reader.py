@@ -38,8 +38,7 @@ import msgpack  # type: ignore[import-untyped]
 import numpy as np
 
 from ..dtypes import DTYPES
-from ..errors import TapeFormatError, TapegradError, TruncatedTapeError
-from ..ops.spec import show
+from ..errors import LimitError, TapeFormatError, TapegradError, TruncatedTapeError, escape, show
 from ..tape import ERROR_MESSAGE_BYTES, ERROR_TYPE_BYTES, VALUE_MODES, RawRecord, Tape
 from .common import AvalTable, Ints, check_plain, no_gc
 from .frames import (
@@ -61,7 +60,7 @@ from .frames import (
 )
 from .limits import DEFAULT_LIMITS, Limits
 from .sources import Source
-from .validate import Graph, validate
+from .validate import Graph, locate, validate
 
 
 class TapeRecoveryWarning(UserWarning):
@@ -192,9 +191,9 @@ class _Builder:
         self._op_ids: dict[str, int] = {}
         self.attrs: list[Any] = [None]  # every frame's attribute table, concatenated; 0: none
         self.ids: set[int] = set()  # the variables defined so far
-        self.leaf: dict[str, list[Any]] = {"id": [], "type": [], "const": [], "values": []}
+        self.leaf: dict[str, list[Any]] = {"id": [], "type": [], "const": [], "values": [], "frame": []}
         self.rec: dict[str, list[Any]] = {"op": [], "attr": [], "nin": [], "inputs": [], "output": [], "type": [],
-                                          "values": []}
+                                          "values": [], "frame": []}
         self.names: dict[int, str] = {}
         self.files: list[str] = []  # source file and line of each record, while all records have one
         self.lines: list[Ints] | None = []
@@ -202,11 +201,11 @@ class _Builder:
         self._frame: Frame | None = None
 
     # -- errors --
-    def error(self, message: str, record: int | None = None) -> TapeFormatError:
+    def error(self, message: str, record: int | None = None, kind: type[TapeFormatError] = TapeFormatError) -> TapeFormatError:
         f = self._frame
         where = f" (frame {f.number} {f.tag.decode()} at byte {f.offset})" if f is not None else ""
         prefix = f"record {record}: " if record is not None else ""
-        return TapeFormatError(prefix + message + where)
+        return kind(prefix + message + where)
 
     def unpack(self, frame: Frame, use_list: bool) -> Any:
         payload = frame.payload
@@ -217,7 +216,12 @@ class _Builder:
                 max_str_len=lim.max_string_bytes, max_bin_len=lim.max_string_bytes,
                 max_array_len=len(payload), max_map_len=len(payload), max_ext_len=0, ext_hook=_no_ext)
         except Exception as exc:  # msgpack raises a dozen types (ValueError, StackError, UnicodeDecodeError...)
-            raise self.error(f"invalid msgpack: {type(exc).__name__}: {str(exc)[:200]}") from None
+            text = escape(str(exc), 200)
+            if type(exc) is ValueError and ("max_str_len" in text or "max_bin_len" in text):
+                raise self.error(f"a str or bin value is longer than the limit max_string_bytes="
+                                 f"{lim.max_string_bytes:,} (msgpack: {text}); if you trust this tape, raise the "
+                                 f"limit: load(..., limits=Limits(max_string_bytes=...))", kind=LimitError) from None
+            raise self.error(f"invalid msgpack: {type(exc).__name__}: {text}") from None
 
     # -- frames --
     def take(self, frame: Frame) -> None:
@@ -269,6 +273,8 @@ class _Builder:
             raise self.error(f"header 'values' must be one of {VALUE_MODES}, got {show(head['values'])}")
         try:
             check_plain(head["metadata"], self.limits)
+        except LimitError as exc:
+            raise self.error(str(exc), kind=LimitError) from None
         except TapegradError as exc:
             raise self.error(str(exc)) from None
         self.mode = head["values"]
@@ -352,9 +358,36 @@ class _Builder:
             if type(entry) is not tuple or len(entry) != 2:
                 raise self.error(f"a 'types' entry must be a [dtype, shape] pair, got {show(entry)}")
             ids.append(self._type_id(entry[0], entry[1]))
-        return self._lookup(np.array(ids, dtype=np.int64), self._column(cols, "type", "<u4", count), "type")  # type: ignore[no-any-return]
+        column = self._column(cols, "type", "<u4", count)
+        found = self._lookup(np.array(ids, dtype=np.int64), column, "type")
+        self._all_used(column, len(table), "types")
+        return found  # type: ignore[no-any-return]
+
+    def _all_used(self, column: Ints, size: int, key: str, first: int = 0) -> None:
+        """Every entry of a frame's table `key` (of `size` entries, which `column` refers to as
+        `first`, `first + 1`, ...; indices already checked) is used by a row: a table holds only
+        the entries its rows use, so that nothing in a file goes unchecked (docs/FORMAT.md 5)."""
+        if not size:
+            return
+        used = np.bincount(column, minlength=size + first)[first:]
+        if not used.all():
+            raise self.error(f"entry {int(np.argmin(used != 0))} of the table {key!r} is used by no row "
+                             f"(a table holds only the entries its frame's rows use)")
 
     def _data(self, cols: dict[str, Any], count: int, types: Ints) -> list[Any]:
+        """The stored arrays of a VARS/RECS frame (read-only views), checked against DATA frames;
+        every byte of a bool value must be 0 or 1 (numpy would show other bytes as True but
+        compute with them as they are: `x == True` and `x.view(np.uint8)` would disagree)."""
+        arrays = self._arrays(cols, count, types)
+        avals = self.types
+        bools = {t for t in set(types.tolist()) if avals[t][1].kind == "b"}
+        if bools:
+            for row, t in enumerate(types.tolist()):
+                if t in bools and arrays[row].size and int(arrays[row].view(np.uint8).max()) > 1:
+                    raise self.error(f"row {row}: a bool value holds a byte other than 0 or 1")
+        return arrays
+
+    def _arrays(self, cols: dict[str, Any], count: int, types: Ints) -> list[Any]:
         """The stored arrays of a VARS/RECS frame (read-only views), checked against DATA frames."""
         offsets = self._column(cols, "data", "<i8", count)
         chunked: dict[int, Any] = {}
@@ -492,6 +525,7 @@ class _Builder:
             self.leaf["values"] += self._data(cols, count, types)
         self._define(ids)
         self.leaf["id"].append(ids)
+        self.leaf["frame"].append(np.full(count, self.frames, dtype=np.int64))
         self.leaf["type"].append(types)
         self.leaf["const"].append(np.frombuffer(const, dtype=np.uint8))
         self.names.update((int(ids[row]), name) for row, name in names)
@@ -505,8 +539,9 @@ class _Builder:
         ops = cols["ops"]
         if type(ops) is not tuple or not all(type(op) is str for op in ops):
             raise self.error(f"'ops' must be an array of op names, got {show(ops)}")
-        op = self._lookup(np.array([self._op_id(name) for name in ops], dtype=np.int64),
-                          self._column(cols, "op", "<u2", count), "op")
+        op_column = self._column(cols, "op", "<u2", count)
+        op = self._lookup(np.array([self._op_id(name) for name in ops], dtype=np.int64), op_column, "op")
+        self._all_used(op_column, len(ops), "ops")
         nin = self._column(cols, "nin", "<u4", count)
         inputs = self._column(cols, "inputs", "<u4", int(nin.sum()))
         output = self._column(cols, "output", "<u4", count)
@@ -516,7 +551,9 @@ class _Builder:
             raise self.error(f"'attrs' must be an array of maps, got {show(table)}")
         into = np.arange(len(self.attrs) - 1, len(self.attrs) + len(table))  # into the tape-wide table
         into[0] = 0
-        attr = self._lookup(into, self._column(cols, "attr", "<u4", count), "attr")
+        attr_column = self._column(cols, "attr", "<u4", count)
+        attr = self._lookup(into, attr_column, "attr")
+        self._all_used(attr_column, len(table), "attrs", first=1)
         stored = self.mode == "all"
         if ("data" in cols) != stored:
             raise self.error(f"records {'lack' if stored else 'have'} stored data but the tape stores "
@@ -534,6 +571,7 @@ class _Builder:
         rec["inputs"].append(inputs)
         rec["output"].append(output)
         rec["type"].append(types)
+        rec["frame"].append(np.full(count, self.frames, dtype=np.int64))
 
     def _op_id(self, name: str) -> int:
         """The tape-wide index of an op name (names are only ever keys; `validate` looks them up)."""
@@ -553,7 +591,9 @@ class _Builder:
         files = cols["files"]
         if type(files) is not tuple or not all(type(f) is str for f in files):
             raise self.error(f"'files' must be an array of file names, got {show(files)}")
-        names = self._lookup(_objects(files), self._column(cols, "file", "<u4", count), "file")
+        file_column = self._column(cols, "file", "<u4", count)
+        names = self._lookup(_objects(files), file_column, "file")
+        self._all_used(file_column, len(files), "files")
         lines = self._column(cols, "line", "<u4", count)
         if self.lines is not None:
             self.files += names.tolist()
@@ -581,10 +621,12 @@ class _Builder:
         assert self.header is not None
         leaf, rec = self.leaf, self.rec
         cols = self.cols
-        for key in ("id", "type", "const"):
+        for key in ("id", "type", "const", "frame"):
             cols["leaf_" + key] = _cat(leaf[key])
         for key in ("op", "attr", "nin", "inputs", "output", "type"):
             cols[key] = _cat(rec[key])
+        cols["rec_frame"] = _cat(rec["frame"])
+        self._leaves_before_use()
         leaves = cols["leaf_id"].tolist()
         outs = cols["output"].tolist()
         records: list[RawRecord] = []
@@ -607,6 +649,24 @@ class _Builder:
         return Tape.from_parts(self.mode, self.header["metadata"], leaves=leaves,
                                consts=set(compress(leaves, cols["leaf_const"].tolist())), records=records,
                                values=values, avals=avals, names=self.names, sources=sources)
+
+    def _leaves_before_use(self) -> None:
+        """A leaf is defined by a VARS frame before any RECS row uses it (docs/FORMAT.md 3):
+        checked here, where frame order is known, for every way of loading alike."""
+        c = self.cols
+        leaf_ids, inputs = c["leaf_id"], c["inputs"]
+        if not len(leaf_ids) or not len(inputs):
+            return
+        order = np.argsort(leaf_ids, kind="stable")
+        at, found = locate(leaf_ids[order], inputs)
+        late = found & (c["leaf_frame"][order][at] > np.repeat(c["rec_frame"], c["nin"]))
+        if late.any():
+            k = int(np.argmax(late))
+            n = int(np.searchsorted(np.cumsum(c["nin"]), k, side="right"))
+            vid = int(inputs[k])
+            raise TapeFormatError(f"record {n} ({escape(self.ops[int(c['op'][n])], 60)}) uses leaf v{vid}, which a later "
+                                  f"VARS frame (frame {int(c['leaf_frame'][order][at[k]]) - 1}) defines: a leaf must "
+                                  f"be defined before any RECS row uses it")
 
     def graph(self) -> Graph:
         """The graph of the tape `build` made, as columns."""

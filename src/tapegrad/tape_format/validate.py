@@ -35,9 +35,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..dtypes import dtype_name
-from ..errors import LimitError, TapeFormatError, TapegradError
+from ..errors import LimitError, TapeFormatError, TapegradError, escape, show
 from ..ops import REGISTRY
-from ..ops.spec import check_stored, show
+from ..ops.spec import SHAPE, check_stored
 from ..tape import ATTRS, INPUTS, OP, OUTPUT, VALUE_MODES, Tape
 from .common import AvalTable, Ints, Reject, allowed_dtype_name, attr_codes, no_gc
 from .limits import DEFAULT_LIMITS, Limits
@@ -60,7 +60,7 @@ def _dtype_ok(dtype: Any) -> str | None:
 
 
 def _fail(n: int, op: Any, message: str) -> TapeFormatError:
-    return TapeFormatError(f"record {n} ({show(op) if type(op) is not str else op}): {message}")
+    return TapeFormatError(f"record {n} ({escape(op, 60)}): {message}")
 
 
 _SMALL = 64  # records + variables below which `explain` alone is faster
@@ -501,6 +501,8 @@ def _check_attrs(n: int, spec: Any, attrs: Mapping[str, Any], in_types: tuple[An
         why = check_stored(a.kind, attrs[a.name], ndim + a.extra_dims, n_arrays, lim.max_ndim)
         if why is not None:
             raise _fail(n, spec.name, f"attribute {a.name!r}: {why}")
+        if a.kind == SHAPE:  # bounded like a variable's shape (each dimension too), before any rule uses it
+            lim.elements(attrs[a.name], "attribute {!r} of record {} ({})", a.name, n, spec.name)
 
 
 def _infer(n: int, spec: Any, in_types: tuple[Any, ...], attrs: Mapping[str, Any]) -> tuple[tuple[int, ...], Any]:
