@@ -228,7 +228,7 @@ class _Builder:
         self._frame = frame
         self.frames += 1
         tag = frame.tag
-        if self.header is None and tag != HEAD:
+        if self.header is None and (tag != HEAD or frame.number):  # (not even an ancillary frame precedes it)
             raise self.error("the first frame must be the HEAD frame")
         if tag == DATA:
             start = frame.offset + 8
