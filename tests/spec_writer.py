@@ -188,7 +188,7 @@ def one_leaf(dtype: str = "float64", shape: list[int] = (), value: Any = None, v
     v0's data reference."""
     t = SpecTape(values=values, metadata={} if metadata is None else metadata)
     ref = 0
-    if values != "none":
+    if values != "none" and (value is not None or 0 not in shape):  # (an empty value has no bytes: reference 0)
         arr = np.zeros(shape, dtype=dtype) if value is None else value
         if arr.nbytes:
             ref = t.data(arr)[0]

@@ -17,9 +17,9 @@ import pytest
 import tapegrad as tg
 from op_cases import CASES, op_tape, record_case
 from tapegrad import inspect
+from tapegrad.errors import escape
 from tapegrad.inspect.flops import ELEMENTWISE_DEFAULT, RULES, flops, missing_rules
 from tapegrad.ops import REGISTRY
-from tapegrad.errors import escape
 from tapegrad.tape import short_paths
 
 

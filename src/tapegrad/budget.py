@@ -12,7 +12,7 @@ Contract:
   machine does not say, `FALLBACK` (8 GiB).
 - `check(tape, plan, budget, call)` returns None when `plan.peak_bytes <= budget` (`budget`
   None: `default_budget()`), else raises `LimitError` naming the predicted peak, the record that
-  makes the largest value of the replay (its index, op and type: the allocation to look at), the
+  allocates the largest buffer of the replay (its index, op and type: the allocation to look at), the
   budget and how to raise it (`call`, the replay function, takes `budget=`).
 - Every replay that computes on numpy arrays is checked (`replay.forward`, `backward`, `jvp`),
   whether its tape was loaded or recorded; a replay inside `record()` or `grad`, which computes
@@ -25,7 +25,8 @@ import os
 from typing import Any
 
 from .errors import LimitError, TapegradError, escape
-from .tape import OP, OUTPUT, Tape
+from .ops import REGISTRY
+from .tape import ATTRS, INPUTS, OP, OUTPUT, Tape
 
 FRACTION = 0.5
 """Share of the machine's physical memory a replay may plan to use by default."""
@@ -78,24 +79,28 @@ def check(tape: Tape, plan: Any, budget: int | None, call: str) -> None:
 
 
 def _largest(tape: Tape, plan: Any) -> str:
-    """`; record 3 (sin) alone makes f64[4294967296], 32.0 GiB`: the biggest value of the records
-    the plan recomputes (of all records when it recomputes none: its reverse pass then allocates
+    """`; record 3 (sin) alone allocates a float64[4294967296] value of 32.0 GiB`: the biggest
+    buffer a record of the plan allocates (a view of its input, like `broadcast_to`'s, allocates
+    nothing); of all records when the plan recomputes none (its reverse pass then allocates
     cotangents of their size)."""
     records = tape.parts().records
     rows = sorted({r for r in plan.step_records if r >= 0}) or range(len(records))
     best, best_bytes = -1, -1
     for n in rows:
-        shape, dtype = tape.shape_dtype(records[n][OUTPUT])
-        size = dtype.itemsize
-        for d in shape:
+        rec = records[n]
+        out = tape.shape_dtype(rec[OUTPUT])
+        if len(rec) > INPUTS and REGISTRY[rec[OP]].aliases(tape.shape_dtype(rec[INPUTS]), out, rec[ATTRS]):
+            continue
+        size = out[1].itemsize
+        for d in out[0]:
             size *= d
         if size > best_bytes:
             best, best_bytes = n, size
     if best < 0:
         return ""
     shape, dtype = tape.shape_dtype(records[best][OUTPUT])
-    return (f"; record {best} ({escape(records[best][OP], 60)}) alone makes a {dtype.name}{list(shape)} value of "
-            f"{_size(best_bytes)}")
+    return (f"; record {best} ({escape(records[best][OP], 60)}) alone allocates a {dtype.name}{list(shape)} value "
+            f"of {_size(best_bytes)}")
 
 
 def _size(n: int) -> str:

@@ -65,10 +65,13 @@ def show(value: object, limit: int = 40) -> str:
     return f"a {escape(type(value).__name__, limit)}"
 
 
+_HEAD_ITEMS = 8  # items of a long tuple or list that `escape` shows
+
+
 def _short_repr(value: object, limit: int) -> str:
-    """`repr(value)`, but a sequence longer than `limit` items is shown by its head and length."""
-    if type(value) in (tuple, list) and len(value) > limit:  # type: ignore[arg-type]
-        items = list(value)[:limit]  # type: ignore[call-overload]
+    """`repr(value)`, but a tuple or list of many items is shown by its first items and length."""
+    if type(value) in (tuple, list) and len(value) > _HEAD_ITEMS:  # type: ignore[arg-type]
+        items = list(value[:_HEAD_ITEMS])  # type: ignore[index]
         return f"{repr(items)[:-1]}, ... ({len(value):,} items)]"  # type: ignore[arg-type]
     try:
         return repr(value)

@@ -237,14 +237,15 @@ def backward(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Mapping[Any
     of_id = tape.last_output() if of is None else tape.resolve(of)
     refs, wrt_ids = _wrt_ids(tape, wrt)
     replaced = _resolve_inputs(tape, inputs, rec is not None)
+    if rec is None:  # (before the seed is made: it is as big as the output)
+        p = _plan(tape, [], of_id, wrt_ids, list(replaced), checked=bool(check))
+        memory_budget.check(tape, p, budget, "replay.backward")
     seed_value = _seed(tape, of_id, seed)
     if rec is not None:  # (checks the seed itself)
         grads = _record_backward(rec, tape, replaced, of_id, wrt_ids, seed_value, check)
         return dict(zip(refs, grads, strict=True))
     if "reverse" in check and not anomaly.finite(seed_value):
         raise anomaly.seed_error(tape, of_id, seed_value)
-    p = _plan(tape, [], of_id, wrt_ids, list(replaced), checked=bool(check))
-    memory_budget.check(tape, p, budget, "replay.backward")
     vals = p.run(replaced, seed_value, check=check)
     taken = {id(seed_value)}
     result: dict[Any, Any] = {}
