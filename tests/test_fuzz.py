@@ -3,22 +3,28 @@
 "inspect" is the listing, every variable's description, and the inspector's `show`, `stats`,
 `check` and `slice` (`tapegrad.inspect`), whose JSON must stay valid.
 
-Only `TapegradError` subclasses may escape, whatever the bytes.  Mutations are applied both to
-raw bytes (bit flips, truncation, splices, insertions: mostly stopped by the checksums) and
-behind valid checksums (frames re-chained after the damage, msgpack payloads decoded, changed
-and re-encoded, or replaced by random msgpack), so every layer gets exercised.
+Only `TapegradError` subclasses may escape, whatever the bytes, and every message they carry is
+safe to print (no control characters, capped length).  Mutations are applied both to raw bytes
+(bit flips, truncation, splices, insertions: mostly stopped by the checksums) and behind valid
+checksums (frames re-chained after the damage, msgpack payloads decoded, changed and re-encoded,
+or replaced by random msgpack), so every layer gets exercised.  Structural mutations (frames
+dropped, duplicated, moved, ancillary frames added, the minor version changed) are re-framed with
+the footer's counts recomputed and the CRCs re-chained, so they reach validation and replay
+rather than the checksum or footer checks; table mutations include the values of issue 13
+(empty shapes with huge dimensions, op names with control characters, shape attributes of huge
+dimensions).
 
-Each example is bounded: tight `Limits` cap what a tape may make replay allocate, and
-hypothesis' deadline caps its time.  The default run is short; for a long one set
+Each example is bounded: tight `Limits` and a replay `budget` cap what a tape may make replay
+allocate, and hypothesis' deadline caps its time.  The default run is short; for a long one set
 `TAPEGRAD_FUZZ_EXAMPLES` (for example `TAPEGRAD_FUZZ_EXAMPLES=20000 pytest tests/test_fuzz.py`).
 Inputs that once broke the loader live in tests/corpus/ and are replayed by `test_corpus`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import re
 import struct
 import warnings
 from datetime import timedelta
@@ -36,6 +42,7 @@ from op_cases import op_tape
 from tape_bytes import join_frames, split_frames, tiny_tape
 from tapegrad import inspect
 from tapegrad import tape_format as tf
+from tapegrad.errors import MESSAGE_LIMIT
 from tapegrad.tape import Tape
 from tapegrad.tape_format import writer
 from tapegrad.tape_format.validate import _fast, explain
@@ -45,6 +52,15 @@ CORPUS = Path(__file__).parent / "corpus"
 LIMITS = tf.Limits(max_total_bytes=1 << 20, max_frame_bytes=1 << 18, max_array_bytes=1 << 18, max_records=5000,
                    max_variables=10_000, max_elements=1 << 15, max_total_elements=1 << 18, max_ndim=8,
                    max_string_bytes=1 << 12)
+BUDGET = 1 << 26  # bytes a replay may plan to use
+CONTROL = re.compile(r"[\x00-\x1f\x7f\x9b]")
+
+
+def _safe(exc: BaseException) -> None:
+    """A library error's message is safe to print: no control characters, capped."""
+    message = str(exc)
+    assert not CONTROL.search(message), message[:300]
+    assert len(message) <= MESSAGE_LIMIT + 100, len(message)
 
 
 def _seeds() -> list[bytes]:
@@ -78,7 +94,8 @@ def exercise(data: bytes) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 tape = tf.loads(data, recover=recover, limits=LIMITS)
-        except tg.TapegradError:
+        except tg.TapegradError as exc:
+            _safe(exc)
             continue
         explain(tape, LIMITS)  # the reference and the vectorised validators agree
         _fast(tape, LIMITS)
@@ -93,11 +110,18 @@ def exercise(data: bytes) -> None:
             if len(tape):
                 inspect.slice(tape, tape.dense_ids()[tape.last_output()])
         if tape.values_mode == "all" and len(tape):
-            with np.errstate(all="ignore"), contextlib.suppress(tg.TapegradError):
-                tg.replay.backward(tape)
+            _replay(lambda: tg.replay.backward(tape, budget=BUDGET))
         if len(tape):
-            with np.errstate(all="ignore"), contextlib.suppress(tg.TapegradError):
-                tg.replay.forward(tape)
+            _replay(lambda: tg.replay.forward(tape, budget=BUDGET))
+
+
+def _replay(run: Any) -> None:
+    """Run a replay: it succeeds or raises a library error whose message is safe to print."""
+    with np.errstate(all="ignore"):
+        try:
+            run()
+        except tg.TapegradError as exc:
+            _safe(exc)
 
 
 # ---- mutations -------------------------------------------------------------------------------
@@ -163,12 +187,15 @@ def _table(cols: dict[Any, Any], draw: st.DrawFn) -> dict[Any, Any]:
     k = draw(st.integers(0, len(table) - 1))
     if key == "ops":
         table[k] = draw(st.sampled_from(["add", "mul", "sum", "getitem", "reshape", "stack", "guard", "matmul",
-                                         "where", "astype", "scatter_add", "", "os.system"]))
+                                         "where", "astype", "scatter_add", "", "os.system", "\x1b[31msin\x1b[0m",
+                                         "s\x00\r\n", "x" * 5000]))
     elif key == "types":
         dtype, shape = table[k]
         shape = list(shape)
         if shape and draw(st.booleans()):
-            shape[draw(st.integers(0, len(shape) - 1))] = draw(st.sampled_from([0, 1, 2, 3, 7, 2**20]))
+            shape[draw(st.integers(0, len(shape) - 1))] = draw(st.sampled_from([0, 1, 2, 3, 7, 2**20, 2**62, 2**64 - 1]))
+            if draw(st.integers(0, 3)) == 0:
+                shape.append(0)  # empty, with whatever dimensions it has: issue 13's [2**62, 0]
         else:
             shape = shape + [draw(st.sampled_from([1, 2]))] if draw(st.booleans()) else shape[:-1]
         table[k] = (draw(st.sampled_from([dtype, "float32", "int64", "bool", "float16"])), shape)
@@ -176,7 +203,8 @@ def _table(cols: dict[Any, Any], draw: st.DrawFn) -> dict[Any, Any]:
         name = draw(st.sampled_from(sorted(table[k])))
         value = draw(st.one_of(st.none(), st.booleans(), st.integers(-2, 5),
                                st.lists(st.integers(-1, 4), max_size=4).map(tuple),
-                               st.sampled_from([("slice", None, None, -1), ("array",), "...", (0, ("array",))]),
+                               st.sampled_from([("slice", None, None, -1), ("array",), "...", (0, ("array",)),
+                                                (2**62, 0), (2**32, 2**32, 0), (2**33,), tuple(range(40))]),
                                st.just(_plain(draw))))
         table[k] = {**table[k], name: value}
     else:
@@ -202,10 +230,51 @@ def _mutate_raw(data: bytes, draw: st.DrawFn) -> bytes:
     return data[:at] + data[at + draw(st.integers(1, 64)):]
 
 
+def _restructure(data: bytes, draw: st.DrawFn) -> bytes:
+    """A frame-level change, re-framed: the footer's counts recomputed for the frames now there
+    and every CRC re-chained, so the change reaches the frame order and graph checks."""
+    pre, frames = split_frames(data)
+    inner = list(range(1, len(frames) - 1))  # neither HEAD nor FOOT
+    kind = draw(st.sampled_from(["drop", "duplicate", "move", "ancillary", "minor"]))
+    if kind == "drop" and inner:
+        del frames[draw(st.sampled_from(inner))]
+    elif kind == "duplicate" and inner:
+        frame = frames[draw(st.sampled_from(inner))]
+        frames.insert(draw(st.integers(1, len(frames) - 1)), frame)
+    elif kind == "move" and inner:
+        frame = frames.pop(draw(st.sampled_from(inner)))
+        frames.insert(draw(st.integers(1, len(frames) - 1)), frame)
+    elif kind == "ancillary":
+        frames.insert(draw(st.integers(0, len(frames) - 1)), (b"tEXt", draw(st.binary(max_size=8))))
+        pre = pre[:10] + struct.pack("<H", 2)  # a newer minor version: its ancillary frames are skipped
+    else:
+        pre = pre[:10] + struct.pack("<H", draw(st.sampled_from([0, 1, 2, 9])))
+    return join_frames(_recount(frames), pre)
+
+
+def _recount(frames: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """`frames` with the footer's counts made true of them (when the footer decodes as a map)."""
+    if not frames or frames[-1][0] != b"FOOT":
+        return frames
+    try:
+        foot = msgpack.unpackb(frames[-1][1], raw=False, strict_map_key=False)
+        counts = [msgpack.unpackb(p, raw=False, strict_map_key=False)["count"] for t, p in frames if t in (b"VARS", b"RECS")]
+        records = sum(msgpack.unpackb(p, raw=False, strict_map_key=False)["count"] for t, p in frames if t == b"RECS")
+    except Exception:
+        return frames
+    if not isinstance(foot, dict) or not all(type(c) is int for c in counts) or type(records) is not int:
+        return frames
+    foot = {**foot, "frames": len(frames) - 1, "records": records, "variables": sum(counts)}
+    return [*frames[:-1], (b"FOOT", msgpack.packb(foot, use_bin_type=True))]
+
+
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
     data = draw(st.sampled_from(SEEDS))
     for _ in range(draw(st.integers(1, 3))):
+        if _well_framed(data) and draw(st.integers(0, 4)) == 0:
+            data = _restructure(data, draw)
+            continue
         if not _well_framed(data) or draw(st.integers(0, 3)) == 0:
             data = _mutate_raw(data, draw)
             if draw(st.booleans()) and _well_framed(data):  # re-chain, so raw damage reaches the decoder
