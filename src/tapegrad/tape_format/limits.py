@@ -41,13 +41,15 @@ class Limits:
     max_variables: int = 20_000_000
     """Variables (leaves plus record outputs) on the tape."""
     max_elements: int = 1 << 32
-    """Elements of any one variable, stored or inferred (broadcast_to 10**10 is refused)."""
+    """Elements of any one variable, stored or inferred (broadcast_to 10**10 is refused); also
+    each dimension, and the product of the non-zero dimensions, of every shape."""
     max_total_elements: int = 1 << 36
     """Elements summed over all variables: the footprint a full replay would compute."""
     max_ndim: int = 32
     """Dimensions of any one variable."""
     max_nesting: int = 16
-    """Nesting depth of metadata and attribute values."""
+    """Nesting depth of metadata values: the metadata map is at depth 0, a value inside a map or
+    array at depth d is at depth d + 1 (docs/FORMAT.md, HEAD frame)."""
     max_string_bytes: int = 1 * MiB
     """One string or bytes value (names, metadata strings)."""
 
