@@ -118,6 +118,14 @@ def test_a_replay_bomb_within_the_load_limits_is_refused_before_it_allocates(tmp
             assert peak >= 2**35
 
 
+def test_a_replay_bomb_is_refused_inside_a_recording_too() -> None:
+    tape = tf.loads(bomb())
+    with tg.record(), pytest.raises(tg.LimitError, match="replay memory budget"):
+        tg.replay.forward(tape)
+    with pytest.raises(tg.LimitError, match="replay memory budget"):
+        tg.grad(lambda x: tg.replay.backward(tape, of="y", wrt=["x"], inputs={"x": x})["x"])(np.array([0.5]))
+
+
 def test_the_budget_is_an_option_and_defaults_to_half_the_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(budget.ENV, raising=False)
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

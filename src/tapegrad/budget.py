@@ -14,9 +14,11 @@ Contract:
   None: `default_budget()`), else raises `LimitError` naming the predicted peak, the record that
   allocates the largest buffer of the replay (its index, op and type: the allocation to look at), the
   budget and how to raise it (`call`, the replay function, takes `budget=`).
-- Every replay that computes on numpy arrays is checked (`replay.forward`, `backward`, `jvp`),
-  whether its tape was loaded or recorded; a replay inside `record()` or `grad`, which computes
-  on Variables through the tracer, is not.
+- Every replay is checked (`replay.forward`, `backward`, `jvp`), whether its tape was loaded or
+  recorded; a replay inside `record()` or `grad`, which computes on Variables through the tracer
+  and keeps every value, is checked against the same plan's prediction, a lower bound for it.
+- The inspector's own recomputations (`tapegrad.inspect`: `nan`'s forward scan, `recompute`)
+  do not run plans and are not checked.
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ Contract:
   (`Plan.peak_bytes`) with `budget=` (default `tapegrad.budget.default_budget()`: half the
   machine's memory, or `$TAPEGRAD_REPLAY_BUDGET`) before computing, and raise `LimitError` naming
   the peak, the record making the largest value and how to raise the budget (`tapegrad.budget`).
-  Replays on Variables (inside `record()` or `grad`) are not checked.
+  Replays on Variables (inside `record()` or `grad`) are checked against the same prediction,
+  a lower bound for them (they keep every value they compute).
 - This module never imports the tracer.
 """
 
@@ -210,11 +211,11 @@ def forward(tape: Tape, inputs: Mapping[Any, Any] | None = None, outputs: Sequen
     replaced = _resolve_inputs(tape, inputs, rec is not None)
     out_ids = _default_outputs(tape) if outputs is None else [tape.resolve(r) for r in outputs]
     keys = [_ref_key(tape, v) for v in out_ids] if outputs is None else list(outputs)
+    p = _plan(tape, out_ids, None, [], list(replaced), checked=bool(check))
+    memory_budget.check(tape, p, budget, "replay.forward")
     if rec is not None:
         values = _record_forward(rec, tape, replaced, out_ids, check)
         return {k: values[v] for k, v in zip(keys, out_ids, strict=True)}
-    p = _plan(tape, out_ids, None, [], list(replaced), checked=bool(check))
-    memory_budget.check(tape, p, budget, "replay.forward")
     vals = p.run(replaced, check=check)
     taken: set[int] = set()
     return {k: engine.owned(vals[p.outputs[v]], taken) for k, v in zip(keys, out_ids, strict=True)}
@@ -237,9 +238,8 @@ def backward(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Mapping[Any
     of_id = tape.last_output() if of is None else tape.resolve(of)
     refs, wrt_ids = _wrt_ids(tape, wrt)
     replaced = _resolve_inputs(tape, inputs, rec is not None)
-    if rec is None:  # (before the seed is made: it is as big as the output)
-        p = _plan(tape, [], of_id, wrt_ids, list(replaced), checked=bool(check))
-        memory_budget.check(tape, p, budget, "replay.backward")
+    p = _plan(tape, [], of_id, wrt_ids, list(replaced), checked=bool(check))
+    memory_budget.check(tape, p, budget, "replay.backward")  # (before the seed is made: it is as big as the output)
     seed_value = _seed(tape, of_id, seed)
     if rec is not None:  # (checks the seed itself)
         grads = _record_backward(rec, tape, replaced, of_id, wrt_ids, seed_value, check)
