@@ -360,18 +360,19 @@ class _Builder:
             ids.append(self._type_id(entry[0], entry[1]))
         column = self._column(cols, "type", "<u4", count)
         found = self._lookup(np.array(ids, dtype=np.int64), column, "type")
-        self._all_used(column, len(table), "types")
+        self._all_used(column, table, "types")
         return found  # type: ignore[no-any-return]
 
-    def _all_used(self, column: Ints, size: int, key: str, first: int = 0) -> None:
-        """Every entry of a frame's table `key` (of `size` entries, which `column` refers to as
-        `first`, `first + 1`, ...; indices already checked) is used by a row: a table holds only
-        the entries its rows use, so that nothing in a file goes unchecked (docs/FORMAT.md 5)."""
-        if not size:
+    def _all_used(self, column: Ints, table: Sequence[Any], key: str, first: int = 0) -> None:
+        """Every entry of a frame's table `key`, which `column` refers to as `first`, `first + 1`,
+        ... (indices already checked), is used by a row: a table holds only the entries its rows
+        use, so that nothing in a file goes unchecked (docs/FORMAT.md, section 5)."""
+        if not table:
             return
-        used = np.bincount(column, minlength=size + first)[first:]
+        used = np.bincount(column, minlength=len(table) + first)[first:]
         if not used.all():
-            raise self.error(f"entry {int(np.argmin(used != 0))} of the table {key!r} is used by no row "
+            k = int(np.argmin(used != 0))
+            raise self.error(f"entry {k} ({show(table[k])}) of the table {key!r} is used by no row "
                              f"(a table holds only the entries its frame's rows use)")
 
     def _data(self, cols: dict[str, Any], count: int, types: Ints) -> list[Any]:
@@ -541,7 +542,7 @@ class _Builder:
             raise self.error(f"'ops' must be an array of op names, got {show(ops)}")
         op_column = self._column(cols, "op", "<u2", count)
         op = self._lookup(np.array([self._op_id(name) for name in ops], dtype=np.int64), op_column, "op")
-        self._all_used(op_column, len(ops), "ops")
+        self._all_used(op_column, ops, "ops")
         nin = self._column(cols, "nin", "<u4", count)
         inputs = self._column(cols, "inputs", "<u4", int(nin.sum()))
         output = self._column(cols, "output", "<u4", count)
@@ -553,7 +554,7 @@ class _Builder:
         into[0] = 0
         attr_column = self._column(cols, "attr", "<u4", count)
         attr = self._lookup(into, attr_column, "attr")
-        self._all_used(attr_column, len(table), "attrs", first=1)
+        self._all_used(attr_column, table, "attrs", first=1)
         stored = self.mode == "all"
         if ("data" in cols) != stored:
             raise self.error(f"records {'lack' if stored else 'have'} stored data but the tape stores "
@@ -593,7 +594,7 @@ class _Builder:
             raise self.error(f"'files' must be an array of file names, got {show(files)}")
         file_column = self._column(cols, "file", "<u4", count)
         names = self._lookup(_objects(files), file_column, "file")
-        self._all_used(file_column, len(files), "files")
+        self._all_used(file_column, files, "files")
         lines = self._column(cols, "line", "<u4", count)
         if self.lines is not None:
             self.files += names.tolist()
