@@ -23,9 +23,10 @@ import pytest
 import tapegrad as tg
 from spec_writer import Leaf, Rec, SpecTape, one_leaf
 from tape_bytes import tiny_tape
-from tapegrad import budget
+from tapegrad import budget, inspect
 from tapegrad import tape_format as tf
 from tapegrad.errors import MESSAGE_LIMIT
+from tapegrad.inspect.recompute import recompute
 from tapegrad.tape import Tape
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -116,6 +117,16 @@ def test_a_replay_bomb_within_the_load_limits_is_refused_before_it_allocates(tmp
             assert "replay memory budget" in message and "budget=" in message and budget.ENV in message
             peak = int(re.search(r"\(([\d,]+) bytes\) at its peak", message).group(1).replace(",", ""))  # type: ignore[union-attr]
             assert peak >= 2**35
+
+
+def test_the_inspector_refuses_to_recompute_a_bomb() -> None:
+    tape = tf.loads(bomb())
+    with pytest.raises(tg.LimitError, match=r"cannot recompute the tape's values: record 0 \(broadcast_to\) would "
+                                            r"allocate a float64\[4294967296\] value of 32.0 GiB"):
+        list(recompute(tape))
+    with pytest.raises(tg.LimitError, match="replay memory budget"):
+        inspect.nan(tape)
+    assert "would allocate" in str(inspect.check(tape).as_dict()["note"])
 
 
 def test_a_replay_bomb_is_refused_inside_a_recording_too() -> None:

@@ -17,8 +17,9 @@ Contract:
 - Every replay is checked (`replay.forward`, `backward`, `jvp`), whether its tape was loaded or
   recorded; a replay inside `record()` or `grad`, which computes on Variables through the tracer
   and keeps every value, is checked against the same plan's prediction, a lower bound for it.
-- The inspector's own recomputations (`tapegrad.inspect`: `nan`'s forward scan, `recompute`)
-  do not run plans and are not checked.
+- The inspector's own recomputations (`tapegrad.inspect`: `recompute`, `nan`'s forward scan)
+  run records one by one without a plan: `check_record` refuses, before computing it, a record
+  whose value alone is over the budget (`resolve(None)`).
 """
 
 from __future__ import annotations
@@ -61,23 +62,57 @@ def default_budget() -> int:
     return FALLBACK if memory is None else int(memory * FRACTION)
 
 
+def resolve(budget: int | None) -> int:
+    """The budget in bytes: `budget` itself (checked), or `default_budget()` for None."""
+    if budget is None:
+        return default_budget()
+    if type(budget) is int and budget >= 0:
+        return budget
+    raise TapegradError(f"budget must be a non-negative int (bytes) or None, got {escape(budget, 40)}")
+
+
 def check(tape: Tape, plan: Any, budget: int | None, call: str) -> None:
     """Raise `LimitError` if `plan` (a `Plan` of `tape`) predicts more than `budget` bytes."""
-    if budget is None:
-        limit = default_budget()
-    elif type(budget) is int and budget >= 0:
-        limit = budget
-    else:
-        raise TapegradError(f"budget must be a non-negative int (bytes) or None, got {escape(budget, 40)}")
+    limit = resolve(budget)
     peak = int(plan.peak_bytes)
     if peak <= limit:
         return
     where = _largest(tape, plan)
-    source = "" if budget is not None else (
-        f" (${ENV})" if ENV in os.environ else f" (the default: {FRACTION:.0%} of this machine's memory)")
     raise LimitError(f"replaying this tape would need about {_size(peak)} ({peak:,} bytes) at its peak{where}, over "
-                     f"the replay memory budget of {_size(limit)} ({limit:,} bytes){source}; if you trust this tape "
-                     f"and have the memory, raise the budget: {call}(..., budget=<bytes>) or ${ENV}")
+                     f"{_budget(budget, limit)}; if you trust this tape and have the memory, raise the budget: "
+                     f"{call}(..., budget=<bytes>) or ${ENV}")
+
+
+def check_record(tape: Tape, n: int, limit: int, what: str) -> None:
+    """Raise `LimitError` if record `n` alone allocates more than `limit` bytes (a budget from
+    `resolve`): the check of computations that run records one by one without a plan (the
+    inspector's `recompute` and `nan` scans; `what` names them)."""
+    size = _allocates(tape, n)
+    if size > limit:
+        rec = tape.parts().records[n]
+        shape, dtype = tape.shape_dtype(rec[OUTPUT])
+        raise LimitError(f"{what}: record {n} ({escape(rec[OP], 60)}) would allocate a {dtype.name}{list(shape)} "
+                         f"value of {_size(size)} ({size:,} bytes), over {_budget(None, limit)}; if you trust this "
+                         f"tape and have the memory, raise the budget: ${ENV}=<bytes>")
+
+
+def _budget(given: int | None, limit: int) -> str:
+    """`the replay memory budget of 8.0 GiB (... bytes) (the default: ...)`."""
+    source = "" if given is not None else (
+        f" (${ENV})" if ENV in os.environ else f" (the default: {FRACTION:.0%} of this machine's memory)")
+    return f"the replay memory budget of {_size(limit)} ({limit:,} bytes){source}"
+
+
+def _allocates(tape: Tape, n: int) -> int:
+    """Bytes of the buffer record `n` allocates for its value: 0 for a view of its input."""
+    rec = tape.parts().records[n]
+    out = tape.shape_dtype(rec[OUTPUT])
+    if len(rec) > INPUTS and REGISTRY[rec[OP]].aliases(tape.shape_dtype(rec[INPUTS]), out, rec[ATTRS]):
+        return 0
+    size = out[1].itemsize
+    for d in out[0]:
+        size *= d
+    return size
 
 
 def _largest(tape: Tape, plan: Any) -> str:
@@ -87,15 +122,9 @@ def _largest(tape: Tape, plan: Any) -> str:
     cotangents of their size)."""
     records = tape.parts().records
     rows = sorted({r for r in plan.step_records if r >= 0}) or range(len(records))
-    best, best_bytes = -1, -1
+    best, best_bytes = -1, 0
     for n in rows:
-        rec = records[n]
-        out = tape.shape_dtype(rec[OUTPUT])
-        if len(rec) > INPUTS and REGISTRY[rec[OP]].aliases(tape.shape_dtype(rec[INPUTS]), out, rec[ATTRS]):
-            continue
-        size = out[1].itemsize
-        for d in out[0]:
-            size *= d
+        size = _allocates(tape, n)
         if size > best_bytes:
             best, best_bytes = n, size
     if best < 0:

@@ -20,7 +20,8 @@ Contract:
 - `inputs` maps input names, dense ids or "v<id>" strings (how an .npz file names the arrays of
   unnamed inputs) to arrays of the recorded shape and dtype.  Errors: `TapegradError` for bad
   inputs or values that cannot be computed (`GuardError` when the inputs take another branch
-  than the recording did).
+  than the recording did); `LimitError` for a value to compute that alone is over the replay
+  memory budget (`tapegrad.budget`), and for a reverse replay over it.
 - Cost: one pass over the tape's values (computing those not stored; computed values are dropped
   after their last use), a checked replay of the reverse pass (which recomputes what it needs
   and the tape does not store), and for a reverse finding one more replay for its incoming
@@ -41,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import anomaly, engine, replay
+from .. import anomaly, budget, engine, replay
 from ..errors import GuardError, NonFiniteError, TapegradError, escape
 from ..ops import NUMPY, REGISTRY
 from ..tape import INPUTS, OP, OUTPUT, Tape
@@ -265,6 +266,7 @@ class _Scan:
     def __init__(self, tape: Tape, replaced: Mapping[int, Any], keep: set[int]) -> None:
         self.tape = tape
         self.replaced = replaced
+        self.limit: int | None = None  # the replay memory budget, once a value is computed
         parts = tape.parts()
         self.stored = parts.values
         self.computed: dict[int, Any] = {}  # recomputed values still needed by a later record
@@ -315,6 +317,9 @@ class _Scan:
         return ok
 
     def _compute(self, n: int, rec: Any) -> Any:
+        if self.limit is None:
+            self.limit = budget.resolve(None)
+        budget.check_record(self.tape, n, self.limit, "cannot scan the tape's values")
         spec = REGISTRY[rec[OP]]
         args = [self.value(i) for i in rec[INPUTS:]]
         attrs = rec[1]

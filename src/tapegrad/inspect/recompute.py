@@ -6,8 +6,9 @@ stored values at the start), exactly as replay computes them, so a faithful reco
 identical values.  Memory: a value is kept only until its last use (one pass beforehand finds
 it).  When a record cannot be computed (a guard takes the other branch, a kernel fails) the
 generator yields `(index, Failure)` and stops.  A tape that stores no value for a needed leaf
-raises `TapegradError` before the first record.  Floating-point warnings are silenced: the
-values say what happened.
+raises `TapegradError` before the first record, and a record whose value alone is over the replay
+memory budget (`tapegrad.budget`) raises `LimitError` before it is computed.  Floating-point
+warnings are silenced: the values say what happened.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import budget
 from ..errors import GuardError, TapegradError
 from ..ops import REGISTRY
 from ..tape import ATTRS, INPUTS, OP, OUTPUT, Tape
@@ -50,10 +52,12 @@ def recompute(tape: Tape, progress: Progress | None = None) -> Iterator[tuple[in
     for n, rec in enumerate(records):
         for i in rec[INPUTS:]:
             last_use[i] = n
+    limit = budget.resolve(None)
     with np.errstate(all="ignore"):
         for n, rec in enumerate(records):
             if progress is not None and n % _EVERY == 0:
                 progress(n, len(records))
+            budget.check_record(tape, n, limit, "cannot recompute the tape's values")
             ins = [values[i] for i in rec[INPUTS:]]
             try:
                 out = REGISTRY[rec[OP]].forward(*ins, **(rec[ATTRS] or {}))
