@@ -28,11 +28,12 @@ import _thread
 import functools
 import struct
 import threading
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, NamedTuple
 
 import numpy as np
+
+from .checksum import crc32
 
 MAGIC = b"\x89TAPE\r\n\x1a"
 MAJOR = 1
@@ -66,7 +67,7 @@ _BATCH = 1 << 20  # small frames are gathered into writes of about this size
 
 def preamble_seed(preamble: bytes | memoryview) -> int:
     """The CRC seed of the first frame."""
-    return zlib.crc32(preamble)
+    return crc32(preamble)
 
 
 # CRC-32 arithmetic: crc32(A + B) == crc_shift(crc32(A), crc_shifter(len(B))) ^ crc32(B), so the
@@ -113,7 +114,7 @@ def crc_shift(crc: int, shifter: int) -> int:
 def _crc_parts(parts: Sequence[Any], seed: int) -> int:
     crc = seed
     for part in parts:
-        crc = zlib.crc32(part, crc)
+        crc = crc32(part, crc)
     return crc
 
 
@@ -139,7 +140,7 @@ def _pieces(views: Sequence[memoryview], size: int) -> list[list[memoryview]]:
 
 class _PieceCRCs:
     """The CRC-32s of `pieces` (each started from 0), computed by a worker thread and by the
-    thread asking for them (`get`) while there are pieces nobody has taken.  zlib releases the
+    thread asking for them (`get`) while there are pieces nobody has taken.  `crc32` releases the
     GIL on large buffers, so both threads checksum at once.  `close()` stops and joins the worker
     (it finishes the piece it is on)."""
 
@@ -218,7 +219,7 @@ class FrameWriter:
         """Append one frame whose payload is the concatenation of the buffers `parts`."""
         head = _HEAD.pack(tag, length)
         views = list(map(_flat, parts))
-        seed = zlib.crc32(head, self.seed)
+        seed = crc32(head, self.seed)
         self._pending += head
         if length < _BIG:
             crc = _crc_parts(views, seed)

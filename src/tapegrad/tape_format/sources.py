@@ -23,13 +23,13 @@ import mmap as mmap_module
 import os
 import stat
 import threading
-import zlib
 from collections.abc import Callable
 from typing import IO, Any, cast
 
 import numpy as np
 
 from ..errors import TapeFormatError
+from .checksum import crc32
 from .frames import crc_shift, crc_shifter
 from .limits import Limits
 
@@ -52,7 +52,7 @@ class Source:
 
     def crc(self, lo: int, hi: int, seed: int) -> int:
         """CRC-32 of `buf[lo:hi]` continuing from `seed` (the bytes must be present)."""
-        return zlib.crc32(self.buf[lo:hi], seed)
+        return crc32(self.buf[lo:hi], seed)
 
     def close(self) -> None:
         pass
@@ -92,9 +92,11 @@ class FileSource(Source):
     parsing proceeds: by a worker thread, and by the parsing thread whenever it waits for bytes.
 
     With a descriptor (`fd`), pieces are read with `os.preadv`, so both threads read at once; a
-    file object is read in order (its position is shared), one piece at a time.  With `verify`,
-    each piece's CRC-32 is computed right after it is read (while it is in the cache), and `crc`
-    combines those of the whole pieces in a range.  A file that turns out shorter than `size`
+    file object is read in order (its position is shared), one piece at a time.  With `verify`
+    and two pieces or more, each piece's CRC-32 is computed right after it is read (while it is
+    in the cache), and `crc` combines those of the pieces in a range (one the range covers only
+    in part, from the piece's CRC and the bytes around the part when they are fewer), so each
+    byte is checksummed about once; a smaller file is checksummed by `crc` alone.  A file that turns out shorter than `size`
     ends the source where its data ends.  `owned`: `close()` also closes `f`.
     """
 
@@ -106,7 +108,8 @@ class FileSource(Source):
         self._f = f
         self._owned = owned
         self._pread = _preader(fd)
-        self._verify = verify
+        # piece CRCs serve only ranges that hold a whole piece (`crc`): a smaller file is checksummed once, by `crc`
+        self._verify = verify and size >= 2 * PIECE
         self._pieces: list[int | None] = [None] * -(-size // PIECE)  # each read piece's CRC-32 (0 unverified)
         self._claimed = 0
         self._busy = 0  # pieces being read
@@ -151,7 +154,7 @@ class FileSource(Source):
         try:
             if self._pread is not None:
                 n = _fill(self._pread, view, lo)
-            crc = zlib.crc32(view[:n]) if self._verify else 0
+            crc = crc32(view[:n]) if self._verify else 0
         finally:
             with self._cond:
                 self._busy -= 1
@@ -191,23 +194,25 @@ class FileSource(Source):
         return n <= self._avail
 
     def crc(self, lo: int, hi: int, seed: int) -> int:
-        if not self._verify or hi - lo < 2 * PIECE:
-            return zlib.crc32(self.buf[lo:hi], seed)
-        first, last = -(-lo // PIECE), hi // PIECE  # the whole pieces inside lo..hi
-        crc = self._part(first - 1, lo, first * PIECE, seed) if lo < first * PIECE else seed
-        shifter = crc_shifter(PIECE)
-        for k in range(first, last):
-            crc = crc_shift(crc, shifter) ^ cast(int, self._pieces[k])
-        return self._part(last, last * PIECE, hi, crc) if hi > last * PIECE else crc
+        if not self._verify:
+            return crc32(self.buf[lo:hi], seed)
+        crc = seed
+        for k in range(lo // PIECE, -(-hi // PIECE)):  # the pieces lo..hi overlaps
+            start, end = k * PIECE, min((k + 1) * PIECE, self._size)
+            if lo <= start and end <= hi:  # a whole piece: its CRC was taken when it was read
+                crc = crc_shift(crc, crc_shifter(end - start)) ^ cast(int, self._pieces[k])
+            else:
+                crc = self._part(k, max(lo, start), min(hi, end), crc)
+        return crc
 
     def _part(self, k: int, lo: int, hi: int, seed: int) -> int:
         """CRC-32 of the bytes lo..hi of piece `k` continuing from `seed`: from the piece's CRC
         and the bytes around the part when they are fewer (a CRC is linear in its input)."""
         start, end = k * PIECE, min((k + 1) * PIECE, self._size)
         if (lo - start) + (end - hi) >= hi - lo:
-            return zlib.crc32(self.buf[lo:hi], seed)
-        before = zlib.crc32(self.buf[start:lo])
-        after = zlib.crc32(self.buf[hi:end])
+            return crc32(self.buf[lo:hi], seed)
+        before = crc32(self.buf[start:lo])
+        after = crc32(self.buf[hi:end])
         back = crc_shift(cast(int, self._pieces[k]) ^ after, crc_shifter(hi - end))
         return crc_shift(seed ^ before, crc_shifter(hi - lo)) ^ back
 
