@@ -40,7 +40,7 @@ import operator
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
@@ -49,6 +49,7 @@ import numpy as np
 from . import anomaly, engine
 from .errors import GuardError, TapegradError
 from .ops import REGISTRY, OpSpec
+from .ops.spec import never_aliases
 from .tape import ATTRS, INPUTS, OP, OUTPUT, RawRecord, Tape
 
 Aval = tuple[tuple[int, ...], np.dtype[Any]]
@@ -96,8 +97,9 @@ class Compiler:
         return Sym(slot, shape, dtype)
 
     def new(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Sym:
-        self.avals.append((shape, dtype))
-        return Sym(len(self.avals) - 1, shape, dtype)
+        avals = self.avals
+        avals.append((shape, dtype))
+        return Sym(len(avals) - 1, shape, dtype)
 
     def const(self, value: Any) -> Sym:
         arr = np.asarray(value)
@@ -106,22 +108,45 @@ class Compiler:
         return sym
 
     def apply(self, spec: OpSpec, args: Sequence[Any], attrs: Mapping[str, Any] | None) -> Sym:
-        weak = [a for a in args if isinstance(a, (bool, int, float))]
-        dt = np.result_type(*[a.dtype for a in args if not isinstance(a, (bool, int, float))], *weak) if weak else None
-        ins = [a if isinstance(a, Sym) else self.const(np.asarray(a, dtype=dt) if isinstance(a, (bool, int, float)) else a)
-               for a in args]
-        shape, dtype = spec.infer([s.shape for s in ins], [s.dtype for s in ins], attrs or {})
+        ins: Sequence[Sym]
+        if all([type(a) is Sym for a in args]):
+            ins = args
+        else:
+            weak = [a for a in args if isinstance(a, (bool, int, float))]
+            dt = np.result_type(*[a.dtype for a in args if not isinstance(a, (bool, int, float))], *weak) if weak else None
+            ins = [a if isinstance(a, Sym) else self.const(np.asarray(a, dtype=dt) if isinstance(a, (bool, int, float)) else a)
+                   for a in args]
+        attrs = attrs or None
+        shape, dtype = infer(spec, tuple([s.shape for s in ins]), tuple([s.dtype for s in ins]), attrs)
         out = self.new(shape, dtype)
-        self.steps.append((spec.name, attrs or None, out.slot, *(s.slot for s in ins)))
+        self.steps.append((spec.name, attrs, out.slot, *[s.slot for s in ins]))
         return out
 
     def _op(self, spec: OpSpec) -> Any:
-        def op(*args: Any, **kwargs: Any) -> Sym:
-            ins, attrs = spec.bind(args, kwargs)
-            return self.apply(spec, ins, attrs)
+        if spec.simple:  # (the record form is the public signature: nothing to bind)
+            def op(*args: Any) -> Sym:
+                return self.apply(spec, args, None)
+        else:
+            def op(*args: Any, **kwargs: Any) -> Sym:
+                ins, attrs = spec.bind(args, kwargs)
+                return self.apply(spec, ins, attrs)
 
         op.__name__ = spec.name
         return op
+
+
+def infer(spec: OpSpec, shapes: tuple[tuple[int, ...], ...], dtypes: tuple[np.dtype[Any], ...],
+          attrs: Mapping[str, Any] | None) -> Aval:
+    """`spec.infer`, remembered: a compiled program applies few distinct (op, shapes, dtypes,
+    attributes) combinations many times, and inferring a dtype runs the op on a surrogate array
+    (about 7 us, most of a plan's compile time before this cache; `benchmarks/replay.py` (d))."""
+    return _infer_cached(spec.name, shapes, dtypes, None if attrs is None else tuple(attrs.items()))
+
+
+@lru_cache(maxsize=4096)
+def _infer_cached(op: str, shapes: tuple[tuple[int, ...], ...], dtypes: tuple[np.dtype[Any], ...],
+                  attrs: tuple[tuple[str, Any], ...] | None) -> Aval:
+    return REGISTRY[op].infer(shapes, dtypes, dict(attrs or ()))
 
 
 def _nbytes(aval: Aval) -> int:
@@ -434,10 +459,13 @@ def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> RawRecord:
     return (rec[OP], rec[ATTRS], slot_of[rec[OUTPUT]], *(slot_of[i] for i in rec[INPUTS:]))
 
 
+_FORWARD = {name: spec.forward for name, spec in REGISTRY.items()}
+
+
 def _step(rec: RawRecord, ins: Sequence[int], out: int) -> Step:
     """The executable step of a slot-form record whose inputs and output are in these registers."""
-    op, attrs = rec[OP], rec[ATTRS]
-    fn = REGISTRY[op].forward
+    attrs = rec[ATTRS]
+    fn = _FORWARD[rec[OP]]
     if attrs:
         fn = partial(fn, **attrs)
     if len(ins) == 1:
@@ -453,30 +481,32 @@ class _Memory:
 
     def __init__(self, avals: list[Aval]) -> None:
         self.avals = avals
+        self.nbytes = [_nbytes(a) for a in avals]  # slot -> bytes of its value
         self.buffer_of: dict[int, int] = {}  # slot -> buffer (the slot that allocated it)
         self.users: dict[int, int] = {}  # buffer -> slots held in registers that use it
         self.live = self.peak = 0
 
     def compute(self, rec: RawRecord) -> None:
         """A step runs: its kernel's scratch space and its result are allocated."""
-        op, attrs, out, ins, avals = rec[OP], rec[ATTRS], rec[OUTPUT], rec[INPUTS:], self.avals
+        op, attrs, out, x, avals, nbytes = rec[OP], rec[ATTRS], rec[OUTPUT], rec[INPUTS], self.avals, self.nbytes
         spec = REGISTRY[op]
-        scratch = spec.scratch * max(_nbytes(avals[ins[0]]), _nbytes(avals[out]))
-        if spec.aliases(avals[ins[0]], avals[out], attrs):
-            buf = self.buffer_of.get(ins[0])
+        scratch = spec.scratch * max(nbytes[x], nbytes[out]) if spec.scratch else 0
+        if spec.aliases is not never_aliases and spec.aliases(avals[x], avals[out], attrs):
+            buf = self.buffer_of.get(x)
             if buf is not None:
                 self.buffer_of[out] = buf
                 self.users[buf] += 1
         else:
             self.buffer_of[out] = out
             self.users[out] = 1
-            self.live += _nbytes(avals[out])
-        self.peak = max(self.peak, self.live + scratch)
+            self.live += nbytes[out]
+        if self.live + scratch > self.peak:
+            self.peak = self.live + scratch
 
     def held(self, slot: int) -> int:
         """Bytes of the buffer that `slot`'s value keeps alive (0 if not counted)."""
         buf = self.buffer_of.get(slot)
-        return 0 if buf is None else _nbytes(self.avals[buf])
+        return 0 if buf is None else self.nbytes[buf]
 
     def drop(self, slot: int | None) -> None:
         """`slot`'s value leaves its register."""
@@ -484,7 +514,7 @@ class _Memory:
         if buf is not None:
             self.users[buf] -= 1
             if self.users[buf] == 0:
-                self.live -= _nbytes(self.avals[buf])
+                self.live -= self.nbytes[buf]
 
 
 def _lower(prog: Program) -> Plan:
@@ -533,18 +563,22 @@ def _lower(prog: Program) -> Plan:
     for s in preset:
         place(s)
     free.extend(reg_of[s] for s in preset if s not in last and s not in pinned)
+    origins, rec_checks = prog.origins, prog.checks
     for k, rec in enumerate(records):
         out, ins = rec[OUTPUT], rec[INPUTS:]
         in_regs = [reg_of[s] for s in ins]
         mem.compute(rec)
-        dying = sorted((s for s in dict.fromkeys(ins) if last[s] == k and s not in pinned), key=mem.held, reverse=True)
+        dying = [s for s in ins if last[s] == k and s not in pinned]
+        if len(dying) > 1:
+            dying = sorted(dict.fromkeys(dying), key=mem.held, reverse=True)
         place(out, reg_of[dying[0]] if dying else None)
         steps.append(_step(rec, in_regs, reg_of[out]))
-        step_records.append(prog.origins[k])
-        if checks is not None and prog.checks is not None:
-            checks.append(prog.checks[k])
-        for s in dying[1:]:
-            retire(s)
+        step_records.append(origins[k])
+        if checks is not None and rec_checks is not None:
+            checks.append(rec_checks[k])
+        if len(dying) > 1:
+            for s in dying[1:]:
+                retire(s)
         if out not in last and out not in pinned:
             retire(out)
 
