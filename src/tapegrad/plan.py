@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import operator
 import weakref
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from types import SimpleNamespace
@@ -50,7 +50,7 @@ from . import anomaly, engine
 from .errors import GuardError, TapegradError
 from .ops import REGISTRY, OpSpec
 from .ops.spec import never_aliases
-from .tape import ATTRS, INPUTS, OP, OUTPUT, RawRecord, Tape
+from .tape import ATTRS, INPUTS, OP, OUTPUT, RawRecord, Tape, escape
 
 Aval = tuple[tuple[int, ...], np.dtype[Any]]
 
@@ -205,6 +205,7 @@ class Program:
     seed_slot: int | None = None
     tangent_slots: list[int] = field(default_factory=list)
     checks: list[StepCheck | None] | None = None  # per record, when compiled for checking
+    resized: dict[int, Aval] = field(default_factory=dict)  # tape ids whose shape differs from the recording
 
     @property
     def n_forward(self) -> int:
@@ -236,6 +237,12 @@ class Plan:
     tangent_registers: list[int]
     peak_bytes: int
     checks: list[StepCheck | None] | None = field(default=None, repr=False)
+    resized: dict[int, Aval] = field(default_factory=dict, repr=False)
+
+    def shape_dtype(self, vid: int) -> Aval:
+        """Shape and dtype of tape variable `vid` (internal id) in this plan's replays: the
+        recorded ones, or those re-inferred for the new input shapes it was compiled for."""
+        return self.resized[vid] if vid in self.resized else self.tape.shape_dtype(vid)
 
     @property
     def tape(self) -> Tape:
@@ -346,19 +353,144 @@ class Plan:
         return f"record {rec} ({tape.parts().records[rec][0]}){at}"
 
 
+# ---- new input shapes: the recorded program re-checked record by record -------------------
+
+class Reshaped(NamedTuple):
+    """What a tape's records become for new input shapes (see `reshaped`): `avals` are the new
+    shape and dtype of every id whose shape changed (replaced inputs, resized constants, the
+    records they reach); `attrs` the generalised attributes of records whose attributes encode
+    a shape; `consts` the new values of resized constants (`arange` index arrays)."""
+
+    avals: dict[int, Aval]
+    attrs: dict[int, Mapping[str, Any]]
+    consts: dict[int, Any]
+
+
+def reshaped(tape: Tape, shapes: Mapping[int, tuple[int, ...]], numbers: Iterable[int]) -> Reshaped:
+    """Re-infer the shapes of records `numbers` (tape order) for inputs of new `shapes`.
+
+    Every record reached by a changed shape is re-checked with its op's shape rule.  Attributes
+    that encode a shape are generalised where the recorded program says how (`_generalised`),
+    and a constant integer index array that was `arange(n)` over an axis of size n (the "every
+    row" index, `x[np.arange(len(x)), labels]`) becomes `arange` of the new size.  A record that
+    does not apply to the new shapes raises `GuardError` naming it, its source line and the
+    dimension that changed.
+    """
+    parts = tape.parts()
+    records, consts = parts.records, parts.consts
+    changed: dict[int, Aval] = {vid: (tuple(shape), tape.shape_dtype(vid)[1]) for vid, shape in shapes.items()}
+    new_attrs: dict[int, Mapping[str, Any]] = {}
+    new_consts: dict[int, Any] = {}
+    for n in numbers:
+        rec = records[n]
+        ins = rec[INPUTS:]
+        if not any(i in changed for i in ins):
+            continue
+        spec = REGISTRY[rec[OP]]
+        before = [tape.shape_dtype(i)[0] for i in ins]
+        if rec[OP] == "getitem":
+            _resize_rows(tape, n, rec, before, changed, new_consts)
+        after = [changed[i][0] if i in changed else tape.shape_dtype(i)[0] for i in ins]
+        attrs = _generalised(rec, before[0], after[0])
+        try:
+            out = infer(spec, tuple(after), tuple(tape.shape_dtype(i)[1] for i in ins), attrs or None)
+        except TapegradError as exc:
+            raise _shape_error(tape, n, rec, before, after, str(exc), shapes) from None
+        if attrs is not rec[ATTRS]:
+            new_attrs[n] = attrs
+        if out[0] != tape.shape_dtype(rec[OUTPUT])[0]:
+            changed[rec[OUTPUT]] = out
+    return Reshaped(changed, new_attrs, new_consts)
+
+
+def _generalised(rec: RawRecord, before: tuple[int, ...], after: tuple[int, ...]) -> Any:
+    """`rec`'s attributes for input 0 of shape `after` instead of `before`.
+
+    `broadcast_to` and `sum_to` keep the dimensions they passed through from their input
+    (aligned from the right) following the input; the dimensions they broadcast or summed stay
+    as recorded.  Other attributes stay as recorded: a `reshape` to a fixed shape, for one, says
+    nothing of where its numbers came from, and the shape rule then refuses what does not fit.
+    """
+    op, attrs = rec[OP], rec[ATTRS]
+    if op not in ("broadcast_to", "sum_to") or before == after or len(before) != len(after):
+        return attrs
+    shape = list(attrs["shape"])
+    lead = len(before) - len(shape)  # (broadcast_to: negative, its input has fewer dimensions)
+    for k in range(max(0, -lead), len(shape)):
+        i = k + lead
+        if before[i] == shape[k] and (op == "broadcast_to" or shape[k] != 1):
+            shape[k] = after[i]
+    return {**attrs, "shape": tuple(shape)}
+
+
+def _resize_rows(tape: Tape, n: int, rec: RawRecord, before: list[tuple[int, ...]], changed: dict[int, Aval],
+                 new_consts: dict[int, Any]) -> None:
+    """Resize the constant `arange` index arrays of getitem record `rec` whose axis changed size."""
+    from .ops.infer import expand_index
+
+    old_in = before[0]
+    new_in = changed[rec[INPUTS]][0] if rec[INPUTS] in changed else old_in
+    if len(new_in) != len(old_in):
+        return
+    axis = arrays = 0
+    for item in expand_index("getitem", old_in, rec[ATTRS]["index"]):
+        if item is None:
+            continue
+        if item == ("array",):
+            vid = rec[INPUTS + 1 + arrays]
+            arrays += 1
+            old, new = old_in[axis], new_in[axis]
+            value = tape.parts().values.get(vid)
+            if (old != new and vid in tape.parts().consts and value is not None and value.shape == (old,)
+                    and np.array_equal(value, np.arange(old))):
+                if vid in new_consts and len(new_consts[vid]) != new:
+                    raise _shape_error(tape, n, rec, before, [changed.get(i, (s, None))[0] for i, s in
+                                                              zip(rec[INPUTS:], before, strict=True)],
+                                       f"the constant index array v{tape.dense_ids()[vid]} (arange({old})) would "
+                                       f"need two sizes, {len(new_consts[vid])} and {new}", {})
+                new_consts[vid] = np.arange(new, dtype=value.dtype)
+                changed[vid] = ((new,), value.dtype)
+        axis += 1
+
+
+def _shape_error(tape: Tape, n: int, rec: RawRecord, before: Sequence[tuple[int, ...]],
+                 after: Sequence[tuple[int, ...]], why: str, shapes: Mapping[int, tuple[int, ...]]) -> GuardError:
+    """The error for record `n` that does not apply to inputs of shapes `after` (recorded: `before`);
+    `shapes` are the replay's new input shapes."""
+    given = "; ".join(f"input {escape(repr(tape.name_of(v))) if tape.name_of(v) else ''} (v{tape.dense_ids()[v]}) has "
+                      f"shape {shape}, recorded {tape.shape_dtype(v)[0]} (dtype {tape.shape_dtype(v)[1]})"
+                      for v, shape in shapes.items())
+    src = tape.source_of(n)
+    at = f" at {src[0]}:{src[1]}" if src else ""
+    dims = []
+    for k, (b, a) in enumerate(zip(before, after, strict=True)):
+        if len(a) != len(b):
+            dims.append(f"input {k} has {len(a)} dimensions, recorded {len(b)}")
+        dims.extend(f"input {k} dimension {d} is {y}, recorded {x}" for d, (x, y) in enumerate(zip(b, a, strict=True))
+                    if x != y)
+    fixed = (f"; the recording reshaped to the fixed shape {rec[ATTRS]['shape']}" if rec[OP] == "reshape" else "")
+    return GuardError(f"record {n} ({rec[OP]}){at} does not apply to the new input shapes: {why}"
+                      f"{fixed} ({'; '.join(dims) or 'shapes unchanged'}); {given + '; ' if given else ''}"
+                      "to replay at these shapes, record the step again with inputs of these shapes")
+
+
 def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of: int | None = None,
-                 replaced: Sequence[int] = (), *, checked: bool = False) -> Plan:
+                 replaced: Sequence[int] = (), *, checked: bool = False,
+                 shapes: Mapping[int, tuple[int, ...]] | None = None) -> Plan:
     """Compile a replay of `tape` computing `outputs` and, when `of` is given, d of / d `wrt`.
 
     `replaced` are the internal ids of inputs the caller will supply (everything downstream of
     them is recomputed); other values come from the tape when stored, else are recomputed.
+    `shapes` gives the replaced inputs whose shapes differ from the recorded ones: the plan is
+    then compiled for those shapes (see `reshaped`; `GuardError` when the program does not apply).
     With `checked`, the plan can check its values (`Plan.run(check=...)`).
     """
-    return _lower(_program(tape, outputs, wrt, of, replaced, checked))
+    return _lower(_program(tape, outputs, wrt, of, replaced, checked, shapes))
 
 
 def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | None,
-             replaced: Sequence[int], checked: bool = False) -> Program:
+             replaced: Sequence[int], checked: bool = False,
+             shapes: Mapping[int, tuple[int, ...]] | None = None) -> Program:
     """`compile_plan` in slot form."""
     ids = tape.ids_in_order()
     slot_of = {vid: n for n, vid in enumerate(ids)}
@@ -371,9 +503,20 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     needed = engine.needed_ids(records, [*outputs, *([] if of is None else [of])])
     live_records = [n for n, rec in enumerate(records) if rec[OUTPUT] in needed]
 
+    # New input shapes: every record they reach is re-inferred (and recomputed, below).
+    new = reshaped(tape, shapes, live_records) if shapes else Reshaped({}, {}, {})
+    for vid, aval in new.avals.items():
+        avals[slot_of[vid]] = aval
+
+    def slotted(n: int) -> RawRecord:
+        rec = records[n]
+        if n in new.attrs:
+            rec = (rec[OP], new.attrs[n], *rec[OUTPUT:])
+        return _slotted(rec, slot_of)
+
     # Forward: recompute what is missing or depends on a replaced input (guards included).
     stored = parts.values
-    dirty = set(replaced)
+    dirty = set(replaced) | new.consts.keys()
     forward: list[int] = []
     for n in live_records:
         rec = records[n]
@@ -397,7 +540,7 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
         seed = comp.new(*avals[slot_of[of]])
         seed_slot = seed.slot
         symbols = {vid: comp.sym(slot_of[vid]) for vid in needed}
-        sub = [_slotted(records[n], slot_of) for n in live_records]
+        sub = [slotted(n) for n in live_records]
         active = engine.active_set(sub, [slot_of[w] for w in wrt])
         skip = {slot_of[v] for v in needed if slot_of[v] not in active}
         sym_values = {slot_of[v]: s for v, s in symbols.items()}
@@ -412,23 +555,25 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
         grads = {w: (found[slot_of[w]].slot if slot_of[w] in found else None) for w in wrt}
 
     initial: dict[int, Any] = {slot_of[v]: stored[v] for v in needed if v in stored and v not in dirty}
+    initial.update((slot_of[v], value) for v, value in new.consts.items())
     initial.update(comp.consts)
     checks: list[StepCheck | None] | None = None
     if checked:
         checks = [StepCheck(False, n, records[n][OUTPUT]) for n in forward]
         checks += [made.get(step[OUTPUT]) for step in comp.steps]
-    return Program(tape, comp.avals, initial, [_slotted(records[n], slot_of) for n in forward] + comp.steps,
+    return Program(tape, comp.avals, initial, [slotted(n) for n in forward] + comp.steps,
                    forward + [_REVERSE] * len(comp.steps), {v: slot_of[v] for v in replaced},
-                   {v: slot_of[v] for v in outputs}, grads, seed_slot, checks=checks)
+                   {v: slot_of[v] for v in outputs}, grads, seed_slot, checks=checks, resized=new.avals)
 
 
-def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[int]) -> Plan:
+def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[int],
+                shapes: Mapping[int, tuple[int, ...]] | None = None) -> Plan:
     """Forward mode for one output: transpose the compiled reverse pass (linear in its seed).
 
     The reverse program maps a seed u to J^T u; running the engine's reverse pass over that
     program, seeded with tangents v at the gradient slots, yields J v at the seed slot.
     """
-    base = _program(tape, [], wrt, out_id, replaced)
+    base = _program(tape, [], wrt, out_id, replaced, shapes=shapes)
     assert base.seed_slot is not None
     seed_slot = base.seed_slot
     n_fwd = base.n_forward
@@ -451,7 +596,7 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
     records = base.records[:n_fwd] + keep + comp.steps
     origins = base.origins[:n_fwd] + [_REVERSE] * (len(keep) + len(comp.steps))
     return _lower(Program(tape, comp.avals, {**base.initial, **comp.consts}, records, origins, base.inputs,
-                          {out_id: out_slot}, {}, tangent_slots=[t.slot for t in tangents]))
+                          {out_id: out_slot}, {}, tangent_slots=[t.slot for t in tangents], resized=base.resized))
 
 
 def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> RawRecord:
@@ -591,4 +736,4 @@ def _lower(prog: Program) -> Plan:
                 grads={v: None if s is None else reg_of[s] for v, s in prog.grads.items()},
                 seed_register=None if prog.seed_slot is None else reg_of[prog.seed_slot],
                 tangent_registers=[reg_of[s] for s in prog.tangent_slots],
-                peak_bytes=mem.peak + 8 * len(holder), checks=checks)
+                peak_bytes=mem.peak + 8 * len(holder), checks=checks, resized=prog.resized)

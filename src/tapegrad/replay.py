@@ -43,7 +43,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import anomaly, context, engine
-from .errors import DTypeError, TapegradError
+from .errors import DTypeError, GuardError, TapegradError
 from .plan import Plan, compile_jvp, compile_plan
 from .tape import ATTRS, INPUTS, OP, OUTPUT, Tape
 
@@ -97,8 +97,19 @@ def _ref_key(tape: Tape, vid: int) -> Any:
     return tape.dense_ids()[vid] if name is None else name
 
 
+Shapes = tuple[tuple[int, tuple[int, ...]], ...]
+"""The input-shape signature of a replay: (internal id, shape) of each replaced input whose shape
+differs from the recorded one, sorted; empty when every shape is as recorded."""
+
+
+def _shapes(tape: Tape, replaced: Mapping[int, Any]) -> Shapes:
+    return tuple(sorted((vid, tuple(v.shape)) for vid, v in replaced.items()
+                        if tuple(v.shape) != tape.shape_dtype(vid)[0]))
+
+
 def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: bool) -> dict[int, Any]:
-    """Replaced inputs by internal id, checked against the recorded shape and dtype."""
+    """Replaced inputs by internal id, checked against the recorded dtype (and number of
+    dimensions: a shape may differ, and the plan for it checks the records it reaches)."""
     out: dict[int, Any] = {}
     for ref, value in (inputs or {}).items():
         vid = tape.resolve(ref)
@@ -111,9 +122,13 @@ def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: boo
         else:
             value = _array(value, label)
             got_shape, got_dtype = value.shape, value.dtype
-        if got_shape != shape or got_dtype != dtype:
+        if got_dtype != dtype:
             raise TapegradError(f"{label} was recorded with shape {shape} and dtype {dtype}, "
                                 f"got shape {got_shape} and dtype {got_dtype}")
+        if len(got_shape) != len(shape):
+            raise GuardError(f"{label} was recorded with shape {shape} and dtype {dtype}, got shape {got_shape}: a replay "
+                             f"can change the sizes of an input's dimensions, not their number; record the "
+                             f"step again with inputs of this shape")
         out[vid] = value
     return out
 
@@ -126,13 +141,14 @@ def _default_outputs(tape: Tape) -> list[int]:
     return outs
 
 
-def plan(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Sequence[Any] = (),
+def plan(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Sequence[Any] | Mapping[Any, Any] = (),
          outputs: Sequence[Any] | None = None) -> Plan:
     """The (cached) compiled replay computing `outputs` and d `of` / d `wrt`.
 
     With `of` and `wrt` both None this is the plan `forward()` runs (default outputs);
     otherwise it is the plan `backward(tape, of, wrt, inputs=...)` runs, with `of` defaulting to
-    the last recorded output.  `inputs` names the inputs the caller will replace.
+    the last recorded output.  `inputs` names the inputs the caller will replace; a mapping
+    of them to arrays gives the plan for those arrays' shapes (one plan per shape signature).
     `.peak_bytes` predicts the replay's peak memory (returned gradients included).
     """
     of_id = None
@@ -145,13 +161,22 @@ def plan(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Sequence[Any] =
         out_ids = [tape.resolve(r) for r in outputs]
     else:
         out_ids = [] if gradient else _default_outputs(tape)
+    if isinstance(inputs, Mapping):
+        replaced = _resolve_inputs(tape, inputs, False)
+        return _plan(tape, out_ids, of_id, wrt_ids, list(replaced), shapes=_shapes(tape, replaced))
     return _plan(tape, out_ids, of_id, wrt_ids, [tape.resolve(r) for r in inputs])
 
 
 def _plan(tape: Tape, out_ids: Sequence[int], of_id: int | None, wrt_ids: Sequence[int], replaced: Sequence[int],
-          checked: bool = False) -> Plan:
-    key = ("checked plan" if checked else "plan", tuple(out_ids), of_id, tuple(wrt_ids), tuple(sorted(replaced)))
-    return tape.cached(key, lambda: compile_plan(tape, out_ids, wrt_ids, of_id, sorted(replaced), checked=checked))
+          checked: bool = False, shapes: Shapes = ()) -> Plan:
+    """The cached plan for this request; one per input-shape signature `shapes` (a replay at
+    the recorded shapes uses the same key, and so the same plan, as before shapes could vary)."""
+    key: tuple[Any, ...] = ("checked plan" if checked else "plan", tuple(out_ids), of_id, tuple(wrt_ids),
+                            tuple(sorted(replaced)))
+    if shapes:
+        key += (shapes,)
+    return tape.cached(key, lambda: compile_plan(tape, out_ids, wrt_ids, of_id, sorted(replaced), checked=checked,
+                                                 shapes=dict(shapes)))
 
 
 _PASSES: dict[Any, frozenset[str]] = {False: frozenset(), True: frozenset(("forward", "reverse")),
@@ -179,8 +204,8 @@ def _wrt_ids(tape: Tape, wrt: Any) -> tuple[list[Any], list[int]]:
     return refs, ids
 
 
-def _seed(tape: Tape, of_id: int, seed: Any) -> Any:
-    shape, dtype = tape.shape_dtype(of_id)
+def _seed(tape: Tape, of_id: int, seed: Any, p: Plan | None = None) -> Any:
+    shape, dtype = tape.shape_dtype(of_id) if p is None else p.shape_dtype(of_id)
     if seed is None:
         return np.ones(shape, dtype)
     seed = _array(seed, "seed")
@@ -205,7 +230,7 @@ def forward(tape: Tape, inputs: Mapping[Any, Any] | None = None, outputs: Sequen
     if rec is not None:
         values = _record_forward(rec, tape, replaced, out_ids, check)
         return {k: values[v] for k, v in zip(keys, out_ids, strict=True)}
-    p = _plan(tape, out_ids, None, [], list(replaced), checked=bool(check))
+    p = _plan(tape, out_ids, None, [], list(replaced), checked=bool(check), shapes=_shapes(tape, replaced))
     vals = p.run(replaced, check=check)
     taken: set[int] = set()
     return {k: engine.owned(vals[p.outputs[v]], taken) for k, v in zip(keys, out_ids, strict=True)}
@@ -227,20 +252,21 @@ def backward(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Mapping[Any
     of_id = tape.last_output() if of is None else tape.resolve(of)
     refs, wrt_ids = _wrt_ids(tape, wrt)
     replaced = _resolve_inputs(tape, inputs, rec is not None)
-    seed_value = _seed(tape, of_id, seed)
     if rec is not None:  # (checks the seed itself)
+        seed_value = _seed(tape, of_id, seed)
         grads = _record_backward(rec, tape, replaced, of_id, wrt_ids, seed_value, check)
         return dict(zip(refs, grads, strict=True))
+    p = _plan(tape, [], of_id, wrt_ids, list(replaced), checked=bool(check), shapes=_shapes(tape, replaced))
+    seed_value = _seed(tape, of_id, seed, p)
     if "reverse" in check and not anomaly.finite(seed_value):
         raise anomaly.seed_error(tape, of_id, seed_value)
-    p = _plan(tape, [], of_id, wrt_ids, list(replaced), checked=bool(check))
     vals = p.run(replaced, seed_value, check=check)
     taken = {id(seed_value)}
     result: dict[Any, Any] = {}
     for ref, vid in zip(refs, wrt_ids, strict=True):
         slot = p.grads[vid]
         if slot is None:
-            result[ref] = np.zeros(*tape.shape_dtype(vid))
+            result[ref] = np.zeros(*p.shape_dtype(vid))
         else:
             result[ref] = engine.owned(vals[slot], taken)
     return result
@@ -254,10 +280,12 @@ def jvp(tape: Tape, tangents: Mapping[Any, Any], *, inputs: Mapping[Any, Any] | 
     rounding for every op.  `outputs` defaults to the named results and the last output.
     """
     replaced = _resolve_inputs(tape, inputs, False)
+    shapes = _shapes(tape, replaced)
     t_ids = [tape.resolve(r) for r in tangents]
     t_vals = {}
     for ref, vid in zip(tangents, t_ids, strict=True):
         shape, dtype = tape.shape_dtype(vid)
+        shape = tuple(replaced[vid].shape) if vid in replaced else shape
         if dtype.kind != "f":
             raise TapegradError(f"tangent for {ref!r}: its dtype {dtype} is not floating point")
         value = _array(tangents[ref], f"tangent for {ref!r}")
@@ -269,13 +297,14 @@ def jvp(tape: Tape, tangents: Mapping[Any, Any], *, inputs: Mapping[Any, Any] | 
     keys = [_ref_key(tape, v) for v in out_ids] if outputs is None else list(outputs)
     result: dict[Any, Any] = {}
     taken: set[int] = set()
+    sizes = _plan(tape, out_ids, None, [], list(replaced), shapes=shapes) if shapes else None
     for key, out_id in zip(keys, out_ids, strict=True):
-        shape, dtype = tape.shape_dtype(out_id)
+        shape, dtype = tape.shape_dtype(out_id) if sizes is None else sizes.shape_dtype(out_id)
         if dtype.kind != "f":
             result[key] = np.zeros(shape, dtype)
             continue
-        cache_key = ("jvp", out_id, tuple(t_ids), tuple(sorted(replaced)))
-        p = tape.cached(cache_key, partial(compile_jvp, tape, out_id, t_ids, sorted(replaced)))
+        cache_key = ("jvp", out_id, tuple(t_ids), tuple(sorted(replaced)), shapes)
+        p = tape.cached(cache_key, partial(compile_jvp, tape, out_id, t_ids, sorted(replaced), dict(shapes)))
         vals = p.run(replaced, None, tangents=[t_vals[v] for v in t_ids])
         slot = p.outputs[out_id]
         result[key] = np.zeros(shape, dtype) if slot < 0 else engine.owned(vals[slot], taken)
