@@ -142,7 +142,7 @@ def grown(a: np.ndarray) -> np.ndarray:
 
 GENERALISE = {name for name, spec in REGISTRY.items() if spec.elementwise} | {
     "sum", "mean", "max", "min", "logsumexp", "softmax", "log_softmax", "transpose", "matmul", "getitem",
-    "concatenate", "stack", "astype", "sum_to", "broadcast_to"}
+    "concatenate", "stack", "astype"}
 """Ops whose every case replays at the grown shape when eager code runs there (others may refuse:
 a fixed reshape, scatter_add's fixed shape, a value guard whose value changes with the shape)."""
 
