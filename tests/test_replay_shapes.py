@@ -193,3 +193,29 @@ def test_every_op_replays_at_a_second_shape_where_its_rule_allows(op: str) -> No
         replayed += 1
     if op in GENERALISE:
         assert replayed > 0, f"no case of {op} replayed at a second shape"
+
+
+def test_a_shape_read_in_python_becomes_a_shape_guard() -> None:
+    with tg.record() as tape:
+        x = tg.Variable(np.ones((8, 3)), name="x")
+        n = len(x); here = __import__("inspect").currentframe().f_lineno  # noqa: E702
+        mean = tg.sum(x) / n  # the divisor is a constant: right only at 8 rows
+        mean.name = "mean"
+        tg.sum(x * x.shape[1])  # reads right after the guard they made add nothing new
+    assert [r.op for r in tape.records].count("shape_guard") == 1
+    tape = roundtrip(tape)
+    assert tg.replay.forward(tape, inputs={"x": np.full((8, 3), 2.0)})["mean"] == 6.0
+    with pytest.raises(tg.GuardError) as info:
+        tg.replay.forward(tape, inputs={"x": np.ones((5, 3))})
+    message = str(info.value)
+    assert "record 0 (shape_guard)" in message and f"test_replay_shapes.py:{here}" in message
+    assert "read the shape (8, 3) in Python" in message and "dimension 0 is 5, recorded 8" in message
+
+
+def test_shapes_read_by_tapegrad_itself_make_no_guard() -> None:
+    with tg.record() as tape:
+        x = tg.Variable(np.ones((4, 3)), name="x")
+        y = tg.sum(tg.broadcast_to(tg.sum(x, axis=0), (2, 3)), axis=1)  # binders read shapes
+        with tg.record() as back:
+            tg.grad(lambda v: tg.sum(tg.mean(v, axis=0) ** 2))(x)  # VJP rules read shapes
+    assert y.shape == (2,) and "shape_guard" not in {r.op for r in tape.records} | {r.op for r in back.records}

@@ -223,6 +223,13 @@ def guard(spec: OpSpec, shapes: Sequence[Shape], dtypes: Sequence[DType], attrs:
     return (), np.dtype(bool)
 
 
+def shape_guard(spec: OpSpec, shapes: Sequence[Shape], dtypes: Sequence[DType], attrs: Mapping[str, Any]) -> tuple[Shape, DType]:
+    if shapes[0] != attrs["shape"]:
+        raise _fail(spec, shapes, f"the recording read the shape {attrs['shape']} in Python (x.shape, len(x) "
+                    "or x.size), and the program may depend on it")
+    return (), np.dtype(bool)
+
+
 def basic_index_is_contiguous(shape: tuple[int, ...], index: Sequence[Any]) -> bool:
     """Whether `x[index]` (ints, slices, None, Ellipsis) of a C-contiguous x is C-contiguous."""
     strides = [math.prod(shape[i + 1:]) for i in range(len(shape))]

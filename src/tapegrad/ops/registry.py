@@ -398,6 +398,10 @@ def _rows() -> list[OpSpec]:
                doc="the recording branched on bool/int/float(x) == value; replay re-checks it",
                attrs=(Attr("value", SCALAR), Attr("kind", GUARD_KIND)), binder=None,
                shape=infer.guard, elementwise=False, scratch=0, aliases=never_aliases, view=False, public=True),
+        OpSpec(name="shape_guard", arity=1, forward=kernels.shape_guard, vjp=None,
+               doc="the recording read x.shape (or len(x), x.size) == shape; replay at other shapes refuses",
+               attrs=(Attr("shape", SHAPE),), binder=None,
+               shape=infer.shape_guard, elementwise=False, scratch=0, aliases=never_aliases, view=False, public=True),
     ]
 
 
