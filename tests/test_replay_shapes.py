@@ -219,3 +219,32 @@ def test_shapes_read_by_tapegrad_itself_make_no_guard() -> None:
         with tg.record() as back:
             tg.grad(lambda v: tg.sum(tg.mean(v, axis=0) ** 2))(x)  # VJP rules read shapes
     assert y.shape == (2,) and "shape_guard" not in {r.op for r in tape.records} | {r.op for r in back.records}
+
+
+# ---- guard failures explain themselves ----------------------------------------------------------
+
+def test_a_value_guard_names_its_call_and_suggests_logging_data_when_only_logged() -> None:
+    with tg.record() as tape:
+        x = tg.Variable(np.ones(3), name="x")
+        loss = tg.sum(x * x)
+        logged = float(loss)  # only logged: nothing after uses `loss`
+        y = x * 2.0
+        y.name = "y"
+    assert logged == 3.0
+    with pytest.raises(tg.GuardError) as info:
+        tg.replay.forward(roundtrip(tape), inputs={"x": np.zeros(3)})
+    message = str(info.value)
+    assert "record 2 (guard)" in message and "float(v)" in message and "recorded float(3.0), now float(0.0)" in message
+    assert "log `v.data`" in message and "tg.no_record()" in message
+
+
+def test_a_branch_guard_does_not_suggest_logging() -> None:
+    with tg.record() as tape:
+        x = tg.Variable(np.ones(3), name="x")
+        s = tg.sum(x)
+        y = s * x if s > 0 else -x  # `s` is used after the guard: a real branch
+        y.name = "y"
+    with pytest.raises(tg.GuardError) as info:
+        tg.replay.forward(tape, inputs={"x": -np.ones(3)})
+    message = str(info.value)
+    assert "`if v:`" in message and "log `v.data`" not in message

@@ -334,11 +334,29 @@ class Plan:
     def _failed(self, exc: BaseException, k: int) -> Exception:
         """The error to raise for `exc`, raised by step `k`: it says where the step comes from."""
         if isinstance(exc, GuardError):
-            return GuardError(f"{self._where(k)}: {exc}; the replayed inputs take a different branch than the "
-                              "recording did")
+            return GuardError(f"{self._where(k)}: {exc}; {self._guard_hint(k)}")
         if isinstance(exc, TapegradError):
             return type(exc)(f"{self._where(k)}: {exc}")
         return TapegradError(f"{self._where(k)}: {type(exc).__name__}: {exc}")
+
+    def _guard_hint(self, k: int) -> str:
+        """What a failed guard at step `k` means, and what to do about it."""
+        rec, tape = self.step_records[k], self.tape_ref()
+        if tape is None or rec < 0:
+            return "the replayed inputs take a different branch than the recording did"
+        records = tape.parts().records
+        guard = records[rec]
+        if guard[OP] != "guard":
+            return "record the step again with inputs of this shape to replay at it"
+        kind, vid = guard[ATTRS]["kind"], guard[INPUTS]
+        call = _GUARD_CALLS[kind]
+        hint = (f"the recording converted v{tape.dense_ids()[vid]} to a Python {kind} ({call}) and the "
+                "replayed inputs give another value: the recorded program took its branch on the old one")
+        used = any(vid in r[INPUTS:] for r in records[rec + 1:] if r[OP] not in engine.GUARDS)
+        if kind != "bool" and tape.shape_dtype(vid)[0] == () and not used:  # (a bool is a branch, not a log)
+            hint += (f"; no later record uses v{tape.dense_ids()[vid]}, so if its value was only logged or "
+                     "printed, log `v.data` instead (or compute it inside `tg.no_record()`), which records no guard")
+        return hint
 
     def _where(self, k: int) -> str:
         """Where step `k` comes from."""
@@ -472,6 +490,11 @@ def _shape_error(tape: Tape, n: int, rec: RawRecord, before: Sequence[tuple[int,
     return GuardError(f"record {n} ({rec[OP]}){at} does not apply to the new input shapes: {why}"
                       f"{fixed} ({'; '.join(dims) or 'shapes unchanged'}); {given + '; ' if given else ''}"
                       "to replay at these shapes, record the step again with inputs of these shapes")
+
+
+_GUARD_CALLS = {"bool": "`if v:`, `while v:`, `and`/`or`/`not`, bool(v) or v.item()",
+                 "int": "int(v), v.item() or use as an index", "float": "float(v) or v.item()"}
+"""Which Python calls make a value guard of each kind (the tracer's `_observe`)."""
 
 
 def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of: int | None = None,
