@@ -248,3 +248,12 @@ def test_a_branch_guard_does_not_suggest_logging() -> None:
         tg.replay.forward(tape, inputs={"x": -np.ones(3)})
     message = str(info.value)
     assert "`if v:`" in message and "log `v.data`" not in message
+
+
+def test_replay_inside_a_recording_at_a_new_shape() -> None:
+    tape = record_mlp(32)
+    x, labels = batch(10, 9)
+    want = tg.replay.backward(tape, of="loss", wrt=["w1"], inputs={"x": x, "labels": labels})["w1"]
+    with tg.record():
+        got = tg.replay.backward(tape, of="loss", wrt=["w1"], inputs={"x": x, "labels": labels})["w1"]
+    assert np.array_equal(got.data, want)

@@ -44,7 +44,7 @@ import numpy as np
 
 from . import anomaly, context, engine
 from .errors import DTypeError, GuardError, TapegradError
-from .plan import Plan, compile_jvp, compile_plan
+from .plan import Plan, compile_jvp, compile_plan, reshaped
 from .tape import ATTRS, INPUTS, OP, OUTPUT, Tape
 
 
@@ -319,6 +319,8 @@ def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_
     with "forward" in `check`, stop at the first non-finite replaced input or computed value)."""
     parts = tape.parts()
     needed = engine.needed_ids(parts.records, out_ids)
+    shapes = _shapes(tape, replaced)
+    new = reshaped(tape, dict(shapes), [n for n, r in enumerate(parts.records) if r[OUTPUT] in needed]) if shapes else None
     values: dict[int, Any] = {}
     checking = "forward" in check
     for vid in parts.leaves:
@@ -329,7 +331,7 @@ def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_
         if vid in replaced and hasattr(replaced[vid], "_tapegrad_serial"):
             values[vid] = replaced[vid]
         elif vid in parts.consts:
-            values[vid] = parts.values[vid]
+            values[vid] = new.consts[vid] if new is not None and vid in new.consts else parts.values[vid]
         else:
             value = replaced[vid] if vid in replaced else parts.values.get(vid)
             if value is None:
@@ -340,7 +342,8 @@ def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_
         op = r[OP]
         if r[OUTPUT] in needed:
             try:
-                values[r[OUTPUT]] = rec.apply(op, [values[i] for i in r[INPUTS:]], r[ATTRS])
+                attrs = new.attrs.get(n, r[ATTRS]) if new is not None else r[ATTRS]
+                values[r[OUTPUT]] = rec.apply(op, [values[i] for i in r[INPUTS:]], attrs)
             except TapegradError as exc:
                 raise type(exc)(f"record {n} ({op}): {exc}") from None
             if checking and not anomaly.finite(values[r[OUTPUT]]):
