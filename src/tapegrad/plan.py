@@ -108,19 +108,25 @@ class Compiler:
         return sym
 
     def apply(self, spec: OpSpec, args: Sequence[Any], attrs: Mapping[str, Any] | None) -> Sym:
-        ins: Sequence[Sym]
-        if all([type(a) is Sym for a in args]):
-            ins = args
-        else:
-            weak = [a for a in args if isinstance(a, (bool, int, float))]
-            dt = np.result_type(*[a.dtype for a in args if not isinstance(a, (bool, int, float))], *weak) if weak else None
-            ins = [a if isinstance(a, Sym) else self.const(np.asarray(a, dtype=dt) if isinstance(a, (bool, int, float)) else a)
-                   for a in args]
+        """Append the step `spec(*args, **attrs)`; its result's symbol.  (The hottest function of a
+        compile: one call per step of the reverse pass, so it calls no helper on symbols.)"""
+        if not all([type(a) is Sym for a in args]):
+            args = self._symbols(args)
         attrs = attrs or None
-        shape, dtype = infer(spec, tuple([s.shape for s in ins]), tuple([s.dtype for s in ins]), attrs)
-        out = self.new(shape, dtype)
-        self.steps.append((spec.name, attrs, out.slot, *[s.slot for s in ins]))
-        return out
+        shape, dtype = _infer_cached(spec.name, tuple([a.shape for a in args]), tuple([a.dtype for a in args]),
+                                     None if attrs is None else tuple(attrs.items()))
+        avals = self.avals
+        avals.append((shape, dtype))
+        slot = len(avals) - 1
+        self.steps.append((spec.name, attrs, slot, *[a.slot for a in args]))
+        return Sym(slot, shape, dtype)
+
+    def _symbols(self, args: Sequence[Any]) -> list[Sym]:
+        """`args` as symbols: arrays and Python scalars (numpy 2 promotion) become constants."""
+        weak = [a for a in args if isinstance(a, (bool, int, float))]
+        dt = np.result_type(*[a.dtype for a in args if not isinstance(a, (bool, int, float))], *weak) if weak else None
+        return [a if isinstance(a, Sym) else self.const(np.asarray(a, dtype=dt) if isinstance(a, (bool, int, float)) else a)
+                for a in args]
 
     def _op(self, spec: OpSpec) -> Any:
         if spec.simple:  # (the record form is the public signature: nothing to bind)
