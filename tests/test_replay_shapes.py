@@ -106,7 +106,7 @@ def test_a_fixed_reshape_refuses_another_batch_naming_record_line_and_dimension(
 
 def test_a_change_in_the_number_of_dimensions_is_refused() -> None:
     tape = record_mlp(4)
-    with pytest.raises(tg.GuardError, match="'x'.*number"):
+    with pytest.raises(tg.GuardError, match=r"'x'.*number"):
         tg.replay.forward(tape, inputs={"x": np.ones((4, 2, 3))})
 
 
@@ -257,3 +257,38 @@ def test_replay_inside_a_recording_at_a_new_shape() -> None:
     with tg.record():
         got = tg.replay.backward(tape, of="loss", wrt=["w1"], inputs={"x": x, "labels": labels})["w1"]
     assert np.array_equal(got.data, want)
+
+
+# ---- reshape keeps its -1, and the file says which version it needs -----------------------------
+
+def test_reshape_keeps_its_minus_one_and_replays_at_a_new_batch() -> None:
+    with tg.record() as tape:
+        x = tg.Variable(np.arange(24.0).reshape(4, 3, 2), name="x")
+        flat = x.reshape(-1, 6)  # rows follow the batch
+        loss = tg.sum(tg.tanh(flat) * np.arange(6.0))
+        loss.name = "loss"
+    assert tape.records[0].attrs["shape"] == (-1, 6) and tape.var(flat).shape == (4, 6)
+    tape = roundtrip(tape)
+    new = np.random.default_rng(3).standard_normal((9, 3, 2))
+    xv = tg.Variable(new)
+    tg.sum(tg.tanh(xv.reshape(9, 6)) * np.arange(6.0)).backward()
+    assert np.array_equal(tg.replay.backward(tape, of="loss", wrt="x", inputs={"x": new})["x"], xv.grad)
+    with pytest.raises(tg.GuardError, match=r"cannot reshape into \(-1, 6\)"):
+        tg.replay.forward(tape, inputs={"x": np.ones((1, 1, 5))})
+
+
+def version(data: bytes) -> tuple[int, int]:
+    return int.from_bytes(data[8:10], "little"), int.from_bytes(data[10:12], "little")
+
+
+def test_files_declare_version_1_2_only_when_they_hold_shape_guards_or_a_minus_one() -> None:
+    def tape_of(f: Any) -> tg.Tape:
+        with tg.record() as tape:
+            f(tg.Variable(np.ones((2, 3)), name="x"))
+        return tape
+
+    assert version(tg.dumps(tape_of(lambda x: tg.reshape(x, (3, 2))))) == (1, 0)
+    for f in (lambda x: tg.reshape(x, (3, -1)), lambda x: x * len(x)):
+        data = tg.dumps(tape_of(f))
+        assert version(data) == (1, 2)
+        assert tg.dumps(tg.loads(data)) == data

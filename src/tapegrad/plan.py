@@ -128,15 +128,15 @@ class Compiler:
         return [a if isinstance(a, Sym) else self.const(np.asarray(a, dtype=dt) if isinstance(a, (bool, int, float)) else a)
                 for a in args]
 
-    def _op(self, spec: OpSpec) -> Any:
-        if spec.simple:  # (the record form is the public signature: nothing to bind)
-            def op(*args: Any) -> Sym:
-                return self.apply(spec, args, None)
-        else:
-            def op(*args: Any, **kwargs: Any) -> Sym:
-                ins, attrs = spec.bind(args, kwargs)
-                return self.apply(spec, ins, attrs)
+    def _op(self, spec: OpSpec) -> Callable[..., Sym]:
+        def simple(*args: Any) -> Sym:  # (the record form is the public signature: nothing to bind)
+            return self.apply(spec, args, None)
 
+        def bound(*args: Any, **kwargs: Any) -> Sym:
+            ins, attrs = spec.bind(args, kwargs)
+            return self.apply(spec, ins, attrs)
+
+        op = simple if spec.simple else bound
         op.__name__ = spec.name
         return op
 
@@ -401,7 +401,7 @@ def reshaped(tape: Tape, shapes: Mapping[int, tuple[int, ...]], numbers: Iterabl
     dimension that changed.
     """
     parts = tape.parts()
-    records, consts = parts.records, parts.consts
+    records = parts.records
     changed: dict[int, Aval] = {vid: (tuple(shape), tape.shape_dtype(vid)[1]) for vid, shape in shapes.items()}
     new_attrs: dict[int, Mapping[str, Any]] = {}
     new_consts: dict[int, Any] = {}
@@ -492,7 +492,10 @@ def _shape_error(tape: Tape, n: int, rec: RawRecord, before: Sequence[tuple[int,
             dims.append(f"input {k} has {len(a)} dimensions, recorded {len(b)}")
         dims.extend(f"input {k} dimension {d} is {y}, recorded {x}" for d, (x, y) in enumerate(zip(b, a, strict=True))
                     if x != y)
-    fixed = (f"; the recording reshaped to the fixed shape {rec[ATTRS]['shape']}" if rec[OP] == "reshape" else "")
+    fixed = ""
+    if rec[OP] == "reshape":
+        target = rec[ATTRS]["shape"]
+        fixed = f"; the recorded code reshapes to {target}" + ("" if -1 in target else ", a fixed shape (-1 would adapt)")
     return GuardError(f"record {n} ({rec[OP]}){at} does not apply to the new input shapes: {why}"
                       f"{fixed} ({'; '.join(dims) or 'shapes unchanged'}); {given + '; ' if given else ''}"
                       "to replay at these shapes, record the step again with inputs of these shapes")
