@@ -540,21 +540,23 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     for vid, aval in new.avals.items():
         avals[slot_of[vid]] = aval
 
-    def slotted(n: int) -> RawRecord:
-        rec = records[n]
+    # The live records in slot form (with generalised attributes at new shapes).
+    sub = [_slotted(records[n], slot_of) for n in live_records]
+    for k, n in enumerate(live_records):
         if n in new.attrs:
-            rec = (rec[OP], new.attrs[n], *rec[OUTPUT:])
-        return _slotted(rec, slot_of)
+            sub[k] = (sub[k][OP], new.attrs[n], *sub[k][OUTPUT:])
 
     # Forward: recompute what is missing or depends on a replaced input (guards included).
     stored = parts.values
     dirty = set(replaced) | new.consts.keys()
-    forward: list[int] = []
-    for n in live_records:
+    forward: list[int] = []  # tape record indices
+    forward_sub: list[RawRecord] = []
+    for n, srec in zip(live_records, sub, strict=True):
         rec = records[n]
-        if rec[OUTPUT] not in stored or REGISTRY[rec[OP]].view or any(i in dirty for i in rec[INPUTS:]):
+        if rec[OUTPUT] not in stored or rec[OP] in _VIEWS or not dirty.isdisjoint(rec[INPUTS:]):
             dirty.add(rec[OUTPUT])
             forward.append(n)
+            forward_sub.append(srec)
     missing = [vid for vid in needed if vid not in stored and vid not in dirty and vid not in producer]
     if missing:
         names = ", ".join(f"v{slot_of[v]}" for v in sorted(missing))
@@ -571,11 +573,10 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     if of is not None:
         seed = comp.new(*avals[slot_of[of]])
         seed_slot = seed.slot
-        symbols = {vid: comp.sym(slot_of[vid]) for vid in needed}
-        sub = [slotted(n) for n in live_records]
+        needed_slots = [slot_of[v] for v in needed]
+        sym_values = {s: Sym(s, *avals[s]) for s in needed_slots}
         active = engine.active_set(sub, [slot_of[w] for w in wrt])
-        skip = {slot_of[v] for v in needed if slot_of[v] not in active}
-        sym_values = {slot_of[v]: s for v, s in symbols.items()}
+        skip = {s for s in needed_slots if s not in active}
         want = {slot_of[w] for w in wrt}
         if checked:
             def noted(k: int, i: int, cot: Sym) -> None:
@@ -593,7 +594,7 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     if checked:
         checks = [StepCheck(False, n, records[n][OUTPUT]) for n in forward]
         checks += [made.get(step[OUTPUT]) for step in comp.steps]
-    return Program(tape, comp.avals, initial, [slotted(n) for n in forward] + comp.steps,
+    return Program(tape, comp.avals, initial, forward_sub + comp.steps,
                    forward + [_REVERSE] * len(comp.steps), {v: slot_of[v] for v in replaced},
                    {v: slot_of[v] for v in outputs}, grads, seed_slot, checks=checks, resized=new.avals)
 
@@ -629,6 +630,9 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
     origins = base.origins[:n_fwd] + [_REVERSE] * (len(keep) + len(comp.steps))
     return _lower(Program(tape, comp.avals, {**base.initial, **comp.consts}, records, origins, base.inputs,
                           {out_id: out_slot}, {}, tangent_slots=[t.slot for t in tangents], resized=base.resized))
+
+
+_VIEWS = frozenset(name for name, spec in REGISTRY.items() if spec.view)
 
 
 def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> RawRecord:
