@@ -292,3 +292,13 @@ def test_files_declare_version_1_2_only_when_they_hold_shape_guards_or_a_minus_o
         data = tg.dumps(tape_of(f))
         assert version(data) == (1, 2)
         assert tg.dumps(tg.loads(data)) == data
+
+
+def test_a_constant_cannot_be_replaced_and_the_error_says_how_to_make_it_an_input() -> None:
+    with tg.record() as tape:
+        x = tg.Variable(np.ones(3), name="x")
+        y = x * np.arange(3.0)  # a plain array: a constant
+        y.name = "y"
+    const = next(i for i in tape.records[0].inputs if i != tape.var("x").id)
+    with pytest.raises(tg.TapegradError, match=r"constant.*named tg\.Variable"):
+        tg.replay.forward(tape, inputs={const: np.ones(3)})

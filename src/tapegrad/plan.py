@@ -18,6 +18,13 @@ Contract:
   or released, and results kept to the end.
 - Forward steps recompute only what is needed and not already stored (or what depends on a
   replaced input); guard records are re-checked whenever they are recomputed.
+- New input shapes (`compile_plan(..., shapes=)`): `reshaped` re-infers every record the new
+  shapes reach with its op's shape rule, generalising the attributes that say how (reshape's
+  -1, the dimensions `broadcast_to` / `sum_to` pass through, constant `arange` index arrays),
+  and raises `GuardError` naming the record, its source line and the changed dimension where
+  the recorded program does not apply (a fixed reshape, a `shape_guard`).  The reverse pass is
+  compiled on symbols of the new shapes, so it too is what eager differentiation does there.
+  The caller keeps one plan per input-shape signature.
 - Errors while running a step raise `TapegradError` (`GuardError` for a failed guard) naming
   the record index and op, with the user's source line when the tape has one.
 - Anomaly mode: a plan compiled with `checked=True` also knows, for each step, whether it makes

@@ -4,16 +4,22 @@ Contract:
 - Works on any `Tape`, recorded in this process or loaded from a file, without the code that
   recorded it.  Variables are named by name, dense id or Variable object.
 - `forward(tape, inputs=...)` re-executes the recorded program; inputs not given keep their
-  recorded values.  A replaced input must have the recorded shape and dtype, else
-  `TapegradError` naming it.  Guards recorded where the program branched on a value are
-  re-checked; a different branch raises `GuardError` naming the record and source line.
+  recorded values.  A replaced input must have the recorded dtype and number of dimensions,
+  else `TapegradError` naming it.  Its sizes may differ: the plan for that input-shape
+  signature re-infers the records they reach (`plan.reshaped`), and a program that does not
+  apply raises `GuardError` naming the record, its source line and the dimension.  Guards
+  recorded where the program branched on a value (or read a shape) are re-checked; a different
+  branch raises `GuardError` naming the record and source line and which Python call made it.
+  Only inputs can be replaced: constants (plain arrays and numbers the recording used) are
+  baked into the tape.
 - `backward(tape, of, wrt, inputs=, seed=)` returns `{ref: gradient}` keyed as asked.  Only
   cotangents leading to `wrt` are computed.  Results are bit for bit those of eager
   `y.backward()` on the same values, and share memory with nothing else.
 - `jvp(tape, tangents=...)` returns output tangents (forward mode, by transposing the compiled
   reverse pass, so it agrees exactly with `backward`).
 - Plans (what to recompute, the compiled reverse pass, which register holds each value and
-  when it is dropped) are compiled once per request and cached on the tape (`plan()` returns
+  when it is dropped) are compiled once per request and input-shape signature and cached on
+  the tape (a replay at the recorded shapes uses the key it always had) (`plan()` returns
   them, with `.peak_bytes`).  A plan holds its tape weakly, so dropping a replayed tape frees
   its values, its plans and a mapped tape's file at once, without the garbage collector.
 - Inside `record()`, replay computes with Variables through the tracer's hooks and returns
@@ -114,8 +120,12 @@ def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: boo
     for ref, value in (inputs or {}).items():
         vid = tape.resolve(ref)
         label = f"input {ref!r} (v{tape.dense_ids()[vid]})"
-        if tape.producer(vid) is not None or vid in tape.parts().consts:
+        if tape.producer(vid) is not None:
             raise TapegradError(f"{label} is not an input of the tape; only inputs can be replaced")
+        if vid in tape.parts().consts:
+            raise TapegradError(f"{label} is not an input of the tape but a constant (a plain array or number "
+                                "the recording used), baked into the tape; only inputs can be replaced: to "
+                                "replace it, record it as a named tg.Variable")
         shape, dtype = tape.shape_dtype(vid)
         if recording and hasattr(value, "_tapegrad_serial"):
             got_shape, got_dtype = tuple(value.shape), value.dtype
