@@ -48,3 +48,15 @@ def test_the_plan_for_a_new_shape_is_built_once(monkeypatch: pytest.MonkeyPatch)
         for n in (4, 9):
             tg.replay.backward(tape, of="y", wrt="x", inputs={"x": np.linspace(0.1, 0.4, n)})
     assert calls == [{}, {tape.resolve("x"): (9,)}]
+
+
+def test_plans_for_new_shapes_are_bounded_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    tape = chain_tape(6)
+    monkeypatch.setattr(replay, "SHAPE_PLANS_KEPT", 3)
+    plans = {n: tg.replay.plan(tape, of="y", wrt="x", inputs={"x": np.ones(n)}) for n in (5, 6, 7)}
+    assert tg.replay.plan(tape, of="y", wrt="x", inputs={"x": np.ones(5)}) is plans[5]  # (now the most recent)
+    tg.replay.plan(tape, of="y", wrt="x", inputs={"x": np.ones(8)})  # evicts 6, the least recently used
+    assert tg.replay.plan(tape, of="y", wrt="x", inputs={"x": np.ones(5)}) is plans[5]
+    assert tg.replay.plan(tape, of="y", wrt="x", inputs={"x": np.ones(7)}) is plans[7]
+    assert tg.replay.plan(tape, of="y", wrt="x", inputs={"x": np.ones(6)}) is not plans[6]
+    assert tg.replay.plan(tape, of="y", wrt="x", inputs=["x"]) is tg.replay.plan(tape, of="y", wrt="x", inputs=["x"])

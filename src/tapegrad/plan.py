@@ -56,6 +56,7 @@ import numpy as np
 from . import anomaly, engine
 from .errors import GuardError, TapegradError
 from .ops import REGISTRY, OpSpec
+from .ops.infer import expand_index
 from .ops.spec import never_aliases
 from .tape import ATTRS, INPUTS, OP, OUTPUT, RawRecord, Tape, escape
 
@@ -457,8 +458,6 @@ def _generalised(rec: RawRecord, before: tuple[int, ...], after: tuple[int, ...]
 def _resize_rows(tape: Tape, n: int, rec: RawRecord, before: list[tuple[int, ...]], changed: dict[int, Aval],
                  new_consts: dict[int, Any]) -> None:
     """Resize the constant `arange` index arrays of getitem record `rec` whose axis changed size."""
-    from .ops.infer import expand_index
-
     old_in = before[0]
     new_in = changed[rec[INPUTS]][0] if rec[INPUTS] in changed else old_in
     if len(new_in) != len(old_in):

@@ -41,7 +41,8 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, Protocol
@@ -177,16 +178,39 @@ def plan(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Sequence[Any] |
     return _plan(tape, out_ids, of_id, wrt_ids, [tape.resolve(r) for r in inputs])
 
 
+SHAPE_PLANS_KEPT = 16
+"""Plans kept per request for input shapes other than the recorded ones (the most recently used;
+an older one is compiled again when its shapes come back).  Like PyTorch's recompile limit, this
+bounds the memory of a replay fed many distinct shapes (say, sequences of every length)."""
+
+
+class _ShapePlans(OrderedDict[Shapes, Plan]):
+    """The plans of one request by input-shape signature, least recently used first."""
+
+    def plan(self, shapes: Shapes, build: Callable[[], Plan]) -> Plan:
+        found = self.get(shapes)
+        if found is None:
+            found = self[shapes] = build()
+            if len(self) > SHAPE_PLANS_KEPT:
+                self.popitem(last=False)
+        else:
+            self.move_to_end(shapes)
+        return found
+
+
 def _plan(tape: Tape, out_ids: Sequence[int], of_id: int | None, wrt_ids: Sequence[int], replaced: Sequence[int],
           checked: bool = False, shapes: Shapes = ()) -> Plan:
-    """The cached plan for this request; one per input-shape signature `shapes` (a replay at
-    the recorded shapes uses the same key, and so the same plan, as before shapes could vary)."""
+    """The cached plan for this request and input-shape signature `shapes` (a replay at the
+    recorded shapes uses the key it had before shapes could vary; see `SHAPE_PLANS_KEPT`)."""
     key: tuple[Any, ...] = ("checked plan" if checked else "plan", tuple(out_ids), of_id, tuple(wrt_ids),
                             tuple(sorted(replaced)))
-    if shapes:
-        key += (shapes,)
-    return tape.cached(key, lambda: compile_plan(tape, out_ids, wrt_ids, of_id, sorted(replaced), checked=checked,
-                                                 shapes=dict(shapes)))
+
+    def build() -> Plan:
+        return compile_plan(tape, out_ids, wrt_ids, of_id, sorted(replaced), checked=checked, shapes=dict(shapes))
+
+    if not shapes:
+        return tape.cached(key, build)
+    return tape.cached(("shapes", *key), _ShapePlans).plan(shapes, build)
 
 
 _PASSES: dict[Any, frozenset[str]] = {False: frozenset(), True: frozenset(("forward", "reverse")),
