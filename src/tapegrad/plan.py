@@ -643,7 +643,7 @@ _VIEWS = frozenset(name for name, spec in REGISTRY.items() if spec.view)
 
 def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> RawRecord:
     """A tape record with its ids replaced by slots."""
-    return (rec[OP], rec[ATTRS], slot_of[rec[OUTPUT]], *(slot_of[i] for i in rec[INPUTS:]))
+    return (rec[OP], rec[ATTRS], slot_of[rec[OUTPUT]], *map(slot_of.__getitem__, rec[INPUTS:]))
 
 
 _FORWARD = {name: spec.forward for name, spec in REGISTRY.items()}
