@@ -302,3 +302,16 @@ def test_a_constant_cannot_be_replaced_and_the_error_says_how_to_make_it_an_inpu
     const = next(i for i in tape.records[0].inputs if i != tape.var("x").id)
     with pytest.raises(tg.TapegradError, match=r"constant.*named tg\.Variable"):
         tg.replay.forward(tape, inputs={const: np.ones(3)})
+
+
+def test_a_slice_keeps_the_shape_guards_of_its_inputs() -> None:
+    from tapegrad.inspect.slicing import slice as slice_of
+
+    with tg.record() as tape:
+        x = tg.Variable(np.ones((4, 2)), name="x")
+        y = tg.sum(x) / len(x)
+        y.name = "y"
+    part = slice_of(tape, "y").tape
+    assert "shape_guard" in [r.op for r in part.records]
+    with pytest.raises(tg.GuardError, match="shape_guard"):
+        tg.replay.forward(part, inputs={"x": np.ones((3, 2))})
