@@ -105,9 +105,8 @@ class Compiler:
         return Sym(slot, shape, dtype)
 
     def new(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Sym:
-        avals = self.avals
-        avals.append((shape, dtype))
-        return Sym(len(avals) - 1, shape, dtype)
+        self.avals.append((shape, dtype))
+        return Sym(len(self.avals) - 1, shape, dtype)
 
     def const(self, value: Any) -> Sym:
         arr = np.asarray(value)
@@ -117,7 +116,7 @@ class Compiler:
 
     def apply(self, spec: OpSpec, args: Sequence[Any], attrs: Mapping[str, Any] | None) -> Sym:
         """Append the step `spec(*args, **attrs)`; its result's symbol.  (The hottest function of a
-        compile: one call per step of the reverse pass, so it calls no helper on symbols.)"""
+        compile, called once per step of the reverse pass: it makes the step and symbol itself.)"""
         if not all([type(a) is Sym for a in args]):
             args = self._symbols(args)
         attrs = attrs or None

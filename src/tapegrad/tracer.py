@@ -228,7 +228,7 @@ class Variable:
     @property
     def shape(self) -> tuple[int, ...]:
         """The shape; read by the user's code inside a recording, also a shape guard (see `_read_shape`)."""
-        _read_shape(self, _getframe(1))
+        _read_shape(self)
         return tuple(self.data.shape)
 
     @property
@@ -237,7 +237,7 @@ class Variable:
 
     @property
     def size(self) -> int:
-        _read_shape(self, _getframe(1))
+        _read_shape(self)
         return int(self.data.size)
 
     @property
@@ -245,7 +245,7 @@ class Variable:
         return self.data.dtype  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
-        _read_shape(self, _getframe(1))
+        _read_shape(self)
         return len(self.data)
 
     # -- Python values: recorded as guards, so replay can tell when control flow would change --
@@ -405,15 +405,15 @@ def _observe(v: Variable, kind: str) -> bool | int | float:
     return value
 
 
-def _read_shape(v: Variable, frame: FrameType) -> None:
-    """The user's code (`frame`) reads `v`'s shape: inside a recording, append a shape guard, so
-    a replay at other shapes refuses rather than reuse numbers the code derived from this one.
-    Reads by tapegrad's own code (binders, VJP rules) are not the program's, and one guard per
-    variable is enough (its shape never changes)."""
+def _read_shape(v: Variable) -> None:
+    """The caller of the caller reads `v`'s shape: inside a recording, when that is the user's
+    code, append a shape guard, so a replay at other shapes refuses rather than reuse numbers
+    the code derived from this one.  Reads by tapegrad's own code (binders, VJP rules) are not
+    the program's, and one guard per variable is enough (its shape never changes)."""
     state = _current()
     tape = state.tape
-    if (tape is None or not state.linking or v.data is None or frame.f_code.co_filename in _PKG_FILES
-            or v._tapegrad_serial in tape._shape_guarded):
+    if (tape is None or not state.linking or v.data is None or v._tapegrad_serial in tape._shape_guarded
+            or _getframe(2).f_code.co_filename in _PKG_FILES):
         return
     tape._shape_guarded.add(v._tapegrad_serial)
     _apply(_SHAPE_GUARD, (v,), {"shape": tuple(v.data.shape)})
