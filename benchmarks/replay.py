@@ -9,6 +9,12 @@
     add/mul/sin/exp with a parameter c) is recorded once, saved and loaded, then replayed forward
     + backward with new x and c.  Baseline: `numpy_chain_fair` from benchmarks/overhead.py, the
     hand-written forward + backward loop.  Target: replay / numpy <= 1.0.
+(d) Plan compilation.  The chain of (b), loaded afresh from bytes for each repeat: the first
+    backward replay (which compiles the plan) against a later one, and the compile time per record
+    ((first - later) / records).  Targets: first / later <= 5, compile <= 5 us per record.  Then the
+    same request at new input shapes (x and c of shape (7,) instead of (4,)): the plan build at the
+    new shape against the build at the recorded shape (target < 2x), and a replay at an
+    already-seen new shape against one at the recorded shape (target about 1.0).
 (c) Liveness.  Peak traced memory (tracemalloc) of a backward replay of one step of a 20-layer
     tanh MLP (width 256, batch 128, float64), against the plan's prediction `Plan.peak_bytes` and
     against eager tracing of the same step (record + loss.backward()).
@@ -17,7 +23,7 @@ Times are medians of --repeat runs (each run of (a) is one step; each run of (b)
 chain).  BLAS threads: `--single-thread` sets OPENBLAS_NUM_THREADS=1 (and the OMP/MKL
 equivalents) before numpy is imported; without it numpy uses its default thread count.
 
-Run: python benchmarks/replay.py [--single-thread] [--repeat 15] [--only a,b,c]
+Run: python benchmarks/replay.py [--single-thread] [--repeat 15] [--only a,b,c,d]
 """
 
 from __future__ import annotations
@@ -196,6 +202,47 @@ def bench_chain(repeat: int) -> None:
           f"ratio {ratio:5.2f}x (target <= 1.00)")
 
 
+# ---- (d) plan compilation ----------------------------------------------------------------------
+
+def bench_compile(repeat: int) -> None:
+    data = DUMPS(record_chain(CHAIN))
+    fresh: Callable[[], tg.Tape] = (lambda: LOADS(data)) if data else (lambda: record_chain(CHAIN))
+    wrt = ["x", "c"]
+    seen = {"x": X0.copy(), "c": C.copy()}
+    wider = {"x": np.linspace(0.1, 0.4, 7), "c": np.full(7, 0.9)}
+    firsts, laters, builds, wide_builds = [], [], [], []
+    for _ in range(repeat):
+        tape = fresh()
+        t0 = time.perf_counter()
+        tg.replay.backward(tape, of="y", wrt=wrt, inputs=dict(seen))
+        t1 = time.perf_counter()
+        tg.replay.backward(tape, of="y", wrt=wrt, inputs=dict(seen))
+        t2 = time.perf_counter()
+        firsts.append(t1 - t0)
+        laters.append(t2 - t1)
+        tape = fresh()  # plan builds alone, recorded shape and new shape alternately, on fresh tapes
+        t0 = time.perf_counter()
+        tg.replay.plan(tape, of="y", wrt=wrt, inputs=seen)
+        t1 = time.perf_counter()
+        tg.replay.plan(tape, of="y", wrt=wrt, inputs=wider)
+        t2 = time.perf_counter()
+        builds.append(t1 - t0)
+        wide_builds.append(t2 - t1)
+    first, later = statistics.median(firsts), statistics.median(laters)
+    build, wide_build = statistics.median(builds), statistics.median(wide_builds)
+    tape = fresh()
+    times = interleaved({"recorded": lambda: tg.replay.backward(tape, of="y", wrt=wrt, inputs=dict(seen)),
+                         "new": lambda: tg.replay.backward(tape, of="y", wrt=wrt, inputs=dict(wider))}, repeat)
+    print(f"(d) plan compilation: chain of {CHAIN} records, loaded from {FILE_VIA}")
+    print(f"    first replay {first * 1e3:8.2f} ms   later replay {later * 1e3:8.2f} ms   "
+          f"first/later {first / later:5.2f}x (target <= 5)   compile {(first - later) / CHAIN * 1e6:5.2f} us/record "
+          "(target <= 5)")
+    print(f"    plan build at the recorded shape {build * 1e3:8.2f} ms   at a new shape {wide_build * 1e3:8.2f} ms   "
+          f"ratio {wide_build / build:5.2f}x (target < 2)")
+    print(f"    replay at a seen new shape / at the recorded shape {times['new'] / times['recorded']:5.2f}x "
+          "(target about 1.0)")
+
+
 # ---- (c) liveness -------------------------------------------------------------------------------
 
 LAYERS, WIDTH, ROWS_DEEP = 20, 256, 128
@@ -258,7 +305,7 @@ def main() -> None:
     parser.add_argument("--single-thread", action="store_true",
                         help="set OPENBLAS_NUM_THREADS=1 (and OMP/MKL) before importing numpy")
     parser.add_argument("--repeat", type=int, default=15)
-    parser.add_argument("--only", default="a,b,c", help="comma-separated subset of a,b,c")
+    parser.add_argument("--only", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
@@ -269,6 +316,8 @@ def main() -> None:
         bench_chain(args.repeat)
     if "c" in parts:
         bench_liveness(args.repeat)
+    if "d" in parts:
+        bench_compile(args.repeat)
 
 
 if __name__ == "__main__":

@@ -328,6 +328,11 @@ def op_cases(seed: int) -> dict[str, list[Case]]:
     samples["astype"].append(Case("astype[float32 input]", lambda x: tg.astype(x, np.float64) * 3.0,
                                   (normal(4).astype(np.float32),), order2=False))
     samples["guard"].append(Case("guard[if sum(x) > 0]", _branchy, (positive(2, 3),)))
+    samples["shape_guard"] = [
+        Case("shape_guard[x * len(x)]", lambda x: x * float(len(x)), (normal(3, 2),)),
+        Case("shape_guard[x.shape read, reshape]", lambda x: tg.reshape(x, (x.shape[0] * x.shape[1],)), (normal(2, 3),)),
+        Case("shape_guard[tg.shape_guard]", lambda x: tg.where(tg.shape_guard(x, (4,)), x, 0.0), (normal(4),)),
+    ]
     return samples
 
 

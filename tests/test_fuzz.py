@@ -45,6 +45,7 @@ from tapegrad import tape_format as tf
 from tapegrad.errors import MESSAGE_LIMIT
 from tapegrad.tape import Tape
 from tapegrad.tape_format import writer
+from tapegrad.tape_format.frames import MINOR
 from tapegrad.tape_format.validate import _fast, explain
 
 EXAMPLES = int(os.environ.get("TAPEGRAD_FUZZ_EXAMPLES", "150"))
@@ -246,9 +247,9 @@ def _restructure(data: bytes, draw: st.DrawFn) -> bytes:
         frames.insert(draw(st.integers(1, len(frames) - 1)), frame)
     elif kind == "ancillary":
         frames.insert(draw(st.integers(0, len(frames) - 1)), (b"tEXt", draw(st.binary(max_size=8))))
-        pre = pre[:10] + struct.pack("<H", 2)  # a newer minor version: its ancillary frames are skipped
+        pre = pre[:10] + struct.pack("<H", MINOR + 1)  # a newer minor version: its ancillary frames are skipped
     else:
-        pre = pre[:10] + struct.pack("<H", draw(st.sampled_from([0, 1, 2, 9])))
+        pre = pre[:10] + struct.pack("<H", draw(st.sampled_from([0, 1, MINOR, MINOR + 1, 9])))
     return join_frames(_recount(frames), pre)
 
 

@@ -155,6 +155,8 @@ def _nondiff_apply(name: str, x: Any) -> Any:
         return tg.sign(x)
     if name == "guard":  # re-checks a value the recording observed: here int(sum(x))
         return tg.guard(tg.sum(x), GUARD_VALUE, "int")
+    if name == "shape_guard":  # re-checks a shape the recording read
+        return tg.shape_guard(x, (2, 3))
     raise AssertionError(f"no non-differentiable sample for {name!r}: add one")
 
 
@@ -173,7 +175,7 @@ GUARD_VALUE = int(float(NONDIFF_X.sum()))  # what int() of the recorded sum obse
 
 def test_non_differentiable_ops_are_the_expected_ones() -> None:
     # An op silently losing its VJP rule would show up here.
-    assert set(NON_DIFFERENTIABLE) == {*COMPARISONS, "sign", "guard"}
+    assert set(NON_DIFFERENTIABLE) == {*COMPARISONS, "sign", "guard", "shape_guard"}
 
 
 @pytest.mark.parametrize("name", NON_DIFFERENTIABLE)
@@ -182,7 +184,7 @@ def test_non_differentiable_op_gives_no_gradient(name: str) -> None:
     out = _nondiff_apply(name, x)
     expected = _nondiff_expected(name, x.data)
     assert out.dtype == expected.dtype
-    if name in COMPARISONS or name == "guard":
+    if name in COMPARISONS or name in ("guard", "shape_guard"):
         assert out.dtype == np.bool_
     np.testing.assert_array_equal(out.data, expected)
     tg.sum(out * 2.0).backward()

@@ -33,6 +33,8 @@ def _no_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, attrs: Any, k: int) ->
 
 _VJP = {name: spec.vjp or _no_vjp for name, spec in REGISTRY.items()}
 _ELEMENTWISE = frozenset(name for name, spec in REGISTRY.items() if spec.elementwise)
+GUARDS = frozenset(("guard", "shape_guard"))
+"""The ops that check what the recording saw (a value it branched on, a shape it read)."""
 
 
 def active_set(records: Iterable[RawRecord], sources: Iterable[int]) -> set[int]:
@@ -49,10 +51,11 @@ def active_set(records: Iterable[RawRecord], sources: Iterable[int]) -> set[int]
 def needed_ids(records: Sequence[RawRecord], outputs: Iterable[int]) -> set[int]:
     """`outputs`, every guard's output, and every id they depend on (backward sweep).
 
-    Guards are always included: a replay must re-check the branches the recording took.
+    Guards (value and shape guards) are always included: a replay must re-check the branches
+    the recording took and the shapes it read.
     """
     needed = set(outputs)
-    needed.update(rec[OUTPUT] for rec in records if rec[OP] == "guard")
+    needed.update(rec[OUTPUT] for rec in records if rec[OP] in GUARDS)
     for rec in reversed(records):
         if rec[OUTPUT] in needed:
             needed.update(rec[INPUTS:])

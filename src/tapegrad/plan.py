@@ -18,6 +18,13 @@ Contract:
   or released, and results kept to the end.
 - Forward steps recompute only what is needed and not already stored (or what depends on a
   replaced input); guard records are re-checked whenever they are recomputed.
+- New input shapes (`compile_plan(..., shapes=)`): `reshaped` re-infers every record the new
+  shapes reach with its op's shape rule, generalising the attributes that say how (reshape's
+  -1, the dimensions `broadcast_to` / `sum_to` pass through, constant `arange` index arrays),
+  and raises `GuardError` naming the record, its source line and the changed dimension where
+  the recorded program does not apply (a fixed reshape, a `shape_guard`).  The reverse pass is
+  compiled on symbols of the new shapes, so it too is what eager differentiation does there.
+  The caller keeps one plan per input-shape signature.
 - Errors while running a step raise `TapegradError` (`GuardError` for a failed guard) naming
   the record index and op, with the user's source line when the tape has one.
 - Anomaly mode: a plan compiled with `checked=True` also knows, for each step, whether it makes
@@ -38,9 +45,9 @@ from __future__ import annotations
 import math
 import operator
 import weakref
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
@@ -49,6 +56,8 @@ import numpy as np
 from . import anomaly, engine
 from .errors import GuardError, TapegradError, escape
 from .ops import REGISTRY, OpSpec
+from .ops.infer import expand_index
+from .ops.spec import never_aliases
 from .tape import ATTRS, INPUTS, OP, OUTPUT, RawRecord, Tape
 
 Aval = tuple[tuple[int, ...], np.dtype[Any]]
@@ -106,22 +115,51 @@ class Compiler:
         return sym
 
     def apply(self, spec: OpSpec, args: Sequence[Any], attrs: Mapping[str, Any] | None) -> Sym:
+        """Append the step `spec(*args, **attrs)`; its result's symbol.  (The hottest function of a
+        compile, called once per step of the reverse pass: it makes the step and symbol itself.)"""
+        if not all([type(a) is Sym for a in args]):
+            args = self._symbols(args)
+        attrs = attrs or None
+        shape, dtype = _infer_cached(spec.name, tuple([a.shape for a in args]), tuple([a.dtype for a in args]),
+                                     None if attrs is None else tuple(attrs.items()))
+        avals = self.avals
+        avals.append((shape, dtype))
+        slot = len(avals) - 1
+        self.steps.append((spec.name, attrs, slot, *[a.slot for a in args]))
+        return Sym(slot, shape, dtype)
+
+    def _symbols(self, args: Sequence[Any]) -> list[Sym]:
+        """`args` as symbols: arrays and Python scalars (numpy 2 promotion) become constants."""
         weak = [a for a in args if isinstance(a, (bool, int, float))]
         dt = np.result_type(*[a.dtype for a in args if not isinstance(a, (bool, int, float))], *weak) if weak else None
-        ins = [a if isinstance(a, Sym) else self.const(np.asarray(a, dtype=dt) if isinstance(a, (bool, int, float)) else a)
-               for a in args]
-        shape, dtype = spec.infer([s.shape for s in ins], [s.dtype for s in ins], attrs or {})
-        out = self.new(shape, dtype)
-        self.steps.append((spec.name, attrs or None, out.slot, *(s.slot for s in ins)))
-        return out
+        return [a if isinstance(a, Sym) else self.const(np.asarray(a, dtype=dt) if isinstance(a, (bool, int, float)) else a)
+                for a in args]
 
-    def _op(self, spec: OpSpec) -> Any:
-        def op(*args: Any, **kwargs: Any) -> Sym:
+    def _op(self, spec: OpSpec) -> Callable[..., Sym]:
+        def simple(*args: Any) -> Sym:  # (the record form is the public signature: nothing to bind)
+            return self.apply(spec, args, None)
+
+        def bound(*args: Any, **kwargs: Any) -> Sym:
             ins, attrs = spec.bind(args, kwargs)
             return self.apply(spec, ins, attrs)
 
+        op = simple if spec.simple else bound
         op.__name__ = spec.name
         return op
+
+
+def infer(spec: OpSpec, shapes: tuple[tuple[int, ...], ...], dtypes: tuple[np.dtype[Any], ...],
+          attrs: Mapping[str, Any] | None) -> Aval:
+    """`spec.infer`, remembered: a compiled program applies few distinct (op, shapes, dtypes,
+    attributes) combinations many times, and inferring a dtype runs the op on a surrogate array
+    (about 7 us, most of a plan's compile time before this cache; `benchmarks/replay.py` (d))."""
+    return _infer_cached(spec.name, shapes, dtypes, None if attrs is None else tuple(attrs.items()))
+
+
+@lru_cache(maxsize=4096)
+def _infer_cached(op: str, shapes: tuple[tuple[int, ...], ...], dtypes: tuple[np.dtype[Any], ...],
+                  attrs: tuple[tuple[str, Any], ...] | None) -> Aval:
+    return REGISTRY[op].infer(shapes, dtypes, dict(attrs or ()))
 
 
 def _nbytes(aval: Aval) -> int:
@@ -180,6 +218,7 @@ class Program:
     seed_slot: int | None = None
     tangent_slots: list[int] = field(default_factory=list)
     checks: list[StepCheck | None] | None = None  # per record, when compiled for checking
+    resized: dict[int, Aval] = field(default_factory=dict)  # tape ids whose shape differs from the recording
 
     @property
     def n_forward(self) -> int:
@@ -211,6 +250,12 @@ class Plan:
     tangent_registers: list[int]
     peak_bytes: int
     checks: list[StepCheck | None] | None = field(default=None, repr=False)
+    resized: dict[int, Aval] = field(default_factory=dict, repr=False)
+
+    def shape_dtype(self, vid: int) -> Aval:
+        """Shape and dtype of tape variable `vid` (internal id) in this plan's replays: the
+        recorded ones, or those re-inferred for the new input shapes it was compiled for."""
+        return self.resized[vid] if vid in self.resized else self.tape.shape_dtype(vid)
 
     @property
     def tape(self) -> Tape:
@@ -302,11 +347,29 @@ class Plan:
     def _failed(self, exc: BaseException, k: int) -> Exception:
         """The error to raise for `exc`, raised by step `k`: it says where the step comes from."""
         if isinstance(exc, GuardError):
-            return GuardError(f"{self._where(k)}: {exc}; the replayed inputs take a different branch than the "
-                              "recording did")
+            return GuardError(f"{self._where(k)}: {exc}; {self._guard_hint(k)}")
         if isinstance(exc, TapegradError):
             return type(exc)(f"{self._where(k)}: {exc}")
         return TapegradError(f"{self._where(k)}: {type(exc).__name__}: {exc}")
+
+    def _guard_hint(self, k: int) -> str:
+        """What a failed guard at step `k` means, and what to do about it."""
+        rec, tape = self.step_records[k], self.tape_ref()
+        if tape is None or rec < 0:
+            return "the replayed inputs take a different branch than the recording did"
+        records = tape.parts().records
+        guard = records[rec]
+        if guard[OP] != "guard":
+            return "record the step again with inputs of this shape to replay at it"
+        kind, vid = guard[ATTRS]["kind"], guard[INPUTS]
+        call = _GUARD_CALLS[kind]
+        hint = (f"the recording converted v{tape.dense_ids()[vid]} to a Python {kind} ({call}) and the "
+                "replayed inputs give another value: the recorded program took its branch on the old one")
+        used = any(vid in r[INPUTS:] for r in records[rec + 1:] if r[OP] not in engine.GUARDS)
+        if kind != "bool" and tape.shape_dtype(vid)[0] == () and not used:  # (a bool is a branch, not a log)
+            hint += (f"; no later record uses v{tape.dense_ids()[vid]}, so if its value was only logged or "
+                     "printed, log `v.data` instead (or compute it inside `tg.no_record()`), which records no guard")
+        return hint
 
     def _where(self, k: int) -> str:
         """Where step `k` comes from."""
@@ -321,19 +384,150 @@ class Plan:
         return f"record {rec} ({escape(tape.parts().records[rec][0])}){at}"
 
 
+# ---- new input shapes: the recorded program re-checked record by record -------------------
+
+class Reshaped(NamedTuple):
+    """What a tape's records become for new input shapes (see `reshaped`): `avals` are the new
+    shape and dtype of every id whose shape changed (replaced inputs, resized constants, the
+    records they reach); `attrs` the generalised attributes of records whose attributes encode
+    a shape; `consts` the new values of resized constants (`arange` index arrays)."""
+
+    avals: dict[int, Aval]
+    attrs: dict[int, Mapping[str, Any]]
+    consts: dict[int, Any]
+
+
+def reshaped(tape: Tape, shapes: Mapping[int, tuple[int, ...]], numbers: Iterable[int]) -> Reshaped:
+    """Re-infer the shapes of records `numbers` (tape order) for inputs of new `shapes`.
+
+    Every record reached by a changed shape is re-checked with its op's shape rule.  Attributes
+    that encode a shape are generalised where the recorded program says how (`_generalised`),
+    and a constant integer index array that was `arange(n)` over an axis of size n (the "every
+    row" index, `x[np.arange(len(x)), labels]`) becomes `arange` of the new size.  A record that
+    does not apply to the new shapes raises `GuardError` naming it, its source line and the
+    dimension that changed.
+    """
+    parts = tape.parts()
+    records = parts.records
+    changed: dict[int, Aval] = {vid: (tuple(shape), tape.shape_dtype(vid)[1]) for vid, shape in shapes.items()}
+    new_attrs: dict[int, Mapping[str, Any]] = {}
+    new_consts: dict[int, Any] = {}
+    for n in numbers:
+        rec = records[n]
+        ins = rec[INPUTS:]
+        if not any(i in changed for i in ins):
+            continue
+        spec = REGISTRY[rec[OP]]
+        before = [tape.shape_dtype(i)[0] for i in ins]
+        if rec[OP] == "getitem":
+            _resize_rows(tape, n, rec, before, changed, new_consts)
+        after = [changed[i][0] if i in changed else tape.shape_dtype(i)[0] for i in ins]
+        attrs = _generalised(rec, before[0], after[0])
+        try:
+            out = infer(spec, tuple(after), tuple(tape.shape_dtype(i)[1] for i in ins), attrs or None)
+        except TapegradError as exc:
+            raise _shape_error(tape, n, rec, before, after, str(exc), shapes) from None
+        if attrs is not rec[ATTRS]:
+            new_attrs[n] = attrs
+        if out[0] != tape.shape_dtype(rec[OUTPUT])[0]:
+            changed[rec[OUTPUT]] = out
+    return Reshaped(changed, new_attrs, new_consts)
+
+
+def _generalised(rec: RawRecord, before: tuple[int, ...], after: tuple[int, ...]) -> Any:
+    """`rec`'s attributes for input 0 of shape `after` instead of `before`.
+
+    `broadcast_to` and `sum_to` keep the dimensions they passed through from their input
+    (aligned from the right) following the input; the dimensions they broadcast or summed stay
+    as recorded.  Other attributes stay as recorded: a `reshape` to a fixed shape, for one, says
+    nothing of where its numbers came from, and the shape rule then refuses what does not fit.
+    """
+    op, attrs = rec[OP], rec[ATTRS]
+    if op not in ("broadcast_to", "sum_to") or before == after or len(before) != len(after):
+        return attrs
+    shape = list(attrs["shape"])
+    lead = len(before) - len(shape)  # (broadcast_to: negative, its input has fewer dimensions)
+    for k in range(max(0, -lead), len(shape)):
+        i = k + lead
+        if before[i] == shape[k] and (op == "broadcast_to" or shape[k] != 1):
+            shape[k] = after[i]
+    return {**attrs, "shape": tuple(shape)}
+
+
+def _resize_rows(tape: Tape, n: int, rec: RawRecord, before: list[tuple[int, ...]], changed: dict[int, Aval],
+                 new_consts: dict[int, Any]) -> None:
+    """Resize the constant `arange` index arrays of getitem record `rec` whose axis changed size."""
+    old_in = before[0]
+    new_in = changed[rec[INPUTS]][0] if rec[INPUTS] in changed else old_in
+    if len(new_in) != len(old_in):
+        return
+    axis = arrays = 0
+    for item in expand_index("getitem", old_in, rec[ATTRS]["index"]):
+        if item is None:
+            continue
+        if item == ("array",):
+            vid = rec[INPUTS + 1 + arrays]
+            arrays += 1
+            old, new = old_in[axis], new_in[axis]
+            value = tape.parts().values.get(vid)
+            if (old != new and vid in tape.parts().consts and value is not None and value.shape == (old,)
+                    and np.array_equal(value, np.arange(old))):
+                if vid in new_consts and len(new_consts[vid]) != new:
+                    raise _shape_error(tape, n, rec, before, [changed.get(i, (s, None))[0] for i, s in
+                                                              zip(rec[INPUTS:], before, strict=True)],
+                                       f"the constant index array v{tape.dense_ids()[vid]} (arange({old})) would "
+                                       f"need two sizes, {len(new_consts[vid])} and {new}", {})
+                new_consts[vid] = np.arange(new, dtype=value.dtype)
+                changed[vid] = ((new,), value.dtype)
+        axis += 1
+
+
+def _shape_error(tape: Tape, n: int, rec: RawRecord, before: Sequence[tuple[int, ...]],
+                 after: Sequence[tuple[int, ...]], why: str, shapes: Mapping[int, tuple[int, ...]]) -> GuardError:
+    """The error for record `n` that does not apply to inputs of shapes `after` (recorded: `before`);
+    `shapes` are the replay's new input shapes."""
+    given = "; ".join(f"input {escape(repr(tape.name_of(v))) if tape.name_of(v) else ''} (v{tape.dense_ids()[v]}) has "
+                      f"shape {shape}, recorded {tape.shape_dtype(v)[0]} (dtype {tape.shape_dtype(v)[1]})"
+                      for v, shape in shapes.items())
+    src = tape.source_of(n)
+    at = f" at {src[0]}:{src[1]}" if src else ""
+    dims = []
+    for k, (b, a) in enumerate(zip(before, after, strict=True)):
+        if len(a) != len(b):
+            dims.append(f"input {k} has {len(a)} dimensions, recorded {len(b)}")
+        dims.extend(f"input {k} dimension {d} is {y}, recorded {x}" for d, (x, y) in enumerate(zip(b, a, strict=True))
+                    if x != y)
+    fixed = ""
+    if rec[OP] == "reshape":
+        target = rec[ATTRS]["shape"]
+        fixed = f"; the recorded code reshapes to {target}" + ("" if -1 in target else ", a fixed shape (-1 would adapt)")
+    return GuardError(f"record {n} ({rec[OP]}){at} does not apply to the new input shapes: {why}"
+                      f"{fixed} ({'; '.join(dims) or 'shapes unchanged'}); {given + '; ' if given else ''}"
+                      "to replay at these shapes, record the step again with inputs of these shapes")
+
+
+_GUARD_CALLS = {"bool": "`if v:`, `while v:`, `and`/`or`/`not`, bool(v) or v.item()",
+                 "int": "int(v), v.item() or use as an index", "float": "float(v) or v.item()"}
+"""Which Python calls make a value guard of each kind (the tracer's `_observe`)."""
+
+
 def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of: int | None = None,
-                 replaced: Sequence[int] = (), *, checked: bool = False) -> Plan:
+                 replaced: Sequence[int] = (), *, checked: bool = False,
+                 shapes: Mapping[int, tuple[int, ...]] | None = None) -> Plan:
     """Compile a replay of `tape` computing `outputs` and, when `of` is given, d of / d `wrt`.
 
     `replaced` are the internal ids of inputs the caller will supply (everything downstream of
     them is recomputed); other values come from the tape when stored, else are recomputed.
+    `shapes` gives the replaced inputs whose shapes differ from the recorded ones: the plan is
+    then compiled for those shapes (see `reshaped`; `GuardError` when the program does not apply).
     With `checked`, the plan can check its values (`Plan.run(check=...)`).
     """
-    return _lower(_program(tape, outputs, wrt, of, replaced, checked))
+    return _lower(_program(tape, outputs, wrt, of, replaced, checked, shapes))
 
 
 def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | None,
-             replaced: Sequence[int], checked: bool = False) -> Program:
+             replaced: Sequence[int], checked: bool = False,
+             shapes: Mapping[int, tuple[int, ...]] | None = None) -> Program:
     """`compile_plan` in slot form."""
     ids = tape.ids_in_order()
     slot_of = {vid: n for n, vid in enumerate(ids)}
@@ -346,15 +540,28 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     needed = engine.needed_ids(records, [*outputs, *([] if of is None else [of])])
     live_records = [n for n, rec in enumerate(records) if rec[OUTPUT] in needed]
 
+    # New input shapes: every record they reach is re-inferred (and recomputed, below).
+    new = reshaped(tape, shapes, live_records) if shapes else Reshaped({}, {}, {})
+    for vid, aval in new.avals.items():
+        avals[slot_of[vid]] = aval
+
+    # The live records in slot form (with generalised attributes at new shapes).
+    sub = [_slotted(records[n], slot_of) for n in live_records]
+    for k, n in enumerate(live_records):
+        if n in new.attrs:
+            sub[k] = (sub[k][OP], new.attrs[n], *sub[k][OUTPUT:])
+
     # Forward: recompute what is missing or depends on a replaced input (guards included).
     stored = parts.values
-    dirty = set(replaced)
-    forward: list[int] = []
-    for n in live_records:
+    dirty = set(replaced) | new.consts.keys()
+    forward: list[int] = []  # tape record indices
+    forward_sub: list[RawRecord] = []
+    for n, srec in zip(live_records, sub, strict=True):
         rec = records[n]
-        if rec[OUTPUT] not in stored or REGISTRY[rec[OP]].view or any(i in dirty for i in rec[INPUTS:]):
+        if rec[OUTPUT] not in stored or rec[OP] in _VIEWS or not dirty.isdisjoint(rec[INPUTS:]):
             dirty.add(rec[OUTPUT])
             forward.append(n)
+            forward_sub.append(srec)
     missing = [vid for vid in needed if vid not in stored and vid not in dirty and vid not in producer]
     if missing:
         names = ", ".join(f"v{slot_of[v]}" for v in sorted(missing))
@@ -371,11 +578,10 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     if of is not None:
         seed = comp.new(*avals[slot_of[of]])
         seed_slot = seed.slot
-        symbols = {vid: comp.sym(slot_of[vid]) for vid in needed}
-        sub = [_slotted(records[n], slot_of) for n in live_records]
+        needed_slots = [slot_of[v] for v in needed]
+        sym_values = {s: Sym(s, *avals[s]) for s in needed_slots}
         active = engine.active_set(sub, [slot_of[w] for w in wrt])
-        skip = {slot_of[v] for v in needed if slot_of[v] not in active}
-        sym_values = {slot_of[v]: s for v, s in symbols.items()}
+        skip = {s for s in needed_slots if s not in active}
         want = {slot_of[w] for w in wrt}
         if checked:
             def noted(k: int, i: int, cot: Sym) -> None:
@@ -387,23 +593,25 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
         grads = {w: (found[slot_of[w]].slot if slot_of[w] in found else None) for w in wrt}
 
     initial: dict[int, Any] = {slot_of[v]: stored[v] for v in needed if v in stored and v not in dirty}
+    initial.update((slot_of[v], value) for v, value in new.consts.items())
     initial.update(comp.consts)
     checks: list[StepCheck | None] | None = None
     if checked:
         checks = [StepCheck(False, n, records[n][OUTPUT]) for n in forward]
         checks += [made.get(step[OUTPUT]) for step in comp.steps]
-    return Program(tape, comp.avals, initial, [_slotted(records[n], slot_of) for n in forward] + comp.steps,
+    return Program(tape, comp.avals, initial, forward_sub + comp.steps,
                    forward + [_REVERSE] * len(comp.steps), {v: slot_of[v] for v in replaced},
-                   {v: slot_of[v] for v in outputs}, grads, seed_slot, checks=checks)
+                   {v: slot_of[v] for v in outputs}, grads, seed_slot, checks=checks, resized=new.avals)
 
 
-def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[int]) -> Plan:
+def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[int],
+                shapes: Mapping[int, tuple[int, ...]] | None = None) -> Plan:
     """Forward mode for one output: transpose the compiled reverse pass (linear in its seed).
 
     The reverse program maps a seed u to J^T u; running the engine's reverse pass over that
     program, seeded with tangents v at the gradient slots, yields J v at the seed slot.
     """
-    base = _program(tape, [], wrt, out_id, replaced)
+    base = _program(tape, [], wrt, out_id, replaced, shapes=shapes)
     assert base.seed_slot is not None
     seed_slot = base.seed_slot
     n_fwd = base.n_forward
@@ -426,18 +634,24 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
     records = base.records[:n_fwd] + keep + comp.steps
     origins = base.origins[:n_fwd] + [_REVERSE] * (len(keep) + len(comp.steps))
     return _lower(Program(tape, comp.avals, {**base.initial, **comp.consts}, records, origins, base.inputs,
-                          {out_id: out_slot}, {}, tangent_slots=[t.slot for t in tangents]))
+                          {out_id: out_slot}, {}, tangent_slots=[t.slot for t in tangents], resized=base.resized))
+
+
+_VIEWS = frozenset(name for name, spec in REGISTRY.items() if spec.view)
 
 
 def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> RawRecord:
     """A tape record with its ids replaced by slots."""
-    return (rec[OP], rec[ATTRS], slot_of[rec[OUTPUT]], *(slot_of[i] for i in rec[INPUTS:]))
+    return (rec[OP], rec[ATTRS], slot_of[rec[OUTPUT]], *map(slot_of.__getitem__, rec[INPUTS:]))
+
+
+_FORWARD = {name: spec.forward for name, spec in REGISTRY.items()}
 
 
 def _step(rec: RawRecord, ins: Sequence[int], out: int) -> Step:
     """The executable step of a slot-form record whose inputs and output are in these registers."""
-    op, attrs = rec[OP], rec[ATTRS]
-    fn = REGISTRY[op].forward
+    attrs = rec[ATTRS]
+    fn = _FORWARD[rec[OP]]
     if attrs:
         fn = partial(fn, **attrs)
     if len(ins) == 1:
@@ -453,30 +667,32 @@ class _Memory:
 
     def __init__(self, avals: list[Aval]) -> None:
         self.avals = avals
+        self.nbytes = [_nbytes(a) for a in avals]  # slot -> bytes of its value
         self.buffer_of: dict[int, int] = {}  # slot -> buffer (the slot that allocated it)
         self.users: dict[int, int] = {}  # buffer -> slots held in registers that use it
         self.live = self.peak = 0
 
     def compute(self, rec: RawRecord) -> None:
         """A step runs: its kernel's scratch space and its result are allocated."""
-        op, attrs, out, ins, avals = rec[OP], rec[ATTRS], rec[OUTPUT], rec[INPUTS:], self.avals
+        op, attrs, out, x, avals, nbytes = rec[OP], rec[ATTRS], rec[OUTPUT], rec[INPUTS], self.avals, self.nbytes
         spec = REGISTRY[op]
-        scratch = spec.scratch * max(_nbytes(avals[ins[0]]), _nbytes(avals[out]))
-        if spec.aliases(avals[ins[0]], avals[out], attrs):
-            buf = self.buffer_of.get(ins[0])
+        scratch = spec.scratch * max(nbytes[x], nbytes[out]) if spec.scratch else 0
+        if spec.aliases is not never_aliases and spec.aliases(avals[x], avals[out], attrs):
+            buf = self.buffer_of.get(x)
             if buf is not None:
                 self.buffer_of[out] = buf
                 self.users[buf] += 1
         else:
             self.buffer_of[out] = out
             self.users[out] = 1
-            self.live += _nbytes(avals[out])
-        self.peak = max(self.peak, self.live + scratch)
+            self.live += nbytes[out]
+        if self.live + scratch > self.peak:
+            self.peak = self.live + scratch
 
     def held(self, slot: int) -> int:
         """Bytes of the buffer that `slot`'s value keeps alive (0 if not counted)."""
         buf = self.buffer_of.get(slot)
-        return 0 if buf is None else _nbytes(self.avals[buf])
+        return 0 if buf is None else self.nbytes[buf]
 
     def drop(self, slot: int | None) -> None:
         """`slot`'s value leaves its register."""
@@ -484,7 +700,7 @@ class _Memory:
         if buf is not None:
             self.users[buf] -= 1
             if self.users[buf] == 0:
-                self.live -= _nbytes(self.avals[buf])
+                self.live -= self.nbytes[buf]
 
 
 def _lower(prog: Program) -> Plan:
@@ -533,18 +749,22 @@ def _lower(prog: Program) -> Plan:
     for s in preset:
         place(s)
     free.extend(reg_of[s] for s in preset if s not in last and s not in pinned)
+    origins, rec_checks = prog.origins, prog.checks
     for k, rec in enumerate(records):
         out, ins = rec[OUTPUT], rec[INPUTS:]
         in_regs = [reg_of[s] for s in ins]
         mem.compute(rec)
-        dying = sorted((s for s in dict.fromkeys(ins) if last[s] == k and s not in pinned), key=mem.held, reverse=True)
+        dying = [s for s in ins if last[s] == k and s not in pinned]
+        if len(dying) > 1:
+            dying = sorted(dict.fromkeys(dying), key=mem.held, reverse=True)
         place(out, reg_of[dying[0]] if dying else None)
         steps.append(_step(rec, in_regs, reg_of[out]))
-        step_records.append(prog.origins[k])
-        if checks is not None and prog.checks is not None:
-            checks.append(prog.checks[k])
-        for s in dying[1:]:
-            retire(s)
+        step_records.append(origins[k])
+        if checks is not None and rec_checks is not None:
+            checks.append(rec_checks[k])
+        if len(dying) > 1:
+            for s in dying[1:]:
+                retire(s)
         if out not in last and out not in pinned:
             retire(out)
 
@@ -557,4 +777,4 @@ def _lower(prog: Program) -> Plan:
                 grads={v: None if s is None else reg_of[s] for v, s in prog.grads.items()},
                 seed_register=None if prog.seed_slot is None else reg_of[prog.seed_slot],
                 tangent_registers=[reg_of[s] for s in prog.tangent_slots],
-                peak_bytes=mem.peak + 8 * len(holder), checks=checks)
+                peak_bytes=mem.peak + 8 * len(holder), checks=checks, resized=prog.resized)

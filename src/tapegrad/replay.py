@@ -4,16 +4,22 @@ Contract:
 - Works on any `Tape`, recorded in this process or loaded from a file, without the code that
   recorded it.  Variables are named by name, dense id or Variable object.
 - `forward(tape, inputs=...)` re-executes the recorded program; inputs not given keep their
-  recorded values.  A replaced input must have the recorded shape and dtype, else
-  `TapegradError` naming it.  Guards recorded where the program branched on a value are
-  re-checked; a different branch raises `GuardError` naming the record and source line.
+  recorded values.  A replaced input must have the recorded dtype and number of dimensions,
+  else `TapegradError` naming it.  Its sizes may differ: the plan for that input-shape
+  signature re-infers the records they reach (`plan.reshaped`), and a program that does not
+  apply raises `GuardError` naming the record, its source line and the dimension.  Guards
+  recorded where the program branched on a value (or read a shape) are re-checked; a different
+  branch raises `GuardError` naming the record and source line and which Python call made it.
+  Only inputs can be replaced: constants (plain arrays and numbers the recording used) are
+  baked into the tape.
 - `backward(tape, of, wrt, inputs=, seed=)` returns `{ref: gradient}` keyed as asked.  Only
   cotangents leading to `wrt` are computed.  Results are bit for bit those of eager
   `y.backward()` on the same values, and share memory with nothing else.
 - `jvp(tape, tangents=...)` returns output tangents (forward mode, by transposing the compiled
   reverse pass, so it agrees exactly with `backward`).
 - Plans (what to recompute, the compiled reverse pass, which register holds each value and
-  when it is dropped) are compiled once per request and cached on the tape (`plan()` returns
+  when it is dropped) are compiled once per request and input-shape signature and cached on
+  the tape (a replay at the recorded shapes uses the key it always had) (`plan()` returns
   them, with `.peak_bytes`).  A plan holds its tape weakly, so dropping a replayed tape frees
   its values, its plans and a mapped tape's file at once, without the garbage collector.
 - Inside `record()`, replay computes with Variables through the tracer's hooks and returns
@@ -41,7 +47,8 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, Protocol
@@ -50,8 +57,8 @@ import numpy as np
 
 from . import anomaly, context, engine
 from . import budget as memory_budget
-from .errors import DTypeError, TapegradError, escape
-from .plan import Plan, compile_jvp, compile_plan
+from .errors import DTypeError, GuardError, TapegradError, escape
+from .plan import Plan, compile_jvp, compile_plan, reshaped
 from .tape import ATTRS, INPUTS, OP, OUTPUT, Tape
 
 
@@ -104,23 +111,42 @@ def _ref_key(tape: Tape, vid: int) -> Any:
     return tape.dense_ids()[vid] if name is None else name
 
 
+Shapes = tuple[tuple[int, tuple[int, ...]], ...]
+"""The input-shape signature of a replay: (internal id, shape) of each replaced input whose shape
+differs from the recorded one, sorted; empty when every shape is as recorded."""
+
+
+def _shapes(tape: Tape, replaced: Mapping[int, Any]) -> Shapes:
+    return tuple(sorted((vid, tuple(v.shape)) for vid, v in replaced.items()
+                        if tuple(v.shape) != tape.shape_dtype(vid)[0]))
+
+
 def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: bool) -> dict[int, Any]:
-    """Replaced inputs by internal id, checked against the recorded shape and dtype."""
+    """Replaced inputs by internal id, checked against the recorded dtype (and number of
+    dimensions: a shape may differ, and the plan for it checks the records it reaches)."""
     out: dict[int, Any] = {}
     for ref, value in (inputs or {}).items():
         vid = tape.resolve(ref)
         label = f"input {ref!r} (v{tape.dense_ids()[vid]})"
-        if tape.producer(vid) is not None or vid in tape.parts().consts:
+        if tape.producer(vid) is not None:
             raise TapegradError(f"{label} is not an input of the tape; only inputs can be replaced")
+        if vid in tape.parts().consts:
+            raise TapegradError(f"{label} is not an input of the tape but a constant (a plain array or number "
+                                "the recording used), baked into the tape; only inputs can be replaced: to "
+                                "replace it, record it as a named tg.Variable")
         shape, dtype = tape.shape_dtype(vid)
         if recording and hasattr(value, "_tapegrad_serial"):
             got_shape, got_dtype = tuple(value.shape), value.dtype
         else:
             value = _array(value, label)
             got_shape, got_dtype = value.shape, value.dtype
-        if got_shape != shape or got_dtype != dtype:
+        if got_dtype != dtype:
             raise TapegradError(f"{label} was recorded with shape {shape} and dtype {dtype}, "
                                 f"got shape {got_shape} and dtype {got_dtype}")
+        if len(got_shape) != len(shape):
+            raise GuardError(f"{label} was recorded with shape {shape} and dtype {dtype}, got shape {got_shape}: a replay "
+                             f"can change the sizes of an input's dimensions, not their number; record the "
+                             f"step again with inputs of this shape")
         out[vid] = value
     return out
 
@@ -133,13 +159,14 @@ def _default_outputs(tape: Tape) -> list[int]:
     return outs
 
 
-def plan(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Sequence[Any] = (),
+def plan(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Sequence[Any] | Mapping[Any, Any] = (),
          outputs: Sequence[Any] | None = None) -> Plan:
     """The (cached) compiled replay computing `outputs` and d `of` / d `wrt`.
 
     With `of` and `wrt` both None this is the plan `forward()` runs (default outputs);
     otherwise it is the plan `backward(tape, of, wrt, inputs=...)` runs, with `of` defaulting to
-    the last recorded output.  `inputs` names the inputs the caller will replace.
+    the last recorded output.  `inputs` names the inputs the caller will replace; a mapping
+    of them to arrays gives the plan for those arrays' shapes (one plan per shape signature).
     `.peak_bytes` predicts the replay's peak memory (returned gradients included).
     """
     of_id = None
@@ -152,13 +179,45 @@ def plan(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Sequence[Any] =
         out_ids = [tape.resolve(r) for r in outputs]
     else:
         out_ids = [] if gradient else _default_outputs(tape)
+    if isinstance(inputs, Mapping):
+        replaced = _resolve_inputs(tape, inputs, False)
+        return _plan(tape, out_ids, of_id, wrt_ids, list(replaced), shapes=_shapes(tape, replaced))
     return _plan(tape, out_ids, of_id, wrt_ids, [tape.resolve(r) for r in inputs])
 
 
+SHAPE_PLANS_KEPT = 16
+"""Plans kept per request for input shapes other than the recorded ones (the most recently used;
+an older one is compiled again when its shapes come back).  Like PyTorch's recompile limit, this
+bounds the memory of a replay fed many distinct shapes (say, sequences of every length)."""
+
+
+class _ShapePlans(OrderedDict[Shapes, Plan]):
+    """The plans of one request by input-shape signature, least recently used first."""
+
+    def plan(self, shapes: Shapes, build: Callable[[], Plan]) -> Plan:
+        found = self.get(shapes)
+        if found is None:
+            found = self[shapes] = build()
+            if len(self) > SHAPE_PLANS_KEPT:
+                self.popitem(last=False)
+        else:
+            self.move_to_end(shapes)
+        return found
+
+
 def _plan(tape: Tape, out_ids: Sequence[int], of_id: int | None, wrt_ids: Sequence[int], replaced: Sequence[int],
-          checked: bool = False) -> Plan:
-    key = ("checked plan" if checked else "plan", tuple(out_ids), of_id, tuple(wrt_ids), tuple(sorted(replaced)))
-    return tape.cached(key, lambda: compile_plan(tape, out_ids, wrt_ids, of_id, sorted(replaced), checked=checked))
+          checked: bool = False, shapes: Shapes = ()) -> Plan:
+    """The cached plan for this request and input-shape signature `shapes` (a replay at the
+    recorded shapes uses the key it had before shapes could vary; see `SHAPE_PLANS_KEPT`)."""
+    key: tuple[Any, ...] = ("checked plan" if checked else "plan", tuple(out_ids), of_id, tuple(wrt_ids),
+                            tuple(sorted(replaced)))
+
+    def build() -> Plan:
+        return compile_plan(tape, out_ids, wrt_ids, of_id, sorted(replaced), checked=checked, shapes=dict(shapes))
+
+    if not shapes:
+        return tape.cached(key, build)
+    return tape.cached(("shapes", *key), _ShapePlans).plan(shapes, build)
 
 
 _PASSES: dict[Any, frozenset[str]] = {False: frozenset(), True: frozenset(("forward", "reverse")),
@@ -186,8 +245,8 @@ def _wrt_ids(tape: Tape, wrt: Any) -> tuple[list[Any], list[int]]:
     return refs, ids
 
 
-def _seed(tape: Tape, of_id: int, seed: Any) -> Any:
-    shape, dtype = tape.shape_dtype(of_id)
+def _seed(tape: Tape, of_id: int, seed: Any, p: Plan | None = None) -> Any:
+    shape, dtype = tape.shape_dtype(of_id) if p is None else p.shape_dtype(of_id)
     if seed is None:
         return np.ones(shape, dtype)
     seed = _array(seed, "seed")
@@ -211,7 +270,7 @@ def forward(tape: Tape, inputs: Mapping[Any, Any] | None = None, outputs: Sequen
     replaced = _resolve_inputs(tape, inputs, rec is not None)
     out_ids = _default_outputs(tape) if outputs is None else [tape.resolve(r) for r in outputs]
     keys = [_ref_key(tape, v) for v in out_ids] if outputs is None else list(outputs)
-    p = _plan(tape, out_ids, None, [], list(replaced), checked=bool(check))
+    p = _plan(tape, out_ids, None, [], list(replaced), checked=bool(check), shapes=_shapes(tape, replaced))
     memory_budget.check(tape, p, budget, "replay.forward")
     if rec is not None:
         values = _record_forward(rec, tape, replaced, out_ids, check)
@@ -238,9 +297,9 @@ def backward(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Mapping[Any
     of_id = tape.last_output() if of is None else tape.resolve(of)
     refs, wrt_ids = _wrt_ids(tape, wrt)
     replaced = _resolve_inputs(tape, inputs, rec is not None)
-    p = _plan(tape, [], of_id, wrt_ids, list(replaced), checked=bool(check))
+    p = _plan(tape, [], of_id, wrt_ids, list(replaced), checked=bool(check), shapes=_shapes(tape, replaced))
     memory_budget.check(tape, p, budget, "replay.backward")  # (before the seed is made: it is as big as the output)
-    seed_value = _seed(tape, of_id, seed)
+    seed_value = _seed(tape, of_id, seed, p)
     if rec is not None:  # (checks the seed itself)
         grads = _record_backward(rec, tape, replaced, of_id, wrt_ids, seed_value, check)
         return dict(zip(refs, grads, strict=True))
@@ -252,7 +311,7 @@ def backward(tape: Tape, of: Any = None, wrt: Any = None, *, inputs: Mapping[Any
     for ref, vid in zip(refs, wrt_ids, strict=True):
         slot = p.grads[vid]
         if slot is None:
-            result[ref] = np.zeros(*tape.shape_dtype(vid))
+            result[ref] = np.zeros(*p.shape_dtype(vid))
         else:
             result[ref] = engine.owned(vals[slot], taken)
     return result
@@ -267,10 +326,12 @@ def jvp(tape: Tape, tangents: Mapping[Any, Any], *, inputs: Mapping[Any, Any] | 
     replay predicted to need more than `budget` bytes raises `LimitError` first (see `forward`).
     """
     replaced = _resolve_inputs(tape, inputs, False)
+    shapes = _shapes(tape, replaced)
     t_ids = [tape.resolve(r) for r in tangents]
     t_vals = {}
     for ref, vid in zip(tangents, t_ids, strict=True):
         shape, dtype = tape.shape_dtype(vid)
+        shape = tuple(replaced[vid].shape) if vid in replaced else shape
         if dtype.kind != "f":
             raise TapegradError(f"tangent for {ref!r}: its dtype {dtype} is not floating point")
         value = _array(tangents[ref], f"tangent for {ref!r}")
@@ -282,13 +343,14 @@ def jvp(tape: Tape, tangents: Mapping[Any, Any], *, inputs: Mapping[Any, Any] | 
     keys = [_ref_key(tape, v) for v in out_ids] if outputs is None else list(outputs)
     result: dict[Any, Any] = {}
     taken: set[int] = set()
+    sizes = _plan(tape, out_ids, None, [], list(replaced), shapes=shapes) if shapes else None
     for key, out_id in zip(keys, out_ids, strict=True):
-        shape, dtype = tape.shape_dtype(out_id)
+        shape, dtype = tape.shape_dtype(out_id) if sizes is None else sizes.shape_dtype(out_id)
         if dtype.kind != "f":
             result[key] = np.zeros(shape, dtype)
             continue
-        cache_key = ("jvp", out_id, tuple(t_ids), tuple(sorted(replaced)))
-        p = tape.cached(cache_key, partial(compile_jvp, tape, out_id, t_ids, sorted(replaced)))
+        cache_key = ("jvp", out_id, tuple(t_ids), tuple(sorted(replaced)), shapes)
+        p = tape.cached(cache_key, partial(compile_jvp, tape, out_id, t_ids, sorted(replaced), dict(shapes)))
         memory_budget.check(tape, p, budget, "replay.jvp")
         vals = p.run(replaced, None, tangents=[t_vals[v] for v in t_ids])
         slot = p.outputs[out_id]
@@ -304,6 +366,8 @@ def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_
     with "forward" in `check`, stop at the first non-finite replaced input or computed value)."""
     parts = tape.parts()
     needed = engine.needed_ids(parts.records, out_ids)
+    shapes = _shapes(tape, replaced)
+    new = reshaped(tape, dict(shapes), [n for n, r in enumerate(parts.records) if r[OUTPUT] in needed]) if shapes else None
     values: dict[int, Any] = {}
     checking = "forward" in check
     for vid in parts.leaves:
@@ -314,7 +378,7 @@ def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_
         if vid in replaced and hasattr(replaced[vid], "_tapegrad_serial"):
             values[vid] = replaced[vid]
         elif vid in parts.consts:
-            values[vid] = parts.values[vid]
+            values[vid] = new.consts[vid] if new is not None and vid in new.consts else parts.values[vid]
         else:
             value = replaced[vid] if vid in replaced else parts.values.get(vid)
             if value is None:
@@ -325,7 +389,8 @@ def _record_forward(rec: Recorder, tape: Tape, replaced: Mapping[int, Any], out_
         op = r[OP]
         if r[OUTPUT] in needed:
             try:
-                values[r[OUTPUT]] = rec.apply(op, [values[i] for i in r[INPUTS:]], r[ATTRS])
+                attrs = new.attrs.get(n, r[ATTRS]) if new is not None else r[ATTRS]
+                values[r[OUTPUT]] = rec.apply(op, [values[i] for i in r[INPUTS:]], attrs)
             except TapegradError as exc:
                 raise type(exc)(f"record {n} ({escape(op)}): {exc}") from None
             if checking and not anomaly.finite(values[r[OUTPUT]]):

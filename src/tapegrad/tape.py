@@ -192,7 +192,8 @@ class Tape:
 
     Caches and links, owned by their users: `_dense_cache` (for `_ids()`, valid while the
     record and leaf counts are unchanged), `_plans` (replay plans, likewise), `_leaf_vars`
-    (id -> the Variable that entered as an input; tracer), `_sink` and `_sink_at` (a streaming
+    (id -> the Variable that entered as an input; tracer), `_shape_guarded` (ids a shape guard
+    checks; tracer), `_sink` and `_sink_at` (a streaming
     `TapeSink` and the record count at which the tracer calls its `due()`).
     """
 
@@ -212,6 +213,7 @@ class Tape:
         self._sink: TapeSink | None = None
         self._sink_at = 0  # the record count at which the tracer calls `_sink.due()`
         self._leaf_vars: dict[int, Any] = {}  # id -> the Variable that entered as an input
+        self._shape_guarded: set[int] = set()  # (tracer) ids whose shape a shape guard already checks
         # Where the user's code made each record: a bytecode offset per record in the code
         # object of its run, while recording, or a line per record in the file named by its run,
         # once loaded.  A run `(first record, code or file name)` starts wherever that changes,

@@ -227,6 +227,8 @@ class Variable:
     # -- array-like views --
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape; read by the user's code inside a recording, also a shape guard (see `_read_shape`)."""
+        _read_shape(self)
         return tuple(self.data.shape)
 
     @property
@@ -235,6 +237,7 @@ class Variable:
 
     @property
     def size(self) -> int:
+        _read_shape(self)
         return int(self.data.size)
 
     @property
@@ -242,6 +245,7 @@ class Variable:
         return self.data.dtype  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
+        _read_shape(self)
         return len(self.data)
 
     # -- Python values: recorded as guards, so replay can tell when control flow would change --
@@ -399,6 +403,20 @@ def _observe(v: Variable, kind: str) -> bool | int | float:
     if state.tape is not None and state.linking:
         _apply(_GUARD, (v,), {"value": value, "kind": kind})
     return value
+
+
+def _read_shape(v: Variable) -> None:
+    """The caller of the caller reads `v`'s shape: inside a recording, when that is the user's
+    code, append a shape guard, so a replay at other shapes refuses rather than reuse numbers
+    the code derived from this one.  Reads by tapegrad's own code (binders, VJP rules) are not
+    the program's, and one guard per variable is enough (its shape never changes)."""
+    state = _current()
+    tape = state.tape
+    if (tape is None or not state.linking or v.data is None or v._tapegrad_serial in tape._shape_guarded
+            or _getframe(2).f_code.co_filename in _PKG_FILES):
+        return
+    tape._shape_guarded.add(v._tapegrad_serial)
+    _apply(_SHAPE_GUARD, (v,), {"shape": tuple(v.data.shape)})
 
 
 def _enter(tape: Tape, v: Variable) -> None:
@@ -565,6 +583,7 @@ def recording() -> Tape | None:
 
 OpFunction = Callable[..., Variable]
 _GUARD = REGISTRY["guard"]
+_SHAPE_GUARD = REGISTRY["shape_guard"]
 
 
 def _public(spec: OpSpec) -> OpFunction:

@@ -72,6 +72,7 @@ RULES: Mapping[str, Rule] = {
     "stack": _free,
     "astype": _free,
     "guard": _free,
+    "shape_guard": _free,
 }
 
 ELEMENTWISE_DEFAULT: Rule = _per_output(1)

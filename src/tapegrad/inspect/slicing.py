@@ -2,7 +2,7 @@
 
 Contract: `slice(tape, var)` returns a `Slice` whose `tape` holds the backward slice of `var`:
 - the records `var` depends on, in tape order;
-- every guard among the records before `var`'s whose checked value depends on an input the
+- every guard (value or shape guard) among the records before `var`'s whose checked value depends on an input the
   slice reads (a branch those inputs decided, which a replay of the slice with other inputs
   must re-check), with the records it needs.  Guards that depend on none of the slice's inputs
   are left out: in the slice they could only ever see their recorded values;
@@ -40,7 +40,7 @@ class Slice:
     def as_dict(self) -> dict[str, Any]:
         leaves = self.tape.parts().leaves
         return {"var": self.var.as_dict(), "records": len(self.records), "leaves": len(leaves),
-                "guards": sum(1 for rec in self.tape.parts().records if rec[OP] == "guard"),
+                "guards": sum(1 for rec in self.tape.parts().records if rec[OP] in engine.GUARDS),
                 "from_records": self.records}
 
 
@@ -53,7 +53,7 @@ def slice(tape: Tape, var: str | int) -> Slice:  # noqa: A001 (the command's nam
     upto = records[:0 if end is None else end + 1]  # guards after `var`'s record decided nothing about it
     needed = _cone(upto, [target])
     reads = engine.active_set(upto, [v for v in parts.leaves if v in needed and v not in parts.consts])  # what the slice's inputs decide
-    guards = [rec[OUTPUT] for rec in upto if rec[OP] == "guard" and rec[OUTPUT] in reads]
+    guards = [rec[OUTPUT] for rec in upto if rec[OP] in engine.GUARDS and rec[OUTPUT] in reads]
     if guards:
         needed = _cone(upto, [target, *guards])
     kept = [n for n in range(0 if end is None else end + 1) if records[n][OUTPUT] in needed]

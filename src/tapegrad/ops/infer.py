@@ -66,11 +66,23 @@ def same_shape(spec: OpSpec, shapes: Sequence[Shape], dtypes: Sequence[DType], a
     return shape, _dtype_by_surrogate(spec, dtypes, [len(shape)], attrs)
 
 
+def resolve_newshape(shape: Shape, new: Shape) -> Shape | None:
+    """A reshape target with its -1 (if any) replaced by the size that fits `shape`, or None
+    when no size fits (numpy's rule: -1 takes the remaining size, which must divide exactly)."""
+    size = math.prod(shape)
+    if -1 not in new:
+        return new if math.prod(new) == size else None
+    known = math.prod(d for d in new if d != -1)
+    if known == 0 or size % known:
+        return None
+    return tuple(size // known if d == -1 else d for d in new)
+
+
 def reshape(spec: OpSpec, shapes: Sequence[Shape], dtypes: Sequence[DType], attrs: Mapping[str, Any]) -> tuple[Shape, DType]:
     (shape,) = shapes
-    new = attrs["shape"]
-    if math.prod(new) != math.prod(shape):
-        raise _fail(spec, shapes, f"cannot reshape into {new}")
+    new = resolve_newshape(shape, attrs["shape"])
+    if new is None:
+        raise _fail(spec, shapes, f"cannot reshape into {attrs['shape']}")
     return new, dtypes[0]
 
 
@@ -220,6 +232,13 @@ def stack(spec: OpSpec, shapes: Sequence[Shape], dtypes: Sequence[DType], attrs:
 def guard(spec: OpSpec, shapes: Sequence[Shape], dtypes: Sequence[DType], attrs: Mapping[str, Any]) -> tuple[Shape, DType]:
     if math.prod(shapes[0]) != 1:
         raise _fail(spec, shapes, "a guard checks a one-element value")
+    return (), np.dtype(bool)
+
+
+def shape_guard(spec: OpSpec, shapes: Sequence[Shape], dtypes: Sequence[DType], attrs: Mapping[str, Any]) -> tuple[Shape, DType]:
+    if shapes[0] != attrs["shape"]:
+        raise _fail(spec, shapes, f"the recording read the shape {attrs['shape']} in Python (x.shape, len(x) "
+                    "or x.size), and the program may depend on it")
     return (), np.dtype(bool)
 
 

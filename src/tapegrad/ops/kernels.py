@@ -133,6 +133,13 @@ def astype(x: Array, dtype: str) -> Array:
     return np.asarray(x).astype(dtype)
 
 
+def shape_guard(x: Array, shape: tuple[int, ...]) -> Array:
+    """Check that a shape the recording read in Python is unchanged (raises GuardError if not)."""
+    if np.shape(x) != shape:
+        raise GuardError(f"the recording read the shape {shape} in Python, now {np.shape(x)}")
+    return np.array(True)
+
+
 def guard(x: Array, value: bool | int | float, kind: str) -> Array:
     """Check that a value the recording branched on is unchanged (raises GuardError if not)."""
     item = np.asarray(x).item()

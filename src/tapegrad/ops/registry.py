@@ -36,6 +36,7 @@ from .spec import (
     DTYPE,
     GUARD_KIND,
     INDEX,
+    NEWSHAPE,
     PERM,
     SCALAR,
     SHAPE,
@@ -118,19 +119,16 @@ def _concat_slice(ins: Sequence[Any], axis: int, k: int) -> tuple[Any, ...]:
 # ---- custom binders (public signature != record form) --------------------------------------
 
 def _bind_reshape(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The target shape is stored as written, -1 included: a replay at another input shape then
+    gives the -1 dimension the size that fits, as the recorded code would have."""
     ins, attrs = split_args(spec, args, kw, 1)
     x, shape = ins[0], attrs["shape"]
-    dims = list(shape if isinstance(shape, (tuple, list)) else (shape,))
-    size = math.prod(shape_of(x))
-    if dims.count(-1) == 1:
-        known = math.prod(d for d in dims if d != -1)
-        if known and size % known == 0:
-            dims[dims.index(-1)] = size // known
+    dims = tuple(shape if isinstance(shape, (tuple, list)) else (shape,))
     if any(not isinstance(d, (int, np.integer)) or isinstance(d, bool) for d in dims):
-        raise TapegradError(f"reshape: shape must be integers, got {tuple(dims)}")
-    if -1 in dims or math.prod(dims) != size:
-        raise TapegradError(f"reshape: cannot reshape input of shape {shape_of(x)} into shape {tuple(dims)}")
-    new = canon(spec.name, SHAPE, tuple(dims), 0, ())
+        raise TapegradError(f"reshape: shape must be integers, got {dims}")
+    new = canon(spec.name, NEWSHAPE, dims, 0, ())
+    if infer.resolve_newshape(shape_of(x), cast("tuple[int, ...]", new)) is None:
+        raise TapegradError(f"reshape: cannot reshape input of shape {shape_of(x)} into shape {dims}")
     return ins, {"shape": new}
 
 
@@ -361,7 +359,7 @@ def _rows() -> list[OpSpec]:
         # shapes
         OpSpec(name="reshape", arity=1, forward=kernels.reshape,
                vjp=lambda F, g, ins, out, a, k: F.reshape(g, tuple(ins[0].shape)),
-               doc="same elements, new shape (one -1 allowed)", attrs=(Attr("shape", SHAPE),), binder=_bind_reshape,
+               doc="same elements, new shape (one -1 allowed)", attrs=(Attr("shape", NEWSHAPE),), binder=_bind_reshape,
                shape=infer.reshape, elementwise=False, scratch=0, aliases=always_aliases, view=False, public=True),
         OpSpec(name="transpose", arity=1, forward=kernels.transpose,
                vjp=lambda F, g, ins, out, a, k: F.transpose(g, tuple(np.argsort(a["axes"]).tolist())),
@@ -398,6 +396,10 @@ def _rows() -> list[OpSpec]:
                doc="the recording branched on bool/int/float(x) == value; replay re-checks it",
                attrs=(Attr("value", SCALAR), Attr("kind", GUARD_KIND)), binder=None,
                shape=infer.guard, elementwise=False, scratch=0, aliases=never_aliases, view=False, public=True),
+        OpSpec(name="shape_guard", arity=1, forward=kernels.shape_guard, vjp=None,
+               doc="the recording read x.shape (or len(x), x.size) == shape; replay at other shapes refuses",
+               attrs=(Attr("shape", SHAPE),), binder=None,
+               shape=infer.shape_guard, elementwise=False, scratch=0, aliases=never_aliases, view=False, public=True),
     ]
 
 

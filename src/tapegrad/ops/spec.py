@@ -48,6 +48,7 @@ AXES = "axes"  # None or tuple of distinct non-negative ints < ndim, sorted
 AXIS = "axis"  # one non-negative int < ndim
 BOOL = "bool"
 SHAPE = "shape"  # tuple of non-negative ints
+NEWSHAPE = "newshape"  # reshape's target: tuple of non-negative ints and at most one -1 (the size that fits)
 PERM = "perm"  # permutation of range(ndim)
 DTYPE = "dtype"  # stored dtype name
 INDEX = "index"  # encoded index, see encode_index
@@ -226,6 +227,12 @@ def canon(op: str, kind: str, value: Any, ndim: int, shape: tuple[int, ...]) -> 
         if any(d < 0 for d in out):
             raise TapegradError(f"{op}: negative dimension in shape {out}")
         return out
+    if kind == NEWSHAPE:
+        dims = value if isinstance(value, (tuple, list)) else (value,)
+        out = tuple(_as_int(op, "shape", d) for d in dims)
+        if any(d < -1 for d in out) or out.count(-1) > 1:
+            raise TapegradError(f"{op}: shape {out} may hold non-negative dimensions and one -1")
+        return out
     if kind == PERM:
         if value is None:
             return tuple(range(ndim))[::-1]
@@ -337,6 +344,12 @@ def check_stored(kind: str, value: Any, ndim: int, n_arrays: int, max_ndim: int)
     if kind == SHAPE:
         if type(value) is not tuple or not all(_is_int(d) and d >= 0 for d in value):
             return f"expected a shape (tuple of non-negative integers), got {show(value)}"
+        if len(value) > max_ndim:
+            return f"shape has {len(value)} dimensions, over max_ndim={max_ndim}"
+        return None
+    if kind == NEWSHAPE:
+        if type(value) is not tuple or not all(_is_int(d) and d >= -1 for d in value) or value.count(-1) > 1:
+            return f"expected a shape (tuple of non-negative integers and at most one -1), got {show(value)}"
         if len(value) > max_ndim:
             return f"shape has {len(value)} dimensions, over max_ndim={max_ndim}"
         return None

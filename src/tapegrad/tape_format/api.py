@@ -16,7 +16,7 @@ from typing import IO
 from ..tape import Tape
 from .columns import DenseIds, batch_rows, late_names
 from .common import no_gc
-from .frames import ERROR_MINOR
+from .frames import ERROR_MINOR, records_minor
 from .limits import DEFAULT_LIMITS, Limits
 from .reader import read
 from .sources import memory_source, path_source, stream_source
@@ -27,13 +27,15 @@ def dump(tape: Tape, fileobj: IO[bytes]) -> None:
     """Write `tape` to the binary file object `fileobj` (at its current position).
 
     The file is version 1.0 unless the tape holds the exception that ended its recording
-    (`tape.error`), which needs 1.1 (docs/FORMAT.md, section 13).
+    (`tape.error`), which needs 1.1, or shape guards or a reshape with -1, which need 1.2
+    (docs/FORMAT.md, section 13).
     """
     error = footer_error(tape.error)
     with no_gc():
-        enc = Encoder(fileobj, tape.values_mode, tape.metadata, minor=0 if error is None else ERROR_MINOR)
-        dense = DenseIds()
         parts = tape.parts()
+        minor = max(0 if error is None else ERROR_MINOR, records_minor(parts.records))
+        enc = Encoder(fileobj, tape.values_mode, tape.metadata, minor=minor)
+        dense = DenseIds()
         rows = batch_rows(tape, parts.leaves, parts.records, dense, 0, {})
         enc.batch(*rows, names=late_names(parts.names, dense, parts.names, parts.leaves))
         enc.footer(error)

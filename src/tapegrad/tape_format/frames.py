@@ -28,7 +28,7 @@ import _thread
 import functools
 import struct
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, NamedTuple
 
 import numpy as np
@@ -37,10 +37,20 @@ from .checksum import crc32
 
 MAGIC = b"\x89TAPE\r\n\x1a"
 MAJOR = 1
-MINOR = 1
+MINOR = 2
 """The newest minor version this tapegrad reads and writes.  A writer declares the oldest minor
 version that has everything its file holds (docs/FORMAT.md, section 13)."""
 ERROR_MINOR = 1  # the first minor version whose footer may hold the recording's exception ("error")
+SHAPES_MINOR = 2  # the first minor version whose records may be shape guards or reshape to a shape with -1
+
+
+def records_minor(records: Iterable[Any]) -> int:
+    """The oldest minor version that has every op and attribute form of `records` (raw records)."""
+    for rec in records:
+        shape = rec[1].get("shape") if rec[0] == "reshape" and isinstance(rec[1], Mapping) else None
+        if rec[0] == "shape_guard" or (type(shape) is tuple and -1 in shape):
+            return SHAPES_MINOR
+    return 0
 
 
 def preamble_of(minor: int) -> bytes:

@@ -4,8 +4,8 @@ Contract: `StreamWriter(path, tape, flush_every=256, fsync=False)` writes the he
 then appends a batch of frames (`columns.batch_rows` -> `writer.Encoder.batch`) every
 `flush_every` records and at `close()`, which adds the footer, with the exception that ended the
 recording when there is one (`tape.error`, which `record()` sets before closing its sink).  A
-stream declares format version 1.1 from its first byte, since only its end tells whether its
-footer holds an exception.  A process killed at any point leaves a file whose flushed batches
+stream declares the newest format version (1.2) from its first byte, since only its end tells
+whether its footer holds an exception and its records shape guards.  A process killed at any point leaves a file whose flushed batches
 load with `recover=True`.  Files are flushed to the OS, not fsynced, unless `fsync=True`.
 
 Interrupts: creating the writer (the file and its whole header), each flush and `close()` (the
@@ -33,7 +33,7 @@ from ..errors import TapegradError
 from ..interrupts import held
 from ..tape import Tape
 from .columns import DenseIds, SourceCache, batch_rows, late_names
-from .frames import ERROR_MINOR
+from .frames import MINOR
 from .writer import Encoder, footer_error
 
 
@@ -67,7 +67,7 @@ class StreamWriter:
         with held():  # the file exists only with its complete header
             self._file: IO[bytes] = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
             try:
-                self._enc = Encoder(self._file, tape.values_mode, tape.metadata, minor=ERROR_MINOR)
+                self._enc = Encoder(self._file, tape.values_mode, tape.metadata, minor=MINOR)
                 self._flush()  # the header, and whatever the tape holds already
             except BaseException as exc:
                 _remove_unfinished(self._path, self._file)

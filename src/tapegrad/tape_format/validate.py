@@ -37,7 +37,7 @@ import numpy as np
 from ..dtypes import dtype_name
 from ..errors import LimitError, TapeFormatError, TapegradError, escape, show
 from ..ops import REGISTRY
-from ..ops.spec import SHAPE, check_stored
+from ..ops.spec import NEWSHAPE, SHAPE, check_stored
 from ..tape import ATTRS, INPUTS, OP, OUTPUT, VALUE_MODES, Tape
 from .common import AvalTable, Ints, Reject, allowed_dtype_name, attr_codes, no_gc
 from .limits import DEFAULT_LIMITS, Limits
@@ -501,8 +501,9 @@ def _check_attrs(n: int, spec: Any, attrs: Mapping[str, Any], in_types: tuple[An
         why = check_stored(a.kind, attrs[a.name], ndim + a.extra_dims, n_arrays, lim.max_ndim)
         if why is not None:
             raise _fail(n, spec.name, f"attribute {a.name!r}: {why}")
-        if a.kind == SHAPE:  # bounded like a variable's shape (each dimension too), before any rule uses it
-            lim.elements(attrs[a.name], "attribute {!r} of record {} ({})", a.name, n, spec.name)
+        if a.kind in (SHAPE, NEWSHAPE):  # bounded like a variable's shape (each dimension too), before any rule uses it
+            known = tuple(d for d in attrs[a.name] if d != -1)  # (reshape's -1 is the size that fits the input)
+            lim.elements(known, "attribute {!r} of record {} ({})", a.name, n, spec.name)
 
 
 def _infer(n: int, spec: Any, in_types: tuple[Any, ...], attrs: Mapping[str, Any]) -> tuple[tuple[int, ...], Any]:
