@@ -1,6 +1,6 @@
 """Guards: Python control flow on recorded values is checked again on replay.
 
-`if v:`, `bool(v)`, `float(v)`, `int(v)` and `v.item()` inside `record()` each append a record
+`if v:`, `bool(v)`, `int(v)`, `v.item()` and `float(v)` of a non-float Variable inside `record()` each append a record
 with op "guard"; a replay whose inputs would take another branch raises `tg.GuardError` naming
 the record index and the user's source line.  Source lines are on by default and switched off
 with `record(source=False)`.
@@ -90,7 +90,7 @@ def test_guard_error_is_a_tapegrad_error() -> None:
 def conversions(x: Any) -> Any:
     """Every way a value leaves the tape as a Python scalar."""
     n = int(tg.sum(x))  # marker: int
-    f = float(x[0])  # marker: float
+    f = x[0].item()  # marker: float (float() of a float Variable is an error: it would lose the gradient)
     i = x[1].item()  # marker: item
     b = bool(x[0] < 1.0)  # marker: bool
     return x * (n + f + i + b)
@@ -132,7 +132,7 @@ def test_each_conversion_guard_names_its_own_line(new: list[float], marker: str)
 
 
 def test_bool_guard_fails_when_only_the_comparison_flips() -> None:
-    # 0.5 -> 1.5 also changes float(x[0]); use a tape without the float guard to isolate bool().
+    # 0.5 -> 1.5 also changes x[0].item(); use a tape without the float guard to isolate bool().
     with tg.record() as tape:
         x = tg.Variable(np.array([0.5, 2.0]), name="x")
         flag = bool(x[0] < 1.0)  # marker: isolated bool
@@ -182,11 +182,11 @@ def test_guards_are_rechecked_even_when_the_output_does_not_depend_on_them() -> 
 def test_no_guard_outside_record() -> None:
     x = tg.Variable(np.array(0.5))
     assert bool(x > 0) is True
-    assert float(x) == 0.5
+    assert x.item() == 0.5
     with tg.record() as tape:
         y = tg.Variable(np.array(1.0)) * 2.0
         with tg.no_record():
-            assert float(y) == 2.0
+            assert y.item() == 2.0
     assert [r.op for r in tape.records] == ["mul"]
 
 

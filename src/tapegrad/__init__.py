@@ -16,6 +16,7 @@ with held():
 
     from . import replay
     from .errors import (
+        ArgumentError,
         DTypeError,
         GuardError,
         LimitError,
@@ -23,6 +24,7 @@ with held():
         TapeFormatError,
         TapegradError,
         TruncatedTapeError,
+        UnsupportedError,
     )
     from .functional import grad, hessian, value_and_grad
     from .tape import Record, Tape
@@ -41,6 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Limits", "Recovery", "TapeRecoveryWarning", "dumps", "load", "loads", "save",
+    "ArgumentError", "UnsupportedError",
     "DTypeError", "GuardError", "LimitError", "NonFiniteError", "Record", "Tape", "TapeFormatError", "TapegradError",
     "TruncatedTapeError", "Variable", "grad", "hessian", "no_record", "record", "replay", "value_and_grad",
     *FUNCTIONS,

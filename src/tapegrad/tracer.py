@@ -40,12 +40,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from sys import _getframe
 from types import FrameType, MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
 from . import anomaly, backprop, context, engine, nesting
-from .errors import DTypeError, TapegradError
+from .errors import ArgumentError, DTypeError, TapegradError
 from .interrupts import held
 from .ops import NUMPY, REGISTRY, OpSpec
 from .ops.registry import backend
@@ -96,9 +96,10 @@ def _emit(name: str, attrs: Any, out: Any, tape: Tape | None, in_serials: tuple[
 # with a built input tuple costs ~1,000 machine instructions, 8% of a tiny recorded op plus its
 # backward (benchmarks/overhead.py).  Keep the three in step.
 
-def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
+def _unary_op(spec: OpSpec, depth: int = 1) -> Callable[[Any], Variable]:
     """`spec` applied to one argument: a fast path for a Variable input already on the active
-    tape (if any), everything else through `_apply`."""
+    tape (if any), everything else through `_apply`.  `depth`: how many frames up the user's
+    code is (2 when numpy's protocol calls the op, so no frame walk is needed)."""
     forward, name = spec.forward, spec.name
 
     def op(x: Any) -> Variable:
@@ -121,7 +122,7 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
             return v
         v._link = None
         if tape.source:
-            f = _getframe(1)
+            f = _getframe(depth)
             if f.f_code is not tape._source_last:
                 f = _source_frame(tape, f)
             tape._source_pos.append(f.f_lasti)
@@ -135,9 +136,10 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
     return op
 
 
-def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Variable]:
+def _binary_op(spec: OpSpec, reflected: bool = False, depth: int = 1) -> Callable[[Any, Any], Variable]:
     """`spec` applied to two arguments (swapped when `reflected`, for `__radd__` and friends):
-    a fast path for two Variables already on the active tape (if any), else `_apply`."""
+    a fast path for two Variables already on the active tape (if any), else `_apply`.
+    `depth`: as for `_unary_op`."""
     forward, name = spec.forward, spec.name
 
     def op(a: Any, b: Any) -> Variable:
@@ -164,7 +166,7 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
             return v
         v._link = None
         if tape.source:
-            f = _getframe(1)
+            f = _getframe(depth)
             if f.f_code is not tape._source_last:
                 f = _source_frame(tape, f)
             tape._source_pos.append(f.f_lasti)
@@ -188,7 +190,8 @@ class Variable:
     # _link: (record, inputs) for eager results, None for leaves and recorded results (the tape
     # holds their history); _tape: the tape that produced or first recorded this Variable.
     __slots__ = ("__weakref__", "_link", "_name", "_tape", "_tapegrad_serial", "data", "grad")
-    __array_ufunc__ = None  # make numpy defer to our reflected operators (np.ones(3) + x)
+    # numpy's protocols (`__array_ufunc__`, `__array_function__`) are installed at the end of
+    # this module from `numpy_dispatch`: plain `np.*` calls on Variables record registry ops.
 
     data: Any
     grad: Any
@@ -200,7 +203,7 @@ class Variable:
             if data.dtype.kind not in _ALLOWED_KINDS:
                 raise DTypeError(f"dtype {data.dtype} is not supported: use bool, integer or float arrays (never cast)")
         if name is not None and not isinstance(name, str):
-            raise TypeError("Variable name must be a str or None")
+            raise ArgumentError(f"Variable name must be a str or None, not {type(name).__name__}")
         self.data = data
         self.grad = None
         self._name = name
@@ -219,7 +222,7 @@ class Variable:
     @name.setter
     def name(self, value: str | None) -> None:
         if value is not None and not isinstance(value, str):
-            raise TypeError("Variable name must be a str or None")
+            raise ArgumentError(f"Variable name must be a str or None, not {type(value).__name__}")
         self._name = value
         if self._tape is not None:
             self._tape._set_name(self._tapegrad_serial, value)
@@ -242,13 +245,35 @@ class Variable:
         return self.data.dtype  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
+        if self.data is None or self.data.ndim == 0:
+            raise ArgumentError("len() of a 0-d Variable (or one with no data): it has no first axis")
         return len(self.data)
+
+    def __iter__(self) -> Iterator[Variable]:
+        """The sub-Variables along the first axis (`x[0]`, `x[1]`, ...), each recorded as a getitem."""
+        n = len(self)  # (a 0-d Variable raises here, before anything is recorded)
+        return (self[i] for i in range(n))
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray[Any, Any]:
+        """The data, for `np.asarray(x)` and code that needs a plain array.  This leaves the graph:
+        nothing done with the array is recorded or differentiated."""
+        if self.data is None:
+            raise TapegradError("cannot convert a Variable with no data to an array")
+        if copy is False and dtype is not None and np.dtype(dtype) != self.data.dtype:
+            raise ValueError(f"converting a {self.data.dtype} Variable to {np.dtype(dtype)} needs a copy")
+        data = self.data if dtype is None else self.data.astype(dtype, copy=False)
+        return data.copy() if copy else data  # type: ignore[no-any-return]
 
     # -- Python values: recorded as guards, so replay can tell when control flow would change --
     def __bool__(self) -> bool:
         return bool(_observe(self, "bool"))
 
     def __float__(self) -> float:
+        if self.data is not None and self.data.dtype.kind == "f":
+            raise ArgumentError(
+                "float() of a floating Variable would leave the graph and silently lose its gradient (math.* "
+                "functions call float()): use the numpy or tapegrad function (np.exp(x), tg.exp(x)) to keep the "
+                "gradient, or x.item() to read the value on purpose (recorded as a guard)")
         return float(_observe(self, "float"))
 
     def __int__(self) -> int:
@@ -256,7 +281,7 @@ class Variable:
 
     def __index__(self) -> int:
         if self.dtype.kind not in "iub":
-            raise TypeError(f"only integer Variables can be used as an index, not {self.dtype}")
+            raise ArgumentError(f"only integer Variables can be used as an index, not {self.dtype}")
         return int(_observe(self, "int"))
 
     def item(self) -> bool | int | float:
@@ -357,6 +382,47 @@ class Variable:
     def astype(self, dtype: Any) -> Variable:
         return OPS.astype(self, dtype)
 
+    # -- numpy's array methods, through numpy's own functions (and so `numpy_dispatch`) --
+    def mean(self, axis: Any = None, keepdims: bool = False) -> Variable:
+        return cast("Variable", np.mean(self, axis=axis, keepdims=keepdims))
+
+    def max(self, axis: Any = None, keepdims: bool = False) -> Variable:
+        return cast("Variable", np.max(self, axis=axis, keepdims=keepdims))
+
+    def min(self, axis: Any = None, keepdims: bool = False) -> Variable:
+        return cast("Variable", np.min(self, axis=axis, keepdims=keepdims))
+
+    def var(self, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Variable:
+        return cast("Variable", np.var(self, axis=axis, ddof=ddof, keepdims=keepdims))
+
+    def std(self, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Variable:
+        return cast("Variable", np.std(self, axis=axis, ddof=ddof, keepdims=keepdims))
+
+    def any(self, axis: Any = None, keepdims: bool = False) -> Variable:
+        """Whether any element is nonzero: a bool Variable (no gradient; `bool()` of it is a guard)."""
+        return cast("Variable", np.any(self, axis=axis, keepdims=keepdims))
+
+    def all(self, axis: Any = None, keepdims: bool = False) -> Variable:
+        """Whether every element is nonzero: a bool Variable (no gradient; `bool()` of it is a guard)."""
+        return cast("Variable", np.all(self, axis=axis, keepdims=keepdims))
+
+    def cumsum(self, axis: Any = None) -> Variable:
+        return cast("Variable", np.cumsum(self, axis=axis))
+
+    def ravel(self) -> Variable:
+        return OPS.reshape(self, (-1,))
+
+    flatten = ravel
+
+    def squeeze(self, axis: Any = None) -> Variable:
+        return cast("Variable", np.squeeze(self, axis=axis))
+
+    def dot(self, other: Any) -> Variable:
+        return cast("Variable", np.dot(self, other))
+
+    def clip(self, min: Any = None, max: Any = None) -> Variable:  # noqa: A002 (numpy's names)
+        return OPS.clip(self, min, max)
+
 
 _new_variable = Variable.__new__
 
@@ -391,8 +457,8 @@ def _observe(v: Variable, kind: str) -> bool | int | float:
     if v.data is None:
         raise TapegradError("cannot convert a Variable with no data")
     if v.data.size != 1:
-        raise TapegradError(f"only one-element Variables convert to Python scalars (shape {v.shape}); "
-                            "use .any() / .all() style reductions explicitly")
+        raise ArgumentError(f"only one-element Variables convert to Python scalars (shape {v.shape}): "
+                            "for a truth value use x.any() or x.all() (np.any(x), np.all(x))")
     item = v.data.item()
     value: bool | int | float = bool(item) if kind == "bool" else int(item) if kind == "int" else float(item)
     state = _current()
@@ -576,7 +642,7 @@ def _public(spec: OpSpec) -> OpFunction:
     elif spec.simple:
         def fn(*args: Any) -> Variable:
             if len(args) != spec.arity:
-                raise TypeError(f"{spec.name}() takes {spec.arity} argument(s), got {len(args)}")
+                raise ArgumentError(f"{spec.name}() takes {spec.arity} argument(s), got {len(args)}")
             return _apply(spec, args, NO_ATTRS)
     else:
         def fn(*args: Any, **kwargs: Any) -> Variable:
@@ -621,3 +687,10 @@ class _Recorder:
 
 
 RECORDER = _Recorder()
+
+
+# numpy's protocols: installed here, after `Variable` and the op functions they record with exist.
+from . import numpy_dispatch  # noqa: E402
+
+Variable.__array_ufunc__ = numpy_dispatch.array_ufunc  # type: ignore[attr-defined]
+Variable.__array_function__ = numpy_dispatch.array_function  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..errors import TapegradError
+from ..errors import ArgumentError, TapegradError
 from . import infer, kernels
 from .spec import (
     ARRAY,
@@ -169,20 +169,20 @@ def _bind_getitem(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tu
 
 def _bind_scatter_add(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if set(kw) != {"shape", "index"}:
-        raise TypeError("scatter_add(g, *index_arrays, shape=..., index=...) needs shape and index")
+        raise ArgumentError("scatter_add(g, *index_arrays, shape=..., index=...) needs shape and index")
     shape = canon("scatter_add", SHAPE, kw["shape"], 0, ())
     return args, {"shape": shape, "index": kw["index"]}
 
 
 def _bind_sequence(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if not args or len(args) > 2:
-        raise TypeError(f"{spec.name}(xs, axis=0) takes a sequence of arrays and an axis")
+        raise ArgumentError(f"{spec.name}(xs, axis=0) takes a sequence of arrays and an axis")
     xs = tuple(args[0])
     if not xs:
         raise TapegradError(f"{spec.name}: need at least one array")
     axis = args[1] if len(args) == 2 else kw.pop("axis", 0)
     if kw:
-        raise TypeError(f"{spec.name}() got unexpected keyword arguments {sorted(kw)}")
+        raise ArgumentError(f"{spec.name}() got unexpected keyword arguments {sorted(kw)}")
     nd = ndim_of(xs[0]) + (1 if spec.name == "stack" else 0)
     return xs, {"axis": normalize_axis(spec.name, axis, nd, shape_of(xs[0]))}
 
@@ -258,6 +258,26 @@ def _scatter_add_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: in
     return F.getitem(g, decode_index(a["index"], ins[1:]))
 
 
+def _arctan2_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    """arctan2(y, x): d/dy = x / (x**2 + y**2), d/dx = -y / (x**2 + y**2)."""
+    y, x = ins
+    r2 = F.add(F.square(x), F.square(y))
+    return F.div(F.mul(g, x), r2) if k == 0 else F.neg(F.div(F.mul(g, y), r2))
+
+
+def _flip(F: Any, x: Any, axis: int) -> Any:
+    return F.getitem(x, (slice(None),) * axis + (slice(None, None, -1),))
+
+
+def _cumsum_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    """The cotangent summed from the end: a reversed cumulative sum."""
+    axis = a["axis"]
+    return _flip(F, F.cumsum(_flip(F, g, axis), axis), axis)
+
+
+_LN2, _LN10 = math.log(2.0), math.log(10.0)
+
+
 # ---- memory facts that depend on the record ---------------------------------------------------
 
 
@@ -309,6 +329,11 @@ def _rows() -> list[OpSpec]:
         E("pow", 2, np.power, _pow_vjp, "x ** y"),
         E("maximum", 2, np.maximum, _maximum_vjp, "elementwise max; ties send the gradient to x"),
         E("minimum", 2, np.minimum, _minimum_vjp, "elementwise min; ties send the gradient to x"),
+        E("logaddexp", 2, np.logaddexp, lambda F, g, ins, out, a, k: F.mul(g, F.exp(F.sub(ins[k], out))),
+          "log(e ** x + e ** y), computed stably"),
+        E("logaddexp2", 2, np.logaddexp2, lambda F, g, ins, out, a, k: F.mul(g, F.exp2(F.sub(ins[k], out))),
+          "log2(2 ** x + 2 ** y), computed stably"),
+        E("arctan2", 2, np.arctan2, _arctan2_vjp, "the angle of the point (x, y): arctan2(y, x), y first as in numpy"),
         E("where", 3, np.where, _where_vjp, "cond ? x : y elementwise (no gradient to cond)"),
         E("clip", 3, kernels.clip, _clip_vjp, "min(max(x, a_min), a_max); a None bound is the dtype's extreme",
           scratch=1, binder=_bind_clip),
@@ -324,6 +349,28 @@ def _rows() -> list[OpSpec]:
         E("sqrt", 1, np.sqrt, lambda F, g, ins, out, a, k: F.div(g, F.mul(2, out)), "square root"),
         E("abs", 1, np.abs, lambda F, g, ins, out, a, k: F.mul(g, F.sign(ins[0])), "absolute value"),
         E("sign", 1, np.sign, None, "-1, 0 or 1 (gradient zero almost everywhere)"),
+        E("square", 1, np.square, lambda F, g, ins, out, a, k: F.mul(g, F.mul(2, ins[0])), "x * x"),
+        E("expm1", 1, np.expm1, lambda F, g, ins, out, a, k: F.mul(g, F.add(out, 1)), "e ** x - 1, exact near 0"),
+        E("exp2", 1, np.exp2, lambda F, g, ins, out, a, k: F.mul(g, F.mul(out, _LN2)), "2 ** x"),
+        E("log2", 1, np.log2, lambda F, g, ins, out, a, k: F.div(g, F.mul(ins[0], _LN2)), "base-2 logarithm"),
+        E("log10", 1, np.log10, lambda F, g, ins, out, a, k: F.div(g, F.mul(ins[0], _LN10)), "base-10 logarithm"),
+        E("sinh", 1, np.sinh, lambda F, g, ins, out, a, k: F.mul(g, F.cosh(ins[0])), "hyperbolic sine"),
+        E("cosh", 1, np.cosh, lambda F, g, ins, out, a, k: F.mul(g, F.sinh(ins[0])), "hyperbolic cosine"),
+        E("arcsin", 1, np.arcsin, lambda F, g, ins, out, a, k: F.div(g, F.sqrt(F.sub(1, F.square(ins[0])))),
+          "inverse sine"),
+        E("arccos", 1, np.arccos, lambda F, g, ins, out, a, k: F.neg(F.div(g, F.sqrt(F.sub(1, F.square(ins[0]))))),
+          "inverse cosine"),
+        E("arctan", 1, np.arctan, lambda F, g, ins, out, a, k: F.div(g, F.add(1, F.square(ins[0]))), "inverse tangent"),
+        E("arcsinh", 1, np.arcsinh, lambda F, g, ins, out, a, k: F.div(g, F.sqrt(F.add(F.square(ins[0]), 1))),
+          "inverse hyperbolic sine"),
+        E("arccosh", 1, np.arccosh, lambda F, g, ins, out, a, k: F.div(g, F.sqrt(F.sub(F.square(ins[0]), 1))),
+          "inverse hyperbolic cosine"),
+        E("arctanh", 1, np.arctanh, lambda F, g, ins, out, a, k: F.div(g, F.sub(1, F.square(ins[0]))),
+          "inverse hyperbolic tangent"),
+        E("floor", 1, np.floor, None, "round down (gradient zero almost everywhere)"),
+        E("ceil", 1, np.ceil, None, "round up (gradient zero almost everywhere)"),
+        E("trunc", 1, np.trunc, None, "round towards zero (gradient zero almost everywhere)"),
+        E("rint", 1, np.rint, None, "round to the nearest integer, ties to even (gradient zero almost everywhere)"),
         E("sigmoid", 1, kernels.sigmoid, lambda F, g, ins, out, a, k: F.mul(g, F.mul(out, F.sub(1, out))),
           "1 / (1 + e ** -x)", scratch=2),
         E("relu", 1, kernels.relu, lambda F, g, ins, out, a, k: F.where(F.greater(ins[0], 0), g, 0), "max(x, 0)"),
@@ -358,6 +405,9 @@ def _rows() -> list[OpSpec]:
         _reduction("log_softmax", kernels.log_softmax,
                    lambda F, g, ins, out, a, k: F.sub(g, F.mul(F.exp(out), F.sum(g, a["axis"], True))),
                    "x - logsumexp(x) over axis", scratch=2, attrs=(Attr("axis", AXES, -1),), shape=infer.same_shape),
+        OpSpec(name="cumsum", arity=1, forward=kernels.cumsum, vjp=_cumsum_vjp,
+               doc="cumulative sum along axis", attrs=(Attr("axis", AXIS),), binder=None, shape=infer.same_shape,
+               elementwise=False, scratch=0, aliases=never_aliases, view=False, public=True),
         # shapes
         OpSpec(name="reshape", arity=1, forward=kernels.reshape,
                vjp=lambda F, g, ins, out, a, k: F.reshape(g, tuple(ins[0].shape)),
