@@ -2,7 +2,8 @@
 
 Public API: `Variable`, the op functions (`add`, `mul`, `sum`, ...: one for every registry row
 marked `public`, installed from `tracer.FUNCTIONS`), `record`, `no_record`, `grad`,
-`value_and_grad`, `hessian`, `Tape`, `replay`, the file functions, and the error family rooted
+`value_and_grad`, `hessian`, `Tape`, `replay`, the file functions, custom ops (`defop`,
+`Function`), and the error family rooted
 at `TapegradError` (`NonFiniteError` is what anomaly mode, `check_finite=True`, raises).
 """
 
@@ -15,6 +16,7 @@ with held():
     from typing import TYPE_CHECKING
 
     from . import replay
+    from .custom import Function, defop
     from .errors import (
         ArgumentError,
         DTypeError,
@@ -43,7 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Limits", "Recovery", "TapeRecoveryWarning", "dumps", "load", "loads", "save",
-    "ArgumentError", "UnsupportedError",
+    "ArgumentError", "UnsupportedError", "Function", "defop",
     "DTypeError", "GuardError", "LimitError", "NonFiniteError", "Record", "Tape", "TapeFormatError", "TapegradError",
     "TruncatedTapeError", "Variable", "grad", "hessian", "no_record", "record", "replay", "value_and_grad",
     *FUNCTIONS,

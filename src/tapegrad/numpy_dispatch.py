@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ArgumentError, TapegradError, UnsupportedError
-from .ops.spec import AXES, canon, normalize_axis
 from .ops import REGISTRY
+from .ops.spec import AXES, canon, normalize_axis
 from .tracer import OPS, Variable, _binary_op, _unary_op
 
 Handler = Callable[..., Any]

@@ -48,7 +48,7 @@ from . import anomaly, backprop, context, engine, nesting
 from .errors import ArgumentError, DTypeError, TapegradError
 from .interrupts import held
 from .ops import NUMPY, REGISTRY, OpSpec
-from .ops.registry import backend
+from .ops.registry import add_backend, backend
 from .tape import RawRecord, Tape, describe_exception
 
 _serials = itertools.count()
@@ -663,6 +663,7 @@ class _Ops(Protocol):
 
 OPS: _Ops = backend("tapegrad.tracer.ops", _FUNCTIONS)
 """The traced backend: every registry op as a function on Variables (VJP rules run on it)."""
+add_backend(OPS, _public)  # type: ignore[arg-type]  # (custom ops join it when registered)
 
 FUNCTIONS: Mapping[str, OpFunction] = MappingProxyType({name: fn for name, fn in _FUNCTIONS.items()
                                                         if REGISTRY[name].public})

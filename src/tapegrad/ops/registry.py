@@ -460,7 +460,10 @@ def _build() -> dict[str, OpSpec]:
     return table
 
 
-REGISTRY: Mapping[str, OpSpec] = MappingProxyType(_build())
+_TABLE = _build()
+REGISTRY: Mapping[str, OpSpec] = MappingProxyType(_TABLE)
+BUILTIN: frozenset[str] = frozenset(_TABLE)
+"""The ops this module defines; the others in `REGISTRY` are custom ops registered at run time."""
 
 
 def _numpy_function(spec: OpSpec) -> Callable[..., Any]:
@@ -489,6 +492,49 @@ NUMPY: Any = backend("tapegrad.ops.numpy_backend", {name: _numpy_function(spec) 
 """The numpy backend: every op with its public signature, computing on plain arrays."""
 
 
+# ---- custom ops: registered at run time, by an explicit call (tapegrad.custom) ------------------
+
+_LISTENERS: list[Callable[[str, OpSpec | None], None]] = []
+
+
+def on_change(listener: Callable[[str, OpSpec | None], None]) -> None:
+    """Call `listener(name, spec)` when a custom op is registered (`spec` None: unregistered):
+    for modules that keep tables derived from `REGISTRY` (backends, the engine's rule table)."""
+    _LISTENERS.append(listener)
+
+
+def add_backend(module: ModuleType, make: Callable[[OpSpec], Callable[..., Any]]) -> None:
+    """Keep backend `module` complete: `make(spec)` joins it for every op registered later."""
+    def listener(name: str, spec: OpSpec | None) -> None:
+        if spec is None:
+            module.__dict__.pop(name, None)
+        else:
+            module.__dict__[name] = make(spec)
+    on_change(listener)
+
+
+add_backend(NUMPY, _numpy_function)
+
+
+def register(spec: OpSpec) -> None:
+    """Add custom op `spec` to `REGISTRY` (and to every backend), or replace the custom op of
+    that name (re-running a definition, as notebooks do).  Built-in names cannot be taken."""
+    if spec.name in BUILTIN:
+        raise TapegradError(f"op name {spec.name!r} is a built-in op: choose another name (e.g. 'mylib.{spec.name}')")
+    _TABLE[spec.name] = spec
+    for listener in _LISTENERS:
+        listener(spec.name, spec)
+
+
+def unregister(name: str) -> None:
+    """Remove custom op `name` (tests; a tape naming it then no longer loads in this process)."""
+    if name in BUILTIN:
+        raise TapegradError(f"op {name!r} is built in and cannot be unregistered")
+    if _TABLE.pop(name, None) is not None:
+        for listener in _LISTENERS:
+            listener(name, None)
+
+
 def op_table_markdown() -> str:
     """The attribute schemas of the registry as the Markdown table docs/FORMAT.md shows (a test
     keeps the two equal): ops with the same attributes share a row, in registry order, and ops
@@ -496,7 +542,7 @@ def op_table_markdown() -> str:
     Regenerate with `python -m tapegrad.ops`."""
     groups: dict[str, list[str]] = {}
     for spec in REGISTRY.values():
-        if spec.attrs:
+        if spec.attrs and spec.name in BUILTIN:
             groups.setdefault(", ".join(f"`{a.name}`: {a.kind}" for a in spec.attrs), []).append(spec.name)
     rows = ["| op | attribute: kind |", "|----|-----------------|"]
     rows += [f"| {', '.join(names)} | {attrs} |" for attrs, names in groups.items()]
