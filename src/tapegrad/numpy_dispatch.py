@@ -690,7 +690,7 @@ def array_ufunc(self: Variable, ufunc: Any, method: str, *inputs: Any, **kwargs:
 def _ufunc_slow(ufunc: Any, method: str, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     name = _ufunc_name(ufunc, method)
     out = kwargs.pop("out", None)
-    if out is not None and out != (None,) * len(out if isinstance(out, tuple) else (out,)):
+    if any(o is not None for o in (out if isinstance(out, tuple) else (out,))):
         raise ArgumentError(f"{name}: out= cannot hold a Variable result (Variables are immutable); "
                             "write `a = a + x` instead of `a += x` when `a` is a numpy array")
     if method == "__call__":
