@@ -444,6 +444,36 @@ def _flipud(m: Any) -> Variable:
     return _flip(m, 0)
 
 
+def _rot90(m: Any, k: int = 1, axes: Any = (0, 1)) -> Variable:
+    shape = _shape(m)
+    a0, a1 = (_axis("rot90", ax, len(shape), shape) for ax in axes)
+    if a0 == a1:
+        raise ArgumentError("np.rot90: the two axes must differ")
+    k %= 4
+    if k == 0:
+        return m if isinstance(m, Variable) else OPS.reshape(m, shape)
+    if k == 2:
+        return _flip(m, (a0, a1))
+    perm = list(range(len(shape)))
+    perm[a0], perm[a1] = perm[a1], perm[a0]
+    return OPS.transpose(_flip(m, a1), tuple(perm)) if k == 1 else _flip(OPS.transpose(m, tuple(perm)), a1)
+
+
+def _rollaxis(a: Any, axis: int, start: int = 0) -> Variable:
+    shape = _shape(a)
+    ax = _axis("rollaxis", axis, len(shape), shape)
+    start = start + len(shape) if start < 0 else start
+    if not 0 <= start <= len(shape):
+        raise ArgumentError(f"np.rollaxis: start {start} is out of range for {len(shape)} dimensions")
+    order = [i for i in range(len(shape)) if i != ax]
+    order.insert(start - 1 if ax < start else start, ax)
+    return OPS.transpose(a, tuple(order))
+
+
+def _dstack(tup: Any) -> Variable:
+    return OPS.concatenate([_atleast(3)(x) for x in tup], 2)
+
+
 def _roll(a: Any, shift: Any, axis: Any = None) -> Variable:
     shape = _shape(a)
     if axis is None:
@@ -595,6 +625,11 @@ def _round(a: Any, decimals: int = 0, out: Any = None) -> Variable:
     return OPS.div(OPS.rint(OPS.mul(a, scale)), scale)
 
 
+def _fix(x: Any, out: Any = None) -> Variable:
+    _reject("fix", {"out": out})
+    return OPS.trunc(x)
+
+
 def _copy(a: Any, order: str = "K", subok: bool = False) -> Any:
     return a  # Variables are immutable: a copy would be indistinguishable
 
@@ -630,6 +665,11 @@ UFUNCS.update({
     np.deg2rad: lambda x: OPS.mul(x, math.pi / 180), np.radians: lambda x: OPS.mul(x, math.pi / 180),
     np.rad2deg: lambda x: OPS.mul(x, 180 / math.pi), np.degrees: lambda x: OPS.mul(x, 180 / math.pi),
     np.hypot: lambda x, y: OPS.sqrt(OPS.add(OPS.square(x), OPS.square(y))),
+    # x - y * floor(x / y): the derivative numpy's definition has (1 and -floor(x / y)) almost everywhere
+    np.remainder: lambda x, y: OPS.sub(x, OPS.mul(y, OPS.floor(OPS.div(x, y)))),
+    np.fmod: lambda x, y: OPS.sub(x, OPS.mul(y, OPS.trunc(OPS.div(x, y)))),
+    np.floor_divide: lambda x, y: OPS.floor(OPS.div(x, y)),
+    np.cbrt: lambda x: OPS.mul(OPS.sign(x), OPS.pow(OPS.abs(x), 1.0 / 3.0)),
 })
 for _name in ("isnan", "isinf", "isfinite", "signbit", "logical_and", "logical_or", "logical_xor", "logical_not"):
     UFUNCS[getattr(np, _name)] = _plain(getattr(np, _name))
@@ -651,12 +691,14 @@ FUNCTIONS: dict[Any, Handler] = {
     np.transpose: _transpose, np.swapaxes: _swapaxes, np.moveaxis: _moveaxis, np.atleast_1d: _atleast(1),
     np.atleast_2d: _atleast(2), np.atleast_3d: _atleast(3), np.broadcast_to: _broadcast_to,
     np.broadcast_arrays: _broadcast_arrays, np.flip: _flip, np.fliplr: _fliplr, np.flipud: _flipud, np.roll: _roll,
+    np.rot90: _rot90, np.rollaxis: _rollaxis, np.dstack: _dstack,
     np.tile: _tile, np.repeat: _repeat, np.concatenate: _concatenate, np.stack: _stack, np.hstack: _hstack,
     np.vstack: _vstack, np.column_stack: _column_stack, np.split: _splitter("split", True),
     np.array_split: _splitter("array_split", False), np.hsplit: _splitter("hsplit", True, 1),
     np.vsplit: _splitter("vsplit", True, 0), np.pad: _pad,
     # elementwise with arguments
     np.where: _where, np.clip: _clip, np.round: _round, np.around: _round, np.copy: _copy,
+    np.fix: _fix,
 }
 """Each supported numpy function -> its handler (numpy's signature; returns Variables)."""
 
@@ -736,7 +778,7 @@ def public_functions() -> dict[str, Handler]:
         names[ufunc.__name__] = getattr(OPS, fn.__name__) if fn.__name__ in REGISTRY else fn
     for func, fn in FUNCTIONS.items():
         names[func.__name__] = fn
-    for alias in ("abs", "divide", "true_divide", "amax", "amin", "around", "round", "max", "min"):
+    for alias in ("abs", "divide", "true_divide", "amax", "amin", "around", "round", "max", "min", "mod", "fix"):
         target = getattr(np, alias)
         names[alias] = names[target.__name__]
     return names
