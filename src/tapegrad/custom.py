@@ -103,13 +103,22 @@ def _shape_rule(name: str, user: UserShape) -> Any:
 def _checked(spec: OpSpec, fn: OpFunction) -> OpFunction:
     """`fn` with each result checked against the op's shape rule (a wrong rule would make the
     tape fail to load later, far from the cause)."""
+    known: dict[Any, tuple[tuple[int, ...], np.dtype[Any]]] = {}  # (the elementwise rule runs forward once per key)
+
     def call(*args: Any) -> Any:
         result = fn(*args)
-        shapes = [tuple(np.shape(getattr(a, "data", a))) for a in args]
+        shapes = tuple(tuple(np.shape(getattr(a, "data", a))) for a in args)
         if any(isinstance(a, (bool, int, float)) for a in args):  # (promoted like numpy 2: check the shape only)
-            want = spec.infer(shapes, [result.dtype] * len(args), {})[0], result.dtype
+            dtypes = (result.dtype,) * len(args)
         else:
-            want = spec.infer(shapes, [np.asarray(getattr(a, "data", a)).dtype for a in args], {})
+            dtypes = tuple(np.asarray(getattr(a, "data", a)).dtype for a in args)
+        want = known.get((shapes, dtypes))
+        if want is None:
+            want = known[shapes, dtypes] = spec.infer(shapes, dtypes, {})
+            if len(known) > 64:
+                known.clear()
+        if any(isinstance(a, (bool, int, float)) for a in args):
+            want = (want[0], result.dtype)
         if (result.shape, result.dtype) != want:
             raise TapegradError(f"{spec.name}: forward returned shape {result.shape} dtype {result.dtype}, "
                                 f"but its shape rule says {want[0]} {want[1]}")

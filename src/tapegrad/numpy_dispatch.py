@@ -625,6 +625,65 @@ def _round(a: Any, decimals: int = 0, out: Any = None) -> Variable:
     return OPS.div(OPS.rint(OPS.mul(a, scale)), scale)
 
 
+def _nan_to_num(x: Any, copy: bool = True, nan: float = 0.0, posinf: float | None = None,
+                neginf: float | None = None) -> Variable:
+    dtype = np.dtype(getattr(x, "dtype", None) or np.result_type(x))
+    if dtype.kind != "f":
+        return x if isinstance(x, Variable) else OPS.reshape(x, _shape(x))
+    big = float(np.finfo(dtype).max)
+    hi, lo = big if posinf is None else posinf, -big if neginf is None else neginf
+    # (comparisons, not np.isnan: they are recorded, so replay with new inputs re-decides)
+    x = OPS.where(OPS.equal(x, np.inf), hi, OPS.where(OPS.equal(x, -np.inf), lo, x))
+    return OPS.where(OPS.not_equal(x, x), nan, x)
+
+
+def _fminmax(pick: str) -> Handler:
+    def call(x: Any, y: Any) -> Variable:
+        """Like maximum / minimum, except that a NaN loses to a number."""
+        chosen = getattr(OPS, pick)(x, y)
+        return OPS.where(OPS.not_equal(y, y), x, OPS.where(OPS.not_equal(x, x), y, chosen))
+    return call
+
+
+def _sinc(x: Any) -> Variable:
+    zero = OPS.equal(x, 0)
+    px = OPS.where(zero, 1.0, OPS.mul(x, math.pi))  # (a safe denominator: no 0/0 in either pass)
+    return OPS.where(zero, 1.0, OPS.div(OPS.sin(px), px))
+
+
+def _kron(a: Any, b: Any) -> Variable:
+    sa, sb = _shape(a), _shape(b)
+    n = max(len(sa), len(sb))
+    sa, sb = (1,) * (n - len(sa)) + sa, (1,) * (n - len(sb)) + sb
+    a2 = OPS.reshape(a, tuple(d for da in sa for d in (da, 1)))
+    b2 = OPS.reshape(b, tuple(d for db in sb for d in (1, db)))
+    return OPS.reshape(OPS.mul(a2, b2), tuple(da * db for da, db in zip(sa, sb, strict=True)))
+
+
+def _cross(a: Any, b: Any, axisa: int = -1, axisb: int = -1, axisc: int = -1, axis: Any = None) -> Variable:
+    if (axisa, axisb, axisc, axis) != (-1, -1, -1, None) or _shape(a)[-1:] != (3,) or _shape(b)[-1:] != (3,):
+        raise unsupported("np.cross other than of 3-vectors along the last axis")
+    ai = [OPS.getitem(a, (Ellipsis, k)) for k in range(3)]
+    bi = [OPS.getitem(b, (Ellipsis, k)) for k in range(3)]
+    parts = [OPS.sub(OPS.mul(ai[(k + 1) % 3], bi[(k + 2) % 3]), OPS.mul(ai[(k + 2) % 3], bi[(k + 1) % 3]))
+             for k in range(3)]
+    return OPS.stack(parts, -1)
+
+
+def _linspace(start: Any, stop: Any, num: int = 50, endpoint: bool = True, retstep: bool = False,
+              dtype: Any = None, axis: int = 0, *, device: Any = None) -> Variable:
+    _reject("linspace", {"retstep": retstep, "dtype": dtype, "axis": axis, "device": device},
+            {"retstep": False, "axis": 0})
+    if _ndim(start) or _ndim(stop) or type(num) is not int or num < 0:
+        raise unsupported("np.linspace with array endpoints or a non-int num")
+    steps = np.arange(num, dtype=np.float64) / max(num - 1 if endpoint else num, 1)
+    return OPS.add(start, OPS.mul(OPS.sub(stop, start), steps))
+
+
+def _real(x: Any) -> Any:
+    return x  # (float data: complex numbers are not supported)
+
+
 def _fix(x: Any, out: Any = None) -> Variable:
     _reject("fix", {"out": out})
     return OPS.trunc(x)
@@ -670,6 +729,7 @@ UFUNCS.update({
     np.fmod: lambda x, y: OPS.sub(x, OPS.mul(y, OPS.trunc(OPS.div(x, y)))),
     np.floor_divide: lambda x, y: OPS.floor(OPS.div(x, y)),
     np.cbrt: lambda x: OPS.mul(OPS.sign(x), OPS.pow(OPS.abs(x), 1.0 / 3.0)),
+    np.fmax: _fminmax("maximum"), np.fmin: _fminmax("minimum"), np.conjugate: _real,
 })
 for _name in ("isnan", "isinf", "isfinite", "signbit", "logical_and", "logical_or", "logical_xor", "logical_not"):
     UFUNCS[getattr(np, _name)] = _plain(getattr(np, _name))
@@ -698,7 +758,9 @@ FUNCTIONS: dict[Any, Handler] = {
     np.vsplit: _splitter("vsplit", True, 0), np.pad: _pad,
     # elementwise with arguments
     np.where: _where, np.clip: _clip, np.round: _round, np.around: _round, np.copy: _copy,
-    np.fix: _fix,
+    np.fix: _fix, np.nan_to_num: _nan_to_num, np.sinc: _sinc, np.kron: _kron, np.cross: _cross,
+    np.linspace: _linspace, np.real: _real, np.real_if_close: lambda a, tol=100: a,
+    np.dsplit: _splitter("dsplit", True, 2),
 }
 """Each supported numpy function -> its handler (numpy's signature; returns Variables)."""
 
@@ -778,7 +840,8 @@ def public_functions() -> dict[str, Handler]:
         names[ufunc.__name__] = getattr(OPS, fn.__name__) if fn.__name__ in REGISTRY else fn
     for func, fn in FUNCTIONS.items():
         names[func.__name__] = fn
-    for alias in ("abs", "divide", "true_divide", "amax", "amin", "around", "round", "max", "min", "mod", "fix"):
+    for alias in ("abs", "divide", "true_divide", "amax", "amin", "around", "round", "max", "min", "mod", "fix",
+                  "conj"):
         target = getattr(np, alias)
         names[alias] = names[target.__name__]
     return names
