@@ -252,6 +252,11 @@ def op_cases(seed: int) -> dict[str, list[Case]]:
         # reductions
         "sum": [*_reduction("sum", normal), Case("sum[.sum(axis=1)]", lambda x: x.sum(axis=1), (normal(2, 3),))],
         "mean": _reduction("mean", normal),
+        "prod": [*_reduction("prod", away_from_zero),
+                 Case("prod[one zero]", lambda x: tg.prod(x, axis=1), (np.array([[0.0, 1.5, -2.0], [0.7, 1.1, 0.9]]),)),
+                 # (two exact zeros in a slice: first derivatives only, see the rule's docstring)
+                 Case("prod[two zeros]", lambda x: tg.prod(x), (np.array([0.0, 1.5, 0.0]),), order2=False),
+                 Case("prod[np.prod]", lambda x: np.prod(x, axis=0), (away_from_zero(3, 2),))],
         "max": _reduction("max", distinct),
         "min": _reduction("min", distinct),
         "logsumexp": [*_reduction("logsumexp", normal),

@@ -132,6 +132,14 @@ def _extreme(name: str) -> Handler:
     return call
 
 
+def _prod(a: Any, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False, initial: Any = None,
+          where: Any = True) -> Variable:
+    _reject("prod", {"out": out, "initial": initial, "where": where}, {"where": True})
+    if dtype is not None:
+        a = OPS.astype(a, dtype)
+    return OPS.prod(a, axis, keepdims)
+
+
 def _var(a: Any, axis: Any = None, dtype: Any = None, out: Any = None, ddof: Any = 0, keepdims: bool = False, *,
          where: Any = True, mean: Any = None, correction: Any = None) -> Variable:
     _reject("var", {"out": out, "where": where, "mean": mean}, {"where": True})
@@ -734,14 +742,14 @@ UFUNCS.update({
 for _name in ("isnan", "isinf", "isfinite", "signbit", "logical_and", "logical_or", "logical_xor", "logical_not"):
     UFUNCS[getattr(np, _name)] = _plain(getattr(np, _name))
 
-_REDUCE = {np.add: "sum", np.maximum: "max", np.minimum: "min"}
+_REDUCE = {np.add: "sum", np.multiply: "prod", np.maximum: "max", np.minimum: "min"}
 _ACCUMULATE = {np.add: "cumsum"}
 
 
 FUNCTIONS: dict[Any, Handler] = {
     # reductions
     np.sum: _sum, np.mean: _mean, np.max: _extreme("max"), np.amax: _extreme("max"), np.min: _extreme("min"),
-    np.amin: _extreme("min"), np.var: _var, np.std: _std, np.any: _any, np.all: _all, np.cumsum: _cumsum,
+    np.amin: _extreme("min"), np.prod: _prod, np.var: _var, np.std: _std, np.any: _any, np.all: _all, np.cumsum: _cumsum,
     np.diff: _diff, np.linalg.norm: _norm,
     # products
     np.dot: _dot, np.vdot: _vdot, np.inner: _inner, np.outer: _outer, np.tensordot: _tensordot, np.einsum: _einsum,

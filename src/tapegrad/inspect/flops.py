@@ -55,6 +55,7 @@ RULES: Mapping[str, Rule] = {
     # reductions: one per input element
     "sum": _per_input(1),
     "cumsum": _per_input(1),
+    "prod": _per_input(1),
     "mean": _per_input(1),
     "max": _per_input(1),
     "min": _per_input(1),

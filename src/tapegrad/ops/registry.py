@@ -110,6 +110,22 @@ def _maxmin_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) ->
     return F.mul(share, _unreduce(F, g, x, axis, keepdims))
 
 
+def _prod_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    """d prod / d x_i is the product of the other elements, also where x has zeros (never a
+    division by zero): out / x_i where x_i != 0; where x_i == 0, the product of the nonzero
+    elements if x_i is its slice's only zero, else 0.  Second derivatives are exact except where
+    a slice has two or more exact zeros (there the rule's masks are constant)."""
+    (x,) = ins
+    axis, keepdims = _axes(a), a["keepdims"]
+    zero = F.equal(x, 0)
+    safe = F.where(zero, 1, x)
+    only_zero = F.equal(_unreduce(F, F.sum(F.astype(zero, "int64"), axis, True), x, axis, True), 1)
+    nonzero_product = _unreduce(F, F.prod(safe, axis, True), x, axis, True)
+    whole = _unreduce(F, out, x, axis, keepdims)
+    share = F.where(zero, F.where(only_zero, nonzero_product, 0), F.div(whole, safe))
+    return F.mul(share, _unreduce(F, g, x, axis, keepdims))
+
+
 def _concat_slice(ins: Sequence[Any], axis: int, k: int) -> tuple[Any, ...]:
     start = sum(int(ins[j].shape[axis]) for j in range(k))
     return (slice(None),) * axis + (slice(start, start + int(ins[k].shape[axis])),)
@@ -393,6 +409,8 @@ def _rows() -> list[OpSpec]:
                    lambda F, g, ins, out, a, k: F.div(_unreduce(F, g, ins[0], _axes(a), a["keepdims"]),
                                                       _count(ins[0], _axes(a))),
                    "mean over axis (None: all)"),
+        _reduction("prod", kernels.prod, _prod_vjp, "product over axis (None: all); its gradient is exact with zeros",
+                   scratch=1),
         _reduction("max", kernels.max_, _maxmin_vjp, "max over axis; ties share the gradient"),
         _reduction("min", kernels.min_, _maxmin_vjp, "min over axis; ties share the gradient"),
         _reduction("logsumexp", kernels.logsumexp,
