@@ -340,6 +340,8 @@ def test_asarray_and_iteration() -> None:
     assert all(isinstance(v, tg.Variable) for v in items) and [v.item() for v in items] == [0.0, 1.0, 2.0, 3.0]
     assert [r.op for r in tape.records if r.op != "guard"] == ["getitem"] * 4
     assert np.asarray(x, dtype=np.float32).dtype == np.float32
+    with pytest.raises(tg.TapegradError):
+        np.asarray(x, dtype=np.float32, copy=False)
 
 
 def test_sum_and_mean_through_numpy() -> None:
@@ -413,6 +415,10 @@ BAD_CALLS: list[tuple[str, Callable[[Any], Any]]] = [
     ("einsum bad", lambda x: np.einsum("ij->i", x)),
     ("reshape", lambda x: np.reshape(x, (2, 2))),
     ("cumsum bad axis", lambda x: np.cumsum(x, axis=2)),
+    ("vstack mismatch", lambda x: np.vstack([x, np.ones(2)])),
+    ("column_stack mismatch", lambda x: np.column_stack([x, np.ones(2)])),
+    ("dstack mismatch", lambda x: np.dstack([x, np.ones(2)])),
+    ("hstack mismatch", lambda x: np.hstack([np.ones((2, 1)), x])),
 ]
 
 

@@ -19,6 +19,7 @@ with held():
     from .custom import Function, defop
     from .errors import (
         ArgumentError,
+        CopyError,
         DTypeError,
         GuardError,
         LimitError,
@@ -45,7 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Limits", "Recovery", "TapeRecoveryWarning", "dumps", "load", "loads", "save",
-    "ArgumentError", "UnsupportedError", "Function", "defop",
+    "ArgumentError", "CopyError", "UnsupportedError", "Function", "defop",
     "DTypeError", "GuardError", "LimitError", "NonFiniteError", "Record", "Tape", "TapeFormatError", "TapegradError",
     "TruncatedTapeError", "Variable", "grad", "hessian", "no_record", "record", "replay", "value_and_grad",
     *FUNCTIONS,

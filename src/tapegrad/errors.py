@@ -38,6 +38,11 @@ class UnsupportedError(TapegradError, TypeError):
     an op (`tg.defop`, `tg.Function`).  A `TypeError`, as numpy raises for unsupported types."""
 
 
+class CopyError(TapegradError, ValueError):
+    """`np.asarray(x, dtype=..., copy=False)` of a Variable whose data would need a copy (numpy's
+    protocol expects a `ValueError` there)."""
+
+
 class TapeFormatError(TapegradError, ValueError):
     """Bytes or a file that are not a valid tape (bad container, bad records, bad arrays)."""
 

@@ -479,6 +479,8 @@ def _rollaxis(a: Any, axis: int, start: int = 0) -> Variable:
 
 
 def _dstack(tup: Any) -> Variable:
+    tup = list(tup)
+    _joinable("dstack", [_at_least(3, _shape(x)) for x in tup], 2)
     return OPS.concatenate([_atleast(3)(x) for x in tup], 2)
 
 
@@ -542,16 +544,39 @@ def _stack(arrays: Any, axis: int = 0, out: Any = None, *, dtype: Any = None, ca
     return OPS.stack(list(arrays), axis)
 
 
+def _joinable(name: str, shapes: list[tuple[int, ...]], axis: int) -> None:
+    """Raise (before the reshapes that precede the join are recorded) unless the shapes join."""
+    if not shapes:
+        raise ArgumentError(f"np.{name}: need at least one array")
+    REGISTRY["concatenate"].infer(shapes, [np.dtype(np.float64)] * len(shapes),
+                                  {"axis": normalize_axis(name, axis, len(shapes[0]), shapes[0])})
+
+
+def _at_least(n: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if len(shape) >= n:
+        return shape
+    if n == 3:
+        return (1, *shape, 1) if len(shape) == 1 else (*shape, 1) if len(shape) == 2 else (1, 1, 1)
+    return (1,) * (n - len(shape)) + shape
+
+
 def _hstack(tup: Any, *, dtype: Any = None, casting: Any = None) -> Variable:
-    arrays = [_atleast(1)(x) for x in tup]
-    return _concatenate(arrays, 0 if arrays and _ndim(arrays[0]) == 1 else 1, dtype=dtype, casting=casting)
+    tup = list(tup)
+    shapes = [_at_least(1, _shape(x)) for x in tup]
+    axis = 0 if shapes and len(shapes[0]) == 1 else 1
+    _joinable("hstack", shapes, axis)
+    return _concatenate([_atleast(1)(x) for x in tup], axis, dtype=dtype, casting=casting)
 
 
 def _vstack(tup: Any, *, dtype: Any = None, casting: Any = None) -> Variable:
+    tup = list(tup)
+    _joinable("vstack", [_at_least(2, _shape(x)) for x in tup], 0)
     return _concatenate([_atleast(2)(x) for x in tup], 0, dtype=dtype, casting=casting)
 
 
 def _column_stack(tup: Any) -> Variable:
+    tup = list(tup)
+    _joinable("column_stack", [(math.prod(_shape(x)), 1) if _ndim(x) < 2 else _shape(x) for x in tup], 1)
     return OPS.concatenate([OPS.reshape(x, (-1, 1)) if _ndim(x) < 2 else x for x in tup], 1)
 
 

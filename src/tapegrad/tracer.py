@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import numpy as np
 
 from . import anomaly, backprop, context, engine, nesting
-from .errors import ArgumentError, DTypeError, TapegradError
+from .errors import ArgumentError, CopyError, DTypeError, TapegradError
 from .interrupts import held
 from .ops import NUMPY, REGISTRY, OpSpec
 from .ops.registry import add_backend, backend
@@ -260,7 +260,7 @@ class Variable:
         if self.data is None:
             raise TapegradError("cannot convert a Variable with no data to an array")
         if copy is False and dtype is not None and np.dtype(dtype) != self.data.dtype:
-            raise ValueError(f"converting a {self.data.dtype} Variable to {np.dtype(dtype)} needs a copy")
+            raise CopyError(f"converting a {self.data.dtype} Variable to {np.dtype(dtype)} needs a copy")
         data = self.data if dtype is None else self.data.astype(dtype, copy=False)
         return data.copy() if copy else data  # type: ignore[no-any-return]
 
@@ -405,6 +405,9 @@ class Variable:
     def all(self, axis: Any = None, keepdims: bool = False) -> Variable:
         """Whether every element is nonzero: a bool Variable (no gradient; `bool()` of it is a guard)."""
         return cast("Variable", np.all(self, axis=axis, keepdims=keepdims))
+
+    def prod(self, axis: Any = None, keepdims: bool = False) -> Variable:
+        return cast("Variable", np.prod(self, axis=axis, keepdims=keepdims))
 
     def cumsum(self, axis: Any = None) -> Variable:
         return cast("Variable", np.cumsum(self, axis=axis))
