@@ -149,7 +149,8 @@ def cases() -> dict[str, list[Case]]:
         "vsplit": [("", lambda x: np.vsplit(x, [1])[1], (a34,))],
         "pad": [("", lambda x: np.pad(x, ((1, 0), (2, 1))), (a23,)), ("value", lambda x: np.pad(x, 1, constant_values=0.5), (normal(3),))],
         # elementwise with arguments
-        "where": [("", lambda c, x: np.where(c, x, -x), (normal(4) > 0, normal(4)))],
+        "where": [("scalar branch", lambda c, x: np.where(c, x, 0.5), (normal(4) > 0, normal(4))),
+                  ("", lambda c, x: np.where(c, x, -x), (normal(4) > 0, normal(4)))],
         "clip": [("", lambda x: np.clip(x, -0.5, 0.5), (np.array([-1.3, -0.2, 0.1, 0.7]),)),
                  ("method", lambda x: x.clip(max=0.5), (np.array([-1.3, 0.1, 0.7]),))],
         "round": [("times x", lambda x: np.round(x) * x, (np.array([0.3, 1.2, -2.3]),)),
@@ -460,3 +461,33 @@ def test_tnp_records_on_plain_arrays() -> None:
     assert tnp.linalg.norm is public_functions()["norm"] and tnp.pi == np.pi and tnp.sin is tg.sin
     with pytest.raises(tg.UnsupportedError, match=r"tnp\.linalg\.inv"):
         tnp.linalg.inv(np.eye(2))
+
+
+ODD_SHAPES = [(), (5, 7), (2, 1, 3, 1)]
+
+
+@pytest.mark.parametrize("name", sorted(NUMPY_CASES))
+def test_odd_shapes_either_work_or_fail_cleanly_leaving_the_tape_unchanged(name: str) -> None:
+    """Each name's first case (one numpy call) with its float arguments replaced by arrays of
+    other shapes: it computes what numpy computes, or raises a TapegradError (never a bare numpy
+    error) and leaves no record behind."""
+    _, f, args = NUMPY_CASES[name][0]
+    for shape in ODD_SHAPES:
+        odd = tuple(np.linspace(0.1, 0.9, int(np.prod(shape))).reshape(shape) if a.dtype.kind == "f" else a
+                    for a in args)
+        try:
+            with np.errstate(all="ignore"):
+                expected: Any = f(*odd)
+        except Exception:  # numpy refuses too: tapegrad must refuse with its own error
+            expected = None
+        with tg.record() as tape:
+            xs = [tg.Variable(a) for a in odd]
+            try:
+                with np.errstate(all="ignore"):
+                    out = f(*xs)
+            except tg.TapegradError as exc:
+                assert len(tape) == 0, f"{name}{shape}: a failed call left {len(tape)} record(s)"
+                assert expected is None, f"{name}{shape}: numpy computes it, tapegrad raised {exc}"
+                continue
+        assert expected is not None, f"{name}{shape}: numpy refuses, tapegrad computed {out!r}"
+        np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-12, atol=1e-12, err_msg=f"{name}{shape}")

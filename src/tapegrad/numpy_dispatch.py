@@ -108,9 +108,20 @@ def _plain(func: Handler) -> Handler:
 # ---- reductions -------------------------------------------------------------------------------
 
 
+def _scalar_axis(a: Any, axis: Any) -> Any:
+    """numpy's sum, prod, max, min, any and all (not mean, var, std) reduce a 0-d array over
+    axis 0 or -1 as if it had one axis: the whole of it."""
+    if axis is not None and _ndim(a) == 0:
+        axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+        if all(isinstance(i, (int, np.integer)) and i in (0, -1) for i in axes):
+            return None
+    return axis
+
+
 def _sum(a: Any, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False,
          initial: Any = None, where: Any = True) -> Variable:
     _reject("sum", {"out": out, "initial": initial, "where": where}, {"where": True})
+    axis = _scalar_axis(a, axis)
     if dtype is not None:
         a = OPS.astype(a, dtype)
     return OPS.sum(a, axis, keepdims)
@@ -128,6 +139,7 @@ def _extreme(name: str) -> Handler:
     def call(a: Any, axis: Any = None, out: Any = None, keepdims: bool = False, initial: Any = None,
              where: Any = True) -> Variable:
         _reject(name, {"out": out, "initial": initial, "where": where}, {"where": True})
+        axis = _scalar_axis(a, axis)
         return getattr(OPS, name)(a, axis, keepdims)  # type: ignore[no-any-return]
     return call
 
@@ -135,6 +147,7 @@ def _extreme(name: str) -> Handler:
 def _prod(a: Any, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False, initial: Any = None,
           where: Any = True) -> Variable:
     _reject("prod", {"out": out, "initial": initial, "where": where}, {"where": True})
+    axis = _scalar_axis(a, axis)
     if dtype is not None:
         a = OPS.astype(a, dtype)
     return OPS.prod(a, axis, keepdims)
@@ -161,12 +174,14 @@ def _std(a: Any, axis: Any = None, dtype: Any = None, out: Any = None, ddof: Any
 
 def _any(a: Any, axis: Any = None, out: Any = None, keepdims: bool = False, *, where: Any = True) -> Variable:
     _reject("any", {"out": out, "where": where}, {"where": True})
+    axis = _scalar_axis(a, axis)
     _axes("any", axis, _shape(a))
     return OPS.greater(OPS.sum(OPS.astype(OPS.not_equal(a, 0), "int64"), axis, keepdims), 0)
 
 
 def _all(a: Any, axis: Any = None, out: Any = None, keepdims: bool = False, *, where: Any = True) -> Variable:
     _reject("all", {"out": out, "where": where}, {"where": True})
+    axis = _scalar_axis(a, axis)
     _axes("all", axis, _shape(a))
     return OPS.equal(OPS.sum(OPS.astype(OPS.equal(a, 0), "int64"), axis, keepdims), 0)
 
@@ -520,6 +535,10 @@ def _tile(A: Any, reps: Any) -> Variable:
 
 
 def _repeat(a: Any, repeats: Any, axis: Any = None) -> Variable:
+    if axis is not None and _ndim(a) == 0:  # (numpy repeats a 0-d array along axis 0 or -1)
+        if _scalar_axis(a, axis) is not None:
+            raise TapegradError(f"repeat: axis {axis} is out of bounds for a 0-d input")
+        axis = None
     if axis is None:
         a, axis = OPS.reshape(a, (-1,)), 0
     shape = _shape(a)
@@ -707,10 +726,11 @@ def _linspace(start: Any, stop: Any, num: int = 50, endpoint: bool = True, retst
               dtype: Any = None, axis: int = 0, *, device: Any = None) -> Variable:
     _reject("linspace", {"retstep": retstep, "dtype": dtype, "axis": axis, "device": device},
             {"retstep": False, "axis": 0})
-    if _ndim(start) or _ndim(stop) or type(num) is not int or num < 0:
-        raise unsupported("np.linspace with array endpoints or a non-int num")
+    if type(num) is not int or num < 0:
+        raise ArgumentError(f"np.linspace: num must be a non-negative int, got {num!r}")
+    nd = len(np.broadcast_shapes(_shape(start), _shape(stop)))
     steps = np.arange(num, dtype=np.float64) / max(num - 1 if endpoint else num, 1)
-    return OPS.add(start, OPS.mul(OPS.sub(stop, start), steps))
+    return OPS.add(start, OPS.mul(OPS.sub(stop, start), steps.reshape((num,) + (1,) * nd)))
 
 
 def _real(x: Any) -> Any:
