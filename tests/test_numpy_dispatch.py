@@ -491,3 +491,32 @@ def test_odd_shapes_either_work_or_fail_cleanly_leaving_the_tape_unchanged(name:
                 continue
         assert expected is not None, f"{name}{shape}: numpy refuses, tapegrad computed {out!r}"
         np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-12, atol=1e-12, err_msg=f"{name}{shape}")
+
+
+# (method cases are left out: `arr.dot(x)` is ndarray's own method, see the test after this one)
+MULTI_ARG = [(f"{name}[{label}]", f, args) for name, group in NUMPY_CASES.items() for label, f, args in group
+             if len(args) >= 2 and "method" not in label]
+
+
+@pytest.mark.parametrize(("label", "f", "args"), MULTI_ARG, ids=[m[0] for m in MULTI_ARG])
+def test_variables_mix_with_arrays_in_any_position(label: str, f: Callable[..., Any], args: tuple[np.ndarray, ...]) -> None:
+    """Every case with several arguments, with each one alone a Variable (the others plain
+    arrays): a Variable result equal to numpy's, whose gradient reaches that Variable."""
+    expected = np.asarray(f(*args))
+    for k, a in enumerate(args):
+        if a.dtype.kind != "f":
+            continue
+        v = tg.Variable(a)
+        out = f(*[v if j == k else b for j, b in enumerate(args)])
+        assert isinstance(out, tg.Variable), f"{label}: Variable at {k} gave {type(out).__name__}"
+        np.testing.assert_allclose(out.data, expected, rtol=1e-13, atol=1e-13)
+        np.sum(out * 1.0).backward()
+        assert v.grad is not None and v.grad.shape == a.shape
+
+
+def test_ndarray_methods_convert_a_variable_argument_as_documented() -> None:
+    """numpy calls no protocol for an ndarray's own methods: `arr.dot(x)` converts `x` with
+    `__array__`, like `np.asarray(x)` (docs/numpy.md says so, and to write `np.dot(arr, x)`)."""
+    a, x = np.ones((2, 3)), tg.Variable(np.arange(3.0))
+    assert type(a.dot(x)) is np.ndarray
+    assert isinstance(np.dot(a, x), tg.Variable) and isinstance(a @ x, tg.Variable)
