@@ -328,6 +328,10 @@ def test_array_idioms_behave_as_on_arrays() -> None:
     np.testing.assert_array_equal(x.data, np.arange(6.0).reshape(2, 3))
     np.testing.assert_array_equal((np.ones(3) + x).data, x.data + 1)
     assert isinstance(np.ones(3) * x, tg.Variable) and isinstance(2.0 ** x, tg.Variable)
+    for got, want in (((x + 0.5) % 2.0, (x.data + 0.5) % 2.0), (7.5 // (x + 1), 7.5 // (x.data + 1)),
+                      (5.0 % (x + 1), 5.0 % (x.data + 1)), ((x + 0.5) // 2, (x.data + 0.5) // 2), (+x, x.data)):
+        assert isinstance(got, tg.Variable)
+        np.testing.assert_array_equal(got.data, want)
 
 
 def test_asarray_and_iteration() -> None:

@@ -382,6 +382,22 @@ class Variable:
     def astype(self, dtype: Any) -> Variable:
         return OPS.astype(self, dtype)
 
+    # -- operators that are compositions of registry ops, through numpy's ufuncs --
+    def __floordiv__(self, other: Any) -> Variable:
+        return cast("Variable", np.floor_divide(self, other))
+
+    def __rfloordiv__(self, other: Any) -> Variable:
+        return cast("Variable", np.floor_divide(other, self))
+
+    def __mod__(self, other: Any) -> Variable:
+        return cast("Variable", np.remainder(self, other))
+
+    def __rmod__(self, other: Any) -> Variable:
+        return cast("Variable", np.remainder(other, self))
+
+    def __pos__(self) -> Variable:
+        return self
+
     # -- numpy's array methods, through numpy's own functions (and so `numpy_dispatch`) --
     def mean(self, axis: Any = None, keepdims: bool = False) -> Variable:
         return cast("Variable", np.mean(self, axis=axis, keepdims=keepdims))
