@@ -147,6 +147,9 @@ def test_a_wrong_rule_or_forward_is_caught_where_it_is_used() -> None:
     shrink = tg.defop("shrink", lambda x: x[:1], None, shape=lambda shapes, dtypes: (shapes[0], dtypes[0]))
     with pytest.raises(tg.TapegradError, match="shape rule says"):
         shrink(np.ones(3))
+    rowsum = tg.defop("rowsum", lambda x: x.sum(axis=1), None)  # not elementwise, and no shape rule
+    with pytest.raises(tg.TapegradError, match="needs shape="):
+        rowsum(np.ones((2, 3)))
     wrong = tg.defop("wrong", lambda x, y: x * y, lambda F, g, ins, out: F.mul(g, ins[1]))  # one cotangent for two
     with pytest.raises(tg.TapegradError, match="2 cotangent"):
         tg.grad(lambda a: tg.sum(wrong(a, a)))(np.ones(2))

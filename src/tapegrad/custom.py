@@ -11,7 +11,9 @@ Contract:
     the op functions of the backend `F` (`F.mul`, `F.cos`, `F.sum`: the names of `tapegrad.*`),
     so one rule runs on arrays (`backward()`), on Variables (higher derivatives, a recorded
     reverse pass) and in compiled replay (`tg.replay.backward`).  `vjp=None`: the output
-    carries no gradient.  Forward mode (`tg.replay.jvp`) transposes the VJP, so an op needs no
+    carries no gradient.  The engine asks for one input's cotangent at a time, so the rule of an
+    op with several inputs runs once per input that needs a gradient (keep it cheap, or split
+    the op).  Forward mode (`tg.replay.jvp`) transposes the VJP, so an op needs no
     separate JVP rule.
   - `shape(shapes, dtypes) -> (shape, dtype)`: the output's shape and dtype from the inputs',
     used to check tapes on load; None (the default) means the op is elementwise: inputs
@@ -120,8 +122,9 @@ def _checked(spec: OpSpec, fn: OpFunction) -> OpFunction:
         if any(isinstance(a, (bool, int, float)) for a in args):
             want = (want[0], result.dtype)
         if (result.shape, result.dtype) != want:
+            hint = " (an op that is not elementwise needs shape= in defop)" if spec.elementwise else ""
             raise TapegradError(f"{spec.name}: forward returned shape {result.shape} dtype {result.dtype}, "
-                                f"but its shape rule says {want[0]} {want[1]}")
+                                f"but its shape rule says {want[0]} {want[1]}{hint}")
         return result
     call.__name__ = call.__qualname__ = spec.name
     call.__doc__ = spec.doc
