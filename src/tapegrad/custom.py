@@ -114,15 +114,18 @@ def _checked(spec: OpSpec, fn: OpFunction) -> OpFunction:
             dtypes = (result.dtype,) * len(args)
         else:
             dtypes = tuple(np.asarray(getattr(a, "data", a)).dtype for a in args)
+        hint = " (an op that is not elementwise needs shape= in defop)" if spec.elementwise else ""
         want = known.get((shapes, dtypes))
         if want is None:
-            want = known[shapes, dtypes] = spec.infer(shapes, dtypes, {})
+            try:
+                want = known[shapes, dtypes] = spec.infer(shapes, dtypes, {})
+            except TapegradError as exc:
+                raise TapegradError(f"{exc}{hint}") from None
             if len(known) > 64:
                 known.clear()
         if any(isinstance(a, (bool, int, float)) for a in args):
             want = (want[0], result.dtype)
         if (result.shape, result.dtype) != want:
-            hint = " (an op that is not elementwise needs shape= in defop)" if spec.elementwise else ""
             raise TapegradError(f"{spec.name}: forward returned shape {result.shape} dtype {result.dtype}, "
                                 f"but its shape rule says {want[0]} {want[1]}{hint}")
         return result
