@@ -11,6 +11,10 @@ Contract:
 - Python scalars follow numpy 2 promotion (`x32 * 2.0` stays float32) and are recorded as
   constants of the promoted dtype.  Invalid arguments raise `TapegradError` naming the op and
   the shapes, never a bare numpy error.
+- numpy: `Variable.__array_ufunc__` / `__array_function__` are `numpy_dispatch`'s (installed at
+  the end of this module), so plain `np.*` calls on Variables record registry ops;
+  `np.asarray(x)` gives the data (leaving the graph); `float(x)` of a floating Variable (which
+  `math.*` calls) raises `ArgumentError` rather than silently losing the gradient.
 - `y.backward()` runs `engine.reverse`, the same engine as file replay (with
   `check_finite=True`, its checking twin `engine.reverse_checked`).
 - Recording state (the tape being recorded, `no_record()`) is per thread and per asyncio task
