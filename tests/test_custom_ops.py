@@ -96,6 +96,23 @@ def test_function_subclass_is_registered_when_defined() -> None:
     np.testing.assert_allclose(tg.grad(tg.grad(lambda a: tg.sum(Cube.apply(a))))(np.array([2.0])), [12.0])
 
 
+def test_a_function_base_without_forward_registers_nothing() -> None:
+    before = set(REGISTRY)
+
+    class Base(tg.Function):
+        def backward(self, F: Any, g: Any, ins: Any, out: Any) -> Any:
+            return g
+
+    class Twice(Base):
+        name = "mylib.twice"
+
+        def forward(self, x: np.ndarray) -> np.ndarray:
+            return 2 * x
+
+    assert set(REGISTRY) - before == {"mylib.twice"}
+    np.testing.assert_array_equal(Twice.apply(np.ones(2)).data, [2.0, 2.0])
+
+
 def test_a_custom_op_tape_saves_loads_and_replays_in_both_modes() -> None:
     softplus = define_softplus()
     with tg.record() as tape:

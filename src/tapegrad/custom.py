@@ -22,7 +22,8 @@ Contract:
 - `Function`: the same for users of DeZero's and PyTorch's `Function`: a subclass with
   `forward(self, *arrays)` and `backward(self, F, g, ins, out)` (the `vjp` above) is
   registered when the class is defined, under its `name` attribute (default: the lowercased
-  class name); `MyOp.apply(x)` or `MyOp()(x)` applies it.
+  class name); `MyOp.apply(x)` or `MyOp()(x)` applies it.  A subclass without `forward` is an
+  abstract base and registers nothing.
 - A tape stores a custom op by name only.  Loading a tape in a process where that name is not
   registered fails with a `TapeFormatError` naming the op and saying to import the module that
   defines it; nothing named by a file is ever imported or run.
@@ -183,6 +184,8 @@ class Function:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if cls.forward is Function.forward:
+            return  # an abstract base of the user's own ops: nothing to register
         name = cls.__dict__.get("name") or cls.__name__.lower()
         instance = cls()
         n = _arity(name, instance.forward)
