@@ -328,7 +328,8 @@ def test_array_idioms_behave_as_on_arrays() -> None:
     np.testing.assert_array_equal(x.data, np.arange(6.0).reshape(2, 3))
     np.testing.assert_array_equal((np.ones(3) + x).data, x.data + 1)
     assert isinstance(np.ones(3) * x, tg.Variable) and isinstance(2.0 ** x, tg.Variable)
-    for got, want in (((x + 0.5) % 2.0, (x.data + 0.5) % 2.0), (7.5 // (x + 1), 7.5 // (x.data + 1)),
+    for got, want in (((x + 0.5) % 2.0, (x.data + 0.5) % 2.0), (round(x / 3, 1), np.round(x.data / 3, 1)),
+                      (7.5 // (x + 1), 7.5 // (x.data + 1)),
                       (5.0 % (x + 1), 5.0 % (x.data + 1)), ((x + 0.5) // 2, (x.data + 0.5) // 2), (+x, x.data)):
         assert isinstance(got, tg.Variable)
         np.testing.assert_array_equal(got.data, want)
@@ -524,3 +525,27 @@ def test_ndarray_methods_convert_a_variable_argument_as_documented() -> None:
     a, x = np.ones((2, 3)), tg.Variable(np.arange(3.0))
     assert type(a.dot(x)) is np.ndarray
     assert isinstance(np.dot(a, x), tg.Variable) and isinstance(a @ x, tg.Variable)
+
+
+METHODS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+    ("mean", (), {"axis": 0}), ("max", (), {"axis": 1, "keepdims": True}), ("min", (), {}), ("var", (), {"ddof": 1}),
+    ("std", (), {"axis": 0}), ("any", (), {"axis": 0}), ("all", (), {}), ("prod", (), {"axis": 1}), ("cumsum", (1,), {}),
+    ("ravel", (), {}), ("flatten", (), {}), ("squeeze", (), {}), ("dot", (np.ones(3),), {}), ("clip", (0.2, 0.6), {}),
+    ("swapaxes", (0, 1), {}), ("repeat", (2,), {"axis": 0}), ("diagonal", (), {}), ("trace", (), {}),
+    ("round", (1,), {}), ("copy", (), {}), ("argmax", (), {"axis": 1}), ("argmin", (), {}), ("nonzero", (), {}),
+    ("tolist", (), {}), ("sum", (), {"axis": 1}), ("reshape", (3, 2), {}), ("transpose", (), {}), ("astype", ("float32",), {}),
+]
+
+
+@pytest.mark.parametrize(("method", "args", "kwargs"), METHODS, ids=[m[0] for m in METHODS])
+def test_array_methods_give_what_ndarray_methods_give(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    data = np.array([[0.1, 0.75, 0.0], [0.5, 0.25, 0.9]])
+    got = getattr(tg.Variable(data), method)(*args, **kwargs)
+    want = getattr(data, method)(*args, **kwargs)
+    if method in ("argmax", "argmin", "nonzero", "tolist"):  # not differentiable: plain results
+        assert not isinstance(got, tg.Variable)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        return
+    assert isinstance(got, tg.Variable)
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got.data, want, rtol=1e-14)

@@ -446,6 +446,42 @@ class Variable:
     def clip(self, min: Any = None, max: Any = None) -> Variable:  # noqa: A002 (numpy's names)
         return OPS.clip(self, min, max)
 
+    def swapaxes(self, axis1: int, axis2: int) -> Variable:
+        return cast("Variable", np.swapaxes(self, axis1, axis2))
+
+    def repeat(self, repeats: Any, axis: Any = None) -> Variable:
+        return cast("Variable", np.repeat(self, repeats, axis))
+
+    def diagonal(self, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Variable:
+        return cast("Variable", np.diagonal(self, offset, axis1, axis2))
+
+    def trace(self, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Variable:
+        return cast("Variable", np.trace(self, offset, axis1, axis2))
+
+    def round(self, decimals: int = 0) -> Variable:
+        return cast("Variable", np.round(self, decimals))
+
+    def __round__(self, ndigits: int | None = None) -> Variable:
+        return self.round(ndigits or 0)
+
+    def copy(self) -> Variable:
+        """The Variable itself: Variables are immutable, so a copy could not differ."""
+        return self
+
+    # -- values that are not differentiable: plain numpy results computed on the data --
+    def argmax(self, axis: Any = None, keepdims: bool = False) -> Any:
+        return np.argmax(self.data, axis=axis, keepdims=keepdims)
+
+    def argmin(self, axis: Any = None, keepdims: bool = False) -> Any:
+        return np.argmin(self.data, axis=axis, keepdims=keepdims)
+
+    def nonzero(self) -> tuple[np.ndarray[Any, Any], ...]:
+        return tuple(np.nonzero(self.data))
+
+    def tolist(self) -> Any:
+        """The data as (nested) Python lists: leaves the graph, like `np.asarray(x)`."""
+        return self.data.tolist()
+
 
 _new_variable = Variable.__new__
 
