@@ -18,7 +18,7 @@ import pytest
 
 import tapegrad as tg
 import tapegrad.numpy as tnp
-from tapegrad.numpy_dispatch import PLAIN, UFUNCS, public_functions
+from tapegrad.numpy_dispatch import PLAIN, public_functions
 from tapegrad.testing import check_grads
 
 RNG = np.random.default_rng(7)
@@ -164,7 +164,6 @@ def cases() -> dict[str, list[Case]]:
 
 
 NUMPY_CASES = cases()
-DIRECT = {fn.__name__ for fn in UFUNCS.values() if fn.__name__ in tg.__all__}  # a registry op: op_cases.py checks it
 PLAIN_NAMES = {f.__name__ for f in PLAIN} | {"isnan", "isinf", "isfinite", "signbit", "logical_and", "logical_or",
                                               "logical_xor", "logical_not"}
 ALIASES = {"absolute": "abs", "subtract": "sub", "multiply": "mul", "divide": "div", "true_divide": "div",
@@ -549,3 +548,36 @@ def test_array_methods_give_what_ndarray_methods_give(method: str, args: tuple[A
     assert isinstance(got, tg.Variable)
     assert got.dtype == want.dtype
     np.testing.assert_allclose(got.data, want, rtol=1e-14)
+
+
+PLAIN_CALLS: dict[str, Callable[[Any], Any]] = {
+    "shape": np.shape, "ndim": np.ndim, "size": np.size, "argmax": np.argmax, "argmin": np.argmin,
+    "argsort": np.argsort, "nonzero": np.nonzero, "flatnonzero": np.flatnonzero, "argwhere": np.argwhere,
+    "count_nonzero": np.count_nonzero, "isclose": lambda x: np.isclose(x, 0.5), "allclose": lambda x: np.allclose(x, x),
+    "array_equal": lambda x: np.array_equal(x, x), "zeros_like": np.zeros_like, "ones_like": np.ones_like,
+    "empty_like": lambda x: np.empty_like(x).shape, "full_like": lambda x: np.full_like(x, 2.0),
+    "iscomplexobj": np.iscomplexobj, "isrealobj": np.isrealobj, "result_type": lambda x: np.result_type(x, 1.0),
+    "can_cast": lambda x: np.can_cast(x, np.float32), "may_share_memory": lambda x: np.may_share_memory(x, x),
+    "shares_memory": lambda x: np.shares_memory(x, x), "isnan": np.isnan, "isinf": np.isinf, "isfinite": np.isfinite,
+    "signbit": np.signbit, "logical_and": lambda x: np.logical_and(x, 1), "logical_or": lambda x: np.logical_or(x, 0),
+    "logical_xor": lambda x: np.logical_xor(x, 1), "logical_not": np.logical_not,
+}
+
+
+def test_every_plain_name_has_a_call() -> None:
+    assert set(PLAIN_CALLS) == PLAIN_NAMES
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN_CALLS))
+def test_plain_results_leave_the_graph_and_equal_numpys(name: str) -> None:
+    data = np.array([[0.0, 0.5, -1.5], [2.0, 0.5, 0.0]])
+    with tg.record() as tape:
+        x = tg.Variable(data)
+        got = PLAIN_CALLS[name](x)
+    assert len(tape) == 0 and not isinstance(got, tg.Variable)
+    assert not any(isinstance(g, tg.Variable) for g in (got if isinstance(got, tuple) else ()))
+    want = PLAIN_CALLS[name](data)
+    if name in ("can_cast", "result_type"):
+        assert got == want
+    else:
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
