@@ -283,36 +283,51 @@ def _outer(a: Any, b: Any, out: Any = None) -> Variable:
 
 
 def _einsum(subscripts: Any, *operands: Any, out: Any = None, optimize: Any = False, **kwargs: Any) -> Variable:
-    """einsum as transposes, one broadcast product and one sum (the product is materialised)."""
+    """einsum as diagonals (an index repeated within one operand), transposes, one broadcast
+    product and one sum: the product of all operands is materialised, so keep operands small or
+    use matmul/tensordot for big contractions.  Everything is checked before the first record."""
     _reject("einsum", {"out": out, **kwargs}, {"dtype": None, "order": "K", "casting": "safe"})
     if not isinstance(subscripts, str):
         raise unsupported("np.einsum in the interleaved (operand, sublist) form")
     spec = subscripts.replace(" ", "")
-    if "." in spec:
-        raise unsupported("np.einsum with an ellipsis ('...')")
     ins_part, arrow, out_part = spec.partition("->")
     in_labels = ins_part.split(",")
-    if len(in_labels) != len(operands) or not all(set(s) <= set(string.ascii_letters) for s in in_labels):
-        raise ArgumentError(f"np.einsum: subscripts {subscripts!r} do not match {len(operands)} operand(s)")
-    if not arrow:
-        counts = {c: ins_part.count(c) for c in set(ins_part) - {","}}
-        out_part = "".join(sorted(c for c, n in counts.items() if n == 1))
+    if len(in_labels) != len(operands):
+        raise ArgumentError(f"np.einsum: subscripts {subscripts!r} name {len(in_labels)} operand(s), got {len(operands)}")
+    # An ellipsis stands for an operand's unnamed leading axes; they broadcast, aligned from the right.
+    spare = [c for c in string.ascii_uppercase + string.ascii_lowercase if c not in spec]
+    unnamed = []
+    for labels, x in zip(in_labels, operands, strict=True):
+        named = labels.replace("...", "", 1)
+        extra = _ndim(x) - len(named)
+        if not set(named) <= set(string.ascii_letters) or extra < 0 or (extra and "..." not in labels):
+            raise ArgumentError(f"np.einsum: {labels!r} does not fit an input of shape {_shape(x)}")
+        unnamed.append(extra)
+    ell = "".join(spare[:max(unnamed, default=0)])
+    in_labels = [labels.replace("...", ell[len(ell) - k:], 1) for labels, k in zip(in_labels, unnamed, strict=True)]
+    if arrow:
+        out_part = out_part.replace("...", ell, 1)
+    else:
+        once = [c for c in sorted(set("".join(in_labels)) - set(ell)) if "".join(in_labels).count(c) == 1]
+        out_part = ell + "".join(once)
     sizes: dict[str, int] = {}
     for labels, x in zip(in_labels, operands, strict=True):
-        shape = _shape(x)
-        if len(labels) != len(shape):
-            raise ArgumentError(f"np.einsum: {labels!r} names {len(labels)} axes of an input of shape {shape}")
-        if len(set(labels)) != len(labels):
-            raise unsupported(f"np.einsum with a repeated index in one operand ({labels!r}: use np.diagonal)")
-        for c, d in zip(labels, shape, strict=True):
-            if sizes.setdefault(c, d) != d and d != 1 and sizes[c] != 1:
-                raise TapegradError(f"einsum: index {c!r} has sizes {sizes[c]} and {d}")
-            sizes[c] = max(sizes[c], d)
+        for c, d in zip(labels, _shape(x), strict=True):
+            known = sizes.setdefault(c, d)
+            if known != d and not (c in ell and 1 in (known, d)):
+                raise TapegradError(f"einsum: index {c!r} has sizes {known} and {d}")
+            sizes[c] = max(known, d)
     if len(set(out_part)) != len(out_part) or not set(out_part) <= set(sizes):
-        raise ArgumentError(f"np.einsum: bad output subscripts {out_part!r}")
+        raise ArgumentError(f"np.einsum: bad output subscripts in {subscripts!r}")
     order = list(out_part) + sorted(set(sizes) - set(out_part))
     product: Any = None
     for labels, x in zip(in_labels, operands, strict=True):
+        while len(set(labels)) != len(labels):  # a repeated index: its diagonal, appended last
+            c = next(c for c in labels if labels.count(c) > 1)
+            first = labels.index(c)
+            second = labels.index(c, first + 1)
+            x = _diagonal(x, 0, first, second)
+            labels = "".join(d for k, d in enumerate(labels) if k not in (first, second)) + c
         mine = sorted(labels, key=order.index)
         if mine != list(labels):
             x = OPS.transpose(x, tuple(labels.index(c) for c in mine))
