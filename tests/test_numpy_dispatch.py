@@ -425,6 +425,8 @@ BAD_CALLS: list[tuple[str, Callable[[Any], Any]]] = [
     ("diff n=-1", lambda x: np.diff(x, n=-1)),
     ("einsum bad", lambda x: np.einsum("ij->i", x)),
     ("einsum sizes", lambda x: np.einsum("i,i", x, np.ones(2))),
+    ("linspace endpoints", lambda x: np.linspace(x, np.ones(2), 4)),
+    ("broadcast_arrays", lambda x: np.broadcast_arrays(x, np.ones(2))),
     ("einsum diagonal sizes", lambda x: np.einsum("ii", tg.Variable(np.ones((2, 3))))),
     ("reshape", lambda x: np.reshape(x, (2, 2))),
     ("cumsum bad axis", lambda x: np.cumsum(x, axis=2)),

@@ -34,7 +34,7 @@ import numpy as np
 
 from .errors import ArgumentError, TapegradError, UnsupportedError
 from .ops import REGISTRY
-from .ops.spec import AXES, canon, normalize_axis
+from .ops.spec import AXES, canon, dtype_of, normalize_axis
 from .tracer import OPS, Variable, _binary_op, _unary_op
 
 Handler = Callable[..., Any]
@@ -84,6 +84,13 @@ def _axes(name: str, axis: Any, shape: tuple[int, ...]) -> tuple[int, ...] | Non
 
 def _axis(name: str, axis: Any, ndim: int, shape: tuple[int, ...]) -> int:
     return normalize_axis(name, axis, ndim, shape)
+
+
+def _broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise TapegradError(f"{name}: shapes {', '.join(map(str, shapes))} do not broadcast") from None
 
 
 def _data(x: Any) -> Any:
@@ -463,7 +470,7 @@ def _broadcast_to(array: Any, shape: Any, subok: bool = False) -> Variable:
 
 
 def _broadcast_arrays(*args: Any, subok: bool = False) -> tuple[Any, ...]:
-    shape = np.broadcast_shapes(*(_shape(a) for a in args))
+    shape = _broadcast_shapes("broadcast_arrays", *(_shape(a) for a in args))
     return tuple(a if _shape(a) == shape else OPS.broadcast_to(a, shape) for a in args)
 
 
@@ -654,16 +661,15 @@ def _pad(array: Any, pad_width: Any, mode: str = "constant", **kwargs: Any) -> V
         raise ArgumentError(f"np.pad: pad_width {pad_width!r} does not fit an input of shape {shape}: {exc}") from None
     if (widths < 0).any():
         raise ArgumentError(f"np.pad: negative pad width in {pad_width!r}")
-    dtype = getattr(array, "dtype", None) or np.result_type(array)
+    dtype = dtype_of(array)
     x = array
     current = list(shape)
     for ax, (before, after) in enumerate(widths.tolist()):
         if not before and not after:
             continue
-        parts = []
-        for width in (before, after):
-            parts.append(np.full(tuple(current[:ax]) + (width,) + tuple(current[ax + 1:]), value, dtype=dtype))
-        x = OPS.concatenate([parts[0], x, parts[1]], ax)
+        def block(width: int, ax: int = ax) -> np.ndarray[Any, Any]:
+            return np.full((*current[:ax], width, *current[ax + 1:]), value, dtype=dtype)
+        x = OPS.concatenate([*([block(before)] if before else []), x, *([block(after)] if after else [])], ax)
         current[ax] += before + after
     return x if isinstance(x, Variable) else OPS.reshape(x, shape)
 
@@ -694,7 +700,7 @@ def _round(a: Any, decimals: int = 0, out: Any = None) -> Variable:
 
 def _nan_to_num(x: Any, copy: bool = True, nan: float = 0.0, posinf: float | None = None,
                 neginf: float | None = None) -> Variable:
-    dtype = np.dtype(getattr(x, "dtype", None) or np.result_type(x))
+    dtype = dtype_of(x)
     if dtype.kind != "f":
         return x if isinstance(x, Variable) else OPS.reshape(x, _shape(x))
     big = float(np.finfo(dtype).max)
@@ -743,7 +749,7 @@ def _linspace(start: Any, stop: Any, num: int = 50, endpoint: bool = True, retst
             {"retstep": False, "axis": 0})
     if type(num) is not int or num < 0:
         raise ArgumentError(f"np.linspace: num must be a non-negative int, got {num!r}")
-    nd = len(np.broadcast_shapes(_shape(start), _shape(stop)))
+    nd = len(_broadcast_shapes("linspace", _shape(start), _shape(stop)))
     steps = np.arange(num, dtype=np.float64) / max(num - 1 if endpoint else num, 1)
     return OPS.add(start, OPS.mul(OPS.sub(stop, start), steps.reshape((num,) + (1,) * nd)))
 
