@@ -144,6 +144,7 @@ def test_astype_to_integer_cuts_the_gradient() -> None:
 # ---- non-differentiable ops -----------------------------------------------------------------
 
 NON_DIFFERENTIABLE = sorted(name for name, spec in REGISTRY.items() if spec.vjp is None)
+ROUNDING = ("floor", "ceil", "trunc", "rint")
 GRID_Y = on_grid((3,), 0.75)
 
 
@@ -151,6 +152,8 @@ def _nondiff_apply(name: str, x: Any) -> Any:
     """Apply non-differentiable op `name` to the (2, 3) float Variable or array `x`."""
     if name in COMPARISONS:
         return getattr(tg, name)(x, GRID_Y)
+    if name in ROUNDING:
+        return getattr(np, name)(x)  # through numpy's dispatch, as user code calls it
     if name == "sign":
         return tg.sign(x)
     if name == "guard":  # re-checks a value the recording observed: here int(sum(x))
@@ -164,8 +167,8 @@ def _nondiff_expected(name: str, xd: np.ndarray) -> np.ndarray:
     """Independent numpy reference for `_nondiff_apply`."""
     if name in COMPARISONS:
         return np.asarray(getattr(np, name)(xd, GRID_Y))
-    if name == "sign":
-        return np.sign(xd)
+    if name in ROUNDING or name == "sign":
+        return np.asarray(getattr(np, name)(xd))
     return np.array(True)
 
 
@@ -175,7 +178,7 @@ GUARD_VALUE = int(float(NONDIFF_X.sum()))  # what int() of the recorded sum obse
 
 def test_non_differentiable_ops_are_the_expected_ones() -> None:
     # An op silently losing its VJP rule would show up here.
-    assert set(NON_DIFFERENTIABLE) == {*COMPARISONS, "sign", "guard", "shape_guard"}
+    assert set(NON_DIFFERENTIABLE) == {*COMPARISONS, *ROUNDING, "sign", "guard", "shape_guard"}
 
 
 @pytest.mark.parametrize("name", NON_DIFFERENTIABLE)
@@ -223,6 +226,8 @@ def _operands(name: str, sx: tuple[int, ...], sy: tuple[int, ...], dtype: Any) -
         x, y = positive(*sx), normal(*sy)
     elif name == "div":
         x, y = normal(*sx), away_from_zero(*sy)
+    elif name == "arctan2":
+        x, y = away_from_zero(*sx), away_from_zero(*sy)
     else:
         x, y = normal(*sx), normal(*sy)
     return x.astype(dtype), y.astype(dtype)
@@ -249,6 +254,9 @@ def _reference_grads(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarra
         "pow": lambda: (by * bx ** (by - 1), bx**by * np.log(bx)),
         "maximum": lambda: ((bx > by) * 1.0, (bx < by) * 1.0),
         "minimum": lambda: ((bx < by) * 1.0, (bx > by) * 1.0),
+        "logaddexp": lambda: (1 / (1 + np.exp(by - bx)), 1 / (1 + np.exp(bx - by))),
+        "logaddexp2": lambda: (1 / (1 + 2 ** (by - bx)), 1 / (1 + 2 ** (bx - by))),
+        "arctan2": lambda: (by / (bx**2 + by**2), -bx / (bx**2 + by**2)),  # arctan2(y=bx, x=by)
     }
     gx, gy = rules[name]()
     return _np_sum_to(gx, x.shape), _np_sum_to(gy, y.shape)

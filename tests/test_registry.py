@@ -145,12 +145,13 @@ def test_scratch_fact_bounds_what_the_kernel_allocates(op: str, attrs: dict[str,
     """The replay memory model (`plan.peak_bytes`) counts the result plus `scratch` buffers the
     size of the larger of input 0 and the result: the kernel must not allocate more."""
     spec = REGISTRY[op]
-    x = np.random.default_rng(0).uniform(0.5, 2.0, (256, 512))  # in every unary op's domain
+    x = np.random.default_rng(0).uniform(0.5, 2.0, (256, 512))  # (NaN for arcsin and co.: the memory is the same)
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
         before = tracemalloc.get_traced_memory()[0]
-        out = np.asarray(spec.forward(x, **attrs))
+        with np.errstate(all="ignore"):
+            out = np.asarray(spec.forward(x, **attrs))
         peak = tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()

@@ -215,6 +215,10 @@ def _argument_sets(name: str) -> list[tuple[Any, ...]]:
         return [(np.array([True, False, True]), np.array([1.0, 2.0, 3.0]), np.array([-1.0, -2.0, -3.0])),
                 (True, 2.0, 3.0)]
     arity = REGISTRY[name].arity
+    if name in ("arcsin", "arccos", "arctanh"):  # (their domain is (-1, 1))
+        return [(np.array([-0.5, 0.25, 0.75]),), (0.5,)]
+    if name == "arccosh":
+        return [(np.array([1.5, 2.25, 3.0]),), (1.75,)]
     return [tuple(np.array([0.5, 1.25, 2.0]) + k for k in range(arity)), tuple(0.75 + k for k in range(arity))]
 
 

@@ -261,7 +261,7 @@ def test_attribute_values_equal_under_eq_are_still_told_apart() -> None:
     with tg.record() as tape:
         x = tg.Variable(np.array([0.0, 1.0]), name="x")
         for k in range(80):  # enough records for the bulk pass
-            float(tg.sum(x * (1.0 if k % 2 else -1.0)) * 0.0)  # guards observing 0.0 and -0.0
+            (tg.sum(x * (1.0 if k % 2 else -1.0)) * 0.0).item()  # guards observing 0.0 and -0.0
     values = [r.attrs["value"] for r in tape.records if r.op == "guard"]
     assert {str(v) for v in values} == {"0.0", "-0.0"}
     loaded = tf.loads(tf.dumps(tape))

@@ -2,7 +2,8 @@
 
 Public API: `Variable`, the op functions (`add`, `mul`, `sum`, ...: one for every registry row
 marked `public`, installed from `tracer.FUNCTIONS`), `record`, `no_record`, `grad`,
-`value_and_grad`, `hessian`, `Tape`, `replay`, the file functions, and the error family rooted
+`value_and_grad`, `hessian`, `Tape`, `replay`, the file functions, custom ops (`defop`,
+`Function`), and the error family rooted
 at `TapegradError` (`NonFiniteError` is what anomaly mode, `check_finite=True`, raises).
 """
 
@@ -15,7 +16,10 @@ with held():
     from typing import TYPE_CHECKING
 
     from . import replay
+    from .custom import Function, defop
     from .errors import (
+        ArgumentError,
+        CopyError,
         DTypeError,
         GuardError,
         LimitError,
@@ -23,6 +27,7 @@ with held():
         TapeFormatError,
         TapegradError,
         TruncatedTapeError,
+        UnsupportedError,
     )
     from .functional import grad, hessian, value_and_grad
     from .tape import Record, Tape
@@ -41,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Limits", "Recovery", "TapeRecoveryWarning", "dumps", "load", "loads", "save",
+    "ArgumentError", "CopyError", "UnsupportedError", "Function", "defop",
     "DTypeError", "GuardError", "LimitError", "NonFiniteError", "Record", "Tape", "TapeFormatError", "TapegradError",
     "TruncatedTapeError", "Variable", "grad", "hessian", "no_record", "record", "replay", "value_and_grad",
     *FUNCTIONS,

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .ops import NUMPY, REGISTRY, pass_on
+from .ops import NUMPY, REGISTRY, OpSpec, pass_on
+from .ops.registry import on_change
 from .tape import INPUTS, OP, OUTPUT, RawRecord
 
 
@@ -35,6 +36,19 @@ _VJP = {name: spec.vjp or _no_vjp for name, spec in REGISTRY.items()}
 _ELEMENTWISE = frozenset(name for name, spec in REGISTRY.items() if spec.elementwise)
 GUARDS = frozenset(("guard", "shape_guard"))
 """The ops that check what the recording saw (a value it branched on, a shape it read)."""
+
+
+def _op_changed(name: str, spec: OpSpec | None) -> None:
+    """Keep the two tables above in step with custom ops (`tapegrad.custom`)."""
+    global _ELEMENTWISE
+    if spec is None:
+        _VJP.pop(name, None)
+    else:
+        _VJP[name] = spec.vjp or _no_vjp
+    _ELEMENTWISE = frozenset(n for n, s in REGISTRY.items() if s.elementwise)
+
+
+on_change(_op_changed)
 
 
 def active_set(records: Iterable[RawRecord], sources: Iterable[int]) -> set[int]:

@@ -3,7 +3,8 @@
 Contract: every problem tapegrad detects in user input or in file content raises a subclass of
 `TapegradError`.  `DTypeError` (also a `TypeError`) is raised for values of an unsupported type or
 dtype, such as complex numbers, wherever they enter (Variable, op arguments, grad, replay inputs).
-`TapeFormatError` (also a `ValueError`, like msgpack's own errors) is raised for
+`ArgumentError` and `UnsupportedError` (also `TypeError`s) are raised for a bad call and for a
+numpy function with no registry op.  `TapeFormatError` (also a `ValueError`, like msgpack's own errors) is raised for
 bytes or files that are not a valid tape, including well-formed files whose records are
 inconsistent.  `NonFiniteError` (also a `FloatingPointError`) is raised by anomaly mode
 (`check_finite=True`) at the first NaN or infinity and carries where it arose as attributes.
@@ -99,6 +100,23 @@ class TapegradError(Exception):
 class DTypeError(TapegradError, TypeError):
     """A value of a type or dtype tapegrad does not compute with (complex numbers, strings,
     objects).  Raised instead of casting: a cast would differentiate another function."""
+
+
+class ArgumentError(TapegradError, TypeError):
+    """A call with arguments of the wrong kind or number (where Python raises `TypeError`), or a
+    conversion that would silently leave the graph (`float(x)` of a floating Variable, so also
+    `math.exp(x)`); the message says what to call instead."""
+
+
+class UnsupportedError(TapegradError, TypeError):
+    """A numpy function, ufunc or ufunc method called on a Variable that no registry op records
+    (`np.sort`, `np.add.reduceat`, `np.linalg.eig`); the message names it and says how to add
+    an op (`tg.defop`, `tg.Function`).  A `TypeError`, as numpy raises for unsupported types."""
+
+
+class CopyError(TapegradError, ValueError):
+    """`np.asarray(x, dtype=..., copy=False)` of a Variable whose data would need a copy (numpy's
+    protocol expects a `ValueError` there)."""
 
 
 class TapeFormatError(TapegradError, ValueError):

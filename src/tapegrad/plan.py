@@ -645,13 +645,10 @@ def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> RawRecord:
     return (rec[OP], rec[ATTRS], slot_of[rec[OUTPUT]], *map(slot_of.__getitem__, rec[INPUTS:]))
 
 
-_FORWARD = {name: spec.forward for name, spec in REGISTRY.items()}
-
-
 def _step(rec: RawRecord, ins: Sequence[int], out: int) -> Step:
     """The executable step of a slot-form record whose inputs and output are in these registers."""
     attrs = rec[ATTRS]
-    fn = _FORWARD[rec[OP]]
+    fn = REGISTRY[rec[OP]].forward  # (custom ops join REGISTRY at run time)
     if attrs:
         fn = partial(fn, **attrs)
     if len(ins) == 1:

@@ -11,6 +11,10 @@ Contract:
 - Python scalars follow numpy 2 promotion (`x32 * 2.0` stays float32) and are recorded as
   constants of the promoted dtype.  Invalid arguments raise `TapegradError` naming the op and
   the shapes, never a bare numpy error.
+- numpy: `Variable.__array_ufunc__` / `__array_function__` are `numpy_dispatch`'s (installed at
+  the end of this module), so plain `np.*` calls on Variables record registry ops;
+  `np.asarray(x)` gives the data (leaving the graph); `float(x)` of a floating Variable (which
+  `math.*` calls) raises `ArgumentError` rather than silently losing the gradient.
 - `y.backward()` runs `engine.reverse`, the same engine as file replay (with
   `check_finite=True`, its checking twin `engine.reverse_checked`).
 - Recording state (the tape being recorded, `no_record()`) is per thread and per asyncio task
@@ -40,15 +44,15 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from sys import _getframe
 from types import FrameType, MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
 from . import anomaly, backprop, context, engine, nesting
-from .errors import DTypeError, TapegradError
+from .errors import ArgumentError, CopyError, DTypeError, TapegradError
 from .interrupts import held
 from .ops import NUMPY, REGISTRY, OpSpec
-from .ops.registry import backend
+from .ops.registry import add_backend, backend
 from .tape import RawRecord, Tape, describe_exception
 
 _serials = itertools.count()
@@ -96,9 +100,10 @@ def _emit(name: str, attrs: Any, out: Any, tape: Tape | None, in_serials: tuple[
 # with a built input tuple costs ~1,000 machine instructions, 8% of a tiny recorded op plus its
 # backward (benchmarks/overhead.py).  Keep the three in step.
 
-def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
+def _unary_op(spec: OpSpec, depth: int = 1) -> Callable[[Any], Variable]:
     """`spec` applied to one argument: a fast path for a Variable input already on the active
-    tape (if any), everything else through `_apply`."""
+    tape (if any), everything else through `_apply`.  `depth`: how many frames up the user's
+    code is (2 when numpy's protocol calls the op, so no frame walk is needed)."""
     forward, name = spec.forward, spec.name
 
     def op(x: Any) -> Variable:
@@ -121,7 +126,7 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
             return v
         v._link = None
         if tape.source:
-            f = _getframe(1)
+            f = _getframe(depth)
             if f.f_code is not tape._source_last:
                 f = _source_frame(tape, f)
             tape._source_pos.append(f.f_lasti)
@@ -135,9 +140,10 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
     return op
 
 
-def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Variable]:
+def _binary_op(spec: OpSpec, reflected: bool = False, depth: int = 1) -> Callable[[Any, Any], Variable]:
     """`spec` applied to two arguments (swapped when `reflected`, for `__radd__` and friends):
-    a fast path for two Variables already on the active tape (if any), else `_apply`."""
+    a fast path for two Variables already on the active tape (if any), else `_apply`.
+    `depth`: as for `_unary_op`."""
     forward, name = spec.forward, spec.name
 
     def op(a: Any, b: Any) -> Variable:
@@ -164,7 +170,7 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
             return v
         v._link = None
         if tape.source:
-            f = _getframe(1)
+            f = _getframe(depth)
             if f.f_code is not tape._source_last:
                 f = _source_frame(tape, f)
             tape._source_pos.append(f.f_lasti)
@@ -188,7 +194,8 @@ class Variable:
     # _link: (record, inputs) for eager results, None for leaves and recorded results (the tape
     # holds their history); _tape: the tape that produced or first recorded this Variable.
     __slots__ = ("__weakref__", "_link", "_name", "_tape", "_tapegrad_serial", "data", "grad")
-    __array_ufunc__ = None  # make numpy defer to our reflected operators (np.ones(3) + x)
+    # numpy's protocols (`__array_ufunc__`, `__array_function__`) are installed at the end of
+    # this module from `numpy_dispatch`: plain `np.*` calls on Variables record registry ops.
 
     data: Any
     grad: Any
@@ -200,7 +207,7 @@ class Variable:
             if data.dtype.kind not in _ALLOWED_KINDS:
                 raise DTypeError(f"dtype {data.dtype} is not supported: use bool, integer or float arrays (never cast)")
         if name is not None and not isinstance(name, str):
-            raise TypeError("Variable name must be a str or None")
+            raise ArgumentError(f"Variable name must be a str or None, not {type(name).__name__}")
         self.data = data
         self.grad = None
         self._name = name
@@ -219,7 +226,7 @@ class Variable:
     @name.setter
     def name(self, value: str | None) -> None:
         if value is not None and not isinstance(value, str):
-            raise TypeError("Variable name must be a str or None")
+            raise ArgumentError(f"Variable name must be a str or None, not {type(value).__name__}")
         self._name = value
         if self._tape is not None:
             self._tape._set_name(self._tapegrad_serial, value)
@@ -245,8 +252,25 @@ class Variable:
         return self.data.dtype  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
+        if self.data is None or self.data.ndim == 0:
+            raise ArgumentError("len() of a 0-d Variable (or one with no data): it has no first axis")
         _read_shape(self)
         return len(self.data)
+
+    def __iter__(self) -> Iterator[Variable]:
+        """The sub-Variables along the first axis (`x[0]`, `x[1]`, ...), each recorded as a getitem."""
+        n = len(self)  # (a 0-d Variable raises here, before anything is recorded)
+        return (self[i] for i in range(n))
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray[Any, Any]:
+        """The data, for `np.asarray(x)` and code that needs a plain array.  This leaves the graph:
+        nothing done with the array is recorded or differentiated."""
+        if self.data is None:
+            raise TapegradError("cannot convert a Variable with no data to an array")
+        if copy is False and dtype is not None and np.dtype(dtype) != self.data.dtype:
+            raise CopyError(f"converting a {self.data.dtype} Variable to {np.dtype(dtype)} needs a copy")
+        data = self.data if dtype is None else self.data.astype(dtype, copy=False)
+        return data.copy() if copy else data  # type: ignore[no-any-return]
 
     # -- Python values: recorded as guards, so replay can tell when control flow would change --
     def __bool__(self) -> bool:
@@ -260,7 +284,7 @@ class Variable:
 
     def __index__(self) -> int:
         if self.dtype.kind not in "iub":
-            raise TypeError(f"only integer Variables can be used as an index, not {self.dtype}")
+            raise ArgumentError(f"only integer Variables can be used as an index, not {self.dtype}")
         return int(_observe(self, "int"))
 
     def item(self) -> bool | int | float:
@@ -361,6 +385,102 @@ class Variable:
     def astype(self, dtype: Any) -> Variable:
         return OPS.astype(self, dtype)
 
+    # -- operators that are compositions of registry ops, through numpy's ufuncs --
+    def __floordiv__(self, other: Any) -> Variable:
+        return cast("Variable", np.floor_divide(self, other))
+
+    def __rfloordiv__(self, other: Any) -> Variable:
+        return cast("Variable", np.floor_divide(other, self))
+
+    def __mod__(self, other: Any) -> Variable:
+        return cast("Variable", np.remainder(self, other))
+
+    def __rmod__(self, other: Any) -> Variable:
+        return cast("Variable", np.remainder(other, self))
+
+    def __pos__(self) -> Variable:
+        return self
+
+    # -- numpy's array methods, through numpy's own functions (and so `numpy_dispatch`) --
+    def mean(self, axis: Any = None, keepdims: bool = False) -> Variable:
+        return cast("Variable", np.mean(self, axis=axis, keepdims=keepdims))
+
+    def max(self, axis: Any = None, keepdims: bool = False) -> Variable:
+        return cast("Variable", np.max(self, axis=axis, keepdims=keepdims))
+
+    def min(self, axis: Any = None, keepdims: bool = False) -> Variable:
+        return cast("Variable", np.min(self, axis=axis, keepdims=keepdims))
+
+    def var(self, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Variable:
+        return cast("Variable", np.var(self, axis=axis, ddof=ddof, keepdims=keepdims))
+
+    def std(self, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Variable:
+        return cast("Variable", np.std(self, axis=axis, ddof=ddof, keepdims=keepdims))
+
+    def any(self, axis: Any = None, keepdims: bool = False) -> Variable:
+        """Whether any element is nonzero: a bool Variable (no gradient; `bool()` of it is a guard)."""
+        return cast("Variable", np.any(self, axis=axis, keepdims=keepdims))
+
+    def all(self, axis: Any = None, keepdims: bool = False) -> Variable:
+        """Whether every element is nonzero: a bool Variable (no gradient; `bool()` of it is a guard)."""
+        return cast("Variable", np.all(self, axis=axis, keepdims=keepdims))
+
+    def prod(self, axis: Any = None, keepdims: bool = False) -> Variable:
+        return cast("Variable", np.prod(self, axis=axis, keepdims=keepdims))
+
+    def cumsum(self, axis: Any = None) -> Variable:
+        return cast("Variable", np.cumsum(self, axis=axis))
+
+    def ravel(self) -> Variable:
+        return OPS.reshape(self, (-1,))
+
+    flatten = ravel
+
+    def squeeze(self, axis: Any = None) -> Variable:
+        return cast("Variable", np.squeeze(self, axis=axis))
+
+    def dot(self, other: Any) -> Variable:
+        return cast("Variable", np.dot(self, other))
+
+    def clip(self, min: Any = None, max: Any = None) -> Variable:  # noqa: A002 (numpy's names)
+        return OPS.clip(self, min, max)
+
+    def swapaxes(self, axis1: int, axis2: int) -> Variable:
+        return cast("Variable", np.swapaxes(self, axis1, axis2))
+
+    def repeat(self, repeats: Any, axis: Any = None) -> Variable:
+        return cast("Variable", np.repeat(self, repeats, axis))
+
+    def diagonal(self, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Variable:
+        return cast("Variable", np.diagonal(self, offset, axis1, axis2))
+
+    def trace(self, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Variable:
+        return cast("Variable", np.trace(self, offset, axis1, axis2))
+
+    def round(self, decimals: int = 0) -> Variable:
+        return cast("Variable", np.round(self, decimals))
+
+    def __round__(self, ndigits: int | None = None) -> Variable:
+        return self.round(ndigits or 0)
+
+    def copy(self) -> Variable:
+        """The Variable itself: Variables are immutable, so a copy could not differ."""
+        return self
+
+    # -- values that are not differentiable: plain numpy results computed on the data --
+    def argmax(self, axis: Any = None, keepdims: bool = False) -> Any:
+        return np.argmax(self.data, axis=axis, keepdims=keepdims)
+
+    def argmin(self, axis: Any = None, keepdims: bool = False) -> Any:
+        return np.argmin(self.data, axis=axis, keepdims=keepdims)
+
+    def nonzero(self) -> tuple[np.ndarray[Any, Any], ...]:
+        return tuple(np.nonzero(self.data))
+
+    def tolist(self) -> Any:
+        """The data as (nested) Python lists: leaves the graph, like `np.asarray(x)`."""
+        return self.data.tolist()
+
 
 _new_variable = Variable.__new__
 
@@ -395,8 +515,8 @@ def _observe(v: Variable, kind: str) -> bool | int | float:
     if v.data is None:
         raise TapegradError("cannot convert a Variable with no data")
     if v.data.size != 1:
-        raise TapegradError(f"only one-element Variables convert to Python scalars (shape {v.shape}); "
-                            "use .any() / .all() style reductions explicitly")
+        raise ArgumentError(f"only one-element Variables convert to Python scalars (shape {v.shape}): "
+                            "for a truth value use x.any() or x.all() (np.any(x), np.all(x))")
     item = v.data.item()
     value: bool | int | float = bool(item) if kind == "bool" else int(item) if kind == "int" else float(item)
     state = _current()
@@ -595,7 +715,7 @@ def _public(spec: OpSpec) -> OpFunction:
     elif spec.simple:
         def fn(*args: Any) -> Variable:
             if len(args) != spec.arity:
-                raise TypeError(f"{spec.name}() takes {spec.arity} argument(s), got {len(args)}")
+                raise ArgumentError(f"{spec.name}() takes {spec.arity} argument(s), got {len(args)}")
             return _apply(spec, args, NO_ATTRS)
     else:
         def fn(*args: Any, **kwargs: Any) -> Variable:
@@ -616,6 +736,7 @@ class _Ops(Protocol):
 
 OPS: _Ops = backend("tapegrad.tracer.ops", _FUNCTIONS)
 """The traced backend: every registry op as a function on Variables (VJP rules run on it)."""
+add_backend(OPS, _public)  # type: ignore[arg-type]  # (custom ops join it when registered)
 
 FUNCTIONS: Mapping[str, OpFunction] = MappingProxyType({name: fn for name, fn in _FUNCTIONS.items()
                                                         if REGISTRY[name].public})
@@ -640,3 +761,10 @@ class _Recorder:
 
 
 RECORDER = _Recorder()
+
+
+# numpy's protocols: installed here, after `Variable` and the op functions they record with exist.
+from . import numpy_dispatch  # noqa: E402
+
+Variable.__array_ufunc__ = numpy_dispatch.array_ufunc  # type: ignore[attr-defined]
+Variable.__array_function__ = numpy_dispatch.array_function  # type: ignore[attr-defined]

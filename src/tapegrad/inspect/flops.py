@@ -54,6 +54,8 @@ RULES: Mapping[str, Rule] = {
     "sigmoid": _per_output(3),  # exp, add, divide
     # reductions: one per input element
     "sum": _per_input(1),
+    "cumsum": _per_input(1),
+    "prod": _per_input(1),
     "mean": _per_input(1),
     "max": _per_input(1),
     "min": _per_input(1),

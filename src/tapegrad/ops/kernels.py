@@ -56,6 +56,14 @@ def _reduce(fn: Any, x: Array, axis: tuple[int, ...] | None, keepdims: bool) -> 
     return np.asarray(fn(x, axis=axis, keepdims=keepdims))
 
 
+def prod(x: Array, axis: tuple[int, ...] | None, keepdims: bool) -> Array:
+    return _reduce(np.prod, x, axis, keepdims)
+
+
+def cumsum(x: Array, axis: int) -> Array:
+    return np.cumsum(x, axis=axis)
+
+
 def sum_(x: Array, axis: tuple[int, ...] | None, keepdims: bool) -> Array:
     return _reduce(np.sum, x, axis, keepdims)
 

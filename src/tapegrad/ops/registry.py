@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..errors import TapegradError
+from ..errors import ArgumentError, TapegradError
 from . import infer, kernels
 from .spec import (
     ARRAY,
@@ -111,6 +111,22 @@ def _maxmin_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) ->
     return F.mul(share, _unreduce(F, g, x, axis, keepdims))
 
 
+def _prod_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    """d prod / d x_i is the product of the other elements, also where x has zeros (never a
+    division by zero): out / x_i where x_i != 0; where x_i == 0, the product of the nonzero
+    elements if x_i is its slice's only zero, else 0.  Second derivatives are exact except where
+    a slice has two or more exact zeros (there the rule's masks are constant)."""
+    (x,) = ins
+    axis, keepdims = _axes(a), a["keepdims"]
+    zero = F.equal(x, 0)
+    safe = F.where(zero, 1, x)
+    only_zero = F.equal(_unreduce(F, F.sum(F.astype(zero, "int64"), axis, True), x, axis, True), 1)
+    nonzero_product = _unreduce(F, F.prod(safe, axis, True), x, axis, True)
+    whole = _unreduce(F, out, x, axis, keepdims)
+    share = F.where(zero, F.where(only_zero, nonzero_product, 0), F.div(whole, safe))
+    return F.mul(share, _unreduce(F, g, x, axis, keepdims))
+
+
 def _concat_slice(ins: Sequence[Any], axis: int, k: int) -> tuple[Any, ...]:
     start = sum(int(ins[j].shape[axis]) for j in range(k))
     return (slice(None),) * axis + (slice(start, start + int(ins[k].shape[axis])),)
@@ -167,20 +183,20 @@ def _bind_getitem(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tu
 
 def _bind_scatter_add(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if set(kw) != {"shape", "index"}:
-        raise TypeError("scatter_add(g, *index_arrays, shape=..., index=...) needs shape and index")
+        raise ArgumentError("scatter_add(g, *index_arrays, shape=..., index=...) needs shape and index")
     shape = canon("scatter_add", SHAPE, kw["shape"], 0, ())
     return args, {"shape": shape, "index": kw["index"]}
 
 
 def _bind_sequence(spec: OpSpec, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if not args or len(args) > 2:
-        raise TypeError(f"{spec.name}(xs, axis=0) takes a sequence of arrays and an axis")
+        raise ArgumentError(f"{spec.name}(xs, axis=0) takes a sequence of arrays and an axis")
     xs = tuple(args[0])
     if not xs:
         raise TapegradError(f"{spec.name}: need at least one array")
     axis = args[1] if len(args) == 2 else kw.pop("axis", 0)
     if kw:
-        raise TypeError(f"{spec.name}() got unexpected keyword arguments {sorted(kw)}")
+        raise ArgumentError(f"{spec.name}() got unexpected keyword arguments {sorted(kw)}")
     nd = ndim_of(xs[0]) + (1 if spec.name == "stack" else 0)
     return xs, {"axis": normalize_axis(spec.name, axis, nd, shape_of(xs[0]))}
 
@@ -256,6 +272,26 @@ def _scatter_add_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: in
     return F.getitem(g, decode_index(a["index"], ins[1:]))
 
 
+def _arctan2_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    """arctan2(y, x): d/dy = x / (x**2 + y**2), d/dx = -y / (x**2 + y**2)."""
+    y, x = ins
+    r2 = F.add(F.square(x), F.square(y))
+    return F.div(F.mul(g, x), r2) if k == 0 else F.neg(F.div(F.mul(g, y), r2))
+
+
+def _flip(F: Any, x: Any, axis: int) -> Any:
+    return F.getitem(x, (slice(None),) * axis + (slice(None, None, -1),))
+
+
+def _cumsum_vjp(F: Any, g: Any, ins: Sequence[Any], out: Any, a: Any, k: int) -> Any:
+    """The cotangent summed from the end: a reversed cumulative sum."""
+    axis = a["axis"]
+    return _flip(F, F.cumsum(_flip(F, g, axis), axis), axis)
+
+
+_LN2, _LN10 = math.log(2.0), math.log(10.0)
+
+
 # ---- memory facts that depend on the record ---------------------------------------------------
 
 
@@ -307,6 +343,11 @@ def _rows() -> list[OpSpec]:
         E("pow", 2, np.power, _pow_vjp, "x ** y"),
         E("maximum", 2, np.maximum, _maximum_vjp, "elementwise max; ties send the gradient to x"),
         E("minimum", 2, np.minimum, _minimum_vjp, "elementwise min; ties send the gradient to x"),
+        E("logaddexp", 2, np.logaddexp, lambda F, g, ins, out, a, k: F.mul(g, F.exp(F.sub(ins[k], out))),
+          "log(e ** x + e ** y), computed stably"),
+        E("logaddexp2", 2, np.logaddexp2, lambda F, g, ins, out, a, k: F.mul(g, F.exp2(F.sub(ins[k], out))),
+          "log2(2 ** x + 2 ** y), computed stably"),
+        E("arctan2", 2, np.arctan2, _arctan2_vjp, "the angle of the point (x, y): arctan2(y, x), y first as in numpy"),
         E("where", 3, np.where, _where_vjp, "cond ? x : y elementwise (no gradient to cond)"),
         E("clip", 3, kernels.clip, _clip_vjp, "min(max(x, a_min), a_max); a None bound is the dtype's extreme",
           scratch=1, binder=_bind_clip),
@@ -322,6 +363,28 @@ def _rows() -> list[OpSpec]:
         E("sqrt", 1, np.sqrt, lambda F, g, ins, out, a, k: F.div(g, F.mul(2, out)), "square root"),
         E("abs", 1, np.abs, lambda F, g, ins, out, a, k: F.mul(g, F.sign(ins[0])), "absolute value"),
         E("sign", 1, np.sign, None, "-1, 0 or 1 (gradient zero almost everywhere)"),
+        E("square", 1, np.square, lambda F, g, ins, out, a, k: F.mul(g, F.mul(2, ins[0])), "x * x"),
+        E("expm1", 1, np.expm1, lambda F, g, ins, out, a, k: F.mul(g, F.add(out, 1)), "e ** x - 1, exact near 0"),
+        E("exp2", 1, np.exp2, lambda F, g, ins, out, a, k: F.mul(g, F.mul(out, _LN2)), "2 ** x"),
+        E("log2", 1, np.log2, lambda F, g, ins, out, a, k: F.div(g, F.mul(ins[0], _LN2)), "base-2 logarithm"),
+        E("log10", 1, np.log10, lambda F, g, ins, out, a, k: F.div(g, F.mul(ins[0], _LN10)), "base-10 logarithm"),
+        E("sinh", 1, np.sinh, lambda F, g, ins, out, a, k: F.mul(g, F.cosh(ins[0])), "hyperbolic sine"),
+        E("cosh", 1, np.cosh, lambda F, g, ins, out, a, k: F.mul(g, F.sinh(ins[0])), "hyperbolic cosine"),
+        E("arcsin", 1, np.arcsin, lambda F, g, ins, out, a, k: F.div(g, F.sqrt(F.sub(1, F.square(ins[0])))),
+          "inverse sine"),
+        E("arccos", 1, np.arccos, lambda F, g, ins, out, a, k: F.neg(F.div(g, F.sqrt(F.sub(1, F.square(ins[0]))))),
+          "inverse cosine"),
+        E("arctan", 1, np.arctan, lambda F, g, ins, out, a, k: F.div(g, F.add(1, F.square(ins[0]))), "inverse tangent"),
+        E("arcsinh", 1, np.arcsinh, lambda F, g, ins, out, a, k: F.div(g, F.sqrt(F.add(F.square(ins[0]), 1))),
+          "inverse hyperbolic sine"),
+        E("arccosh", 1, np.arccosh, lambda F, g, ins, out, a, k: F.div(g, F.sqrt(F.sub(F.square(ins[0]), 1))),
+          "inverse hyperbolic cosine"),
+        E("arctanh", 1, np.arctanh, lambda F, g, ins, out, a, k: F.div(g, F.sub(1, F.square(ins[0]))),
+          "inverse hyperbolic tangent"),
+        E("floor", 1, np.floor, None, "round down (gradient zero almost everywhere)"),
+        E("ceil", 1, np.ceil, None, "round up (gradient zero almost everywhere)"),
+        E("trunc", 1, np.trunc, None, "round towards zero (gradient zero almost everywhere)"),
+        E("rint", 1, np.rint, None, "round to the nearest integer, ties to even (gradient zero almost everywhere)"),
         E("sigmoid", 1, kernels.sigmoid, lambda F, g, ins, out, a, k: F.mul(g, F.mul(out, F.sub(1, out))),
           "1 / (1 + e ** -x)", scratch=2),
         E("relu", 1, kernels.relu, lambda F, g, ins, out, a, k: F.where(F.greater(ins[0], 0), g, 0), "max(x, 0)"),
@@ -344,6 +407,8 @@ def _rows() -> list[OpSpec]:
                    lambda F, g, ins, out, a, k: F.div(_unreduce(F, g, ins[0], _axes(a), a["keepdims"]),
                                                       _count(ins[0], _axes(a))),
                    "mean over axis (None: all)"),
+        _reduction("prod", kernels.prod, _prod_vjp, "product over axis (None: all); its gradient is exact with zeros",
+                   scratch=1),
         _reduction("max", kernels.max_, _maxmin_vjp, "max over axis; ties share the gradient"),
         _reduction("min", kernels.min_, _maxmin_vjp, "min over axis; ties share the gradient"),
         _reduction("logsumexp", kernels.logsumexp,
@@ -356,6 +421,9 @@ def _rows() -> list[OpSpec]:
         _reduction("log_softmax", kernels.log_softmax,
                    lambda F, g, ins, out, a, k: F.sub(g, F.mul(F.exp(out), F.sum(g, a["axis"], True))),
                    "x - logsumexp(x) over axis", scratch=2, attrs=(Attr("axis", AXES, -1),), shape=infer.same_shape),
+        OpSpec(name="cumsum", arity=1, forward=kernels.cumsum, vjp=_cumsum_vjp,
+               doc="cumulative sum along axis", attrs=(Attr("axis", AXIS),), binder=None, shape=infer.same_shape,
+               elementwise=False, scratch=0, aliases=never_aliases, view=False, public=True),
         # shapes
         OpSpec(name="reshape", arity=1, forward=kernels.reshape,
                vjp=lambda F, g, ins, out, a, k: F.reshape(g, tuple(ins[0].shape)),
@@ -412,7 +480,10 @@ def _build() -> dict[str, OpSpec]:
     return table
 
 
-REGISTRY: Mapping[str, OpSpec] = MappingProxyType(_build())
+_TABLE = _build()
+REGISTRY: Mapping[str, OpSpec] = MappingProxyType(_TABLE)
+BUILTIN: frozenset[str] = frozenset(_TABLE)
+"""The ops this module defines; the others in `REGISTRY` are custom ops registered at run time."""
 
 
 def _numpy_function(spec: OpSpec) -> Callable[..., Any]:
@@ -441,6 +512,49 @@ NUMPY: Any = backend("tapegrad.ops.numpy_backend", {name: _numpy_function(spec) 
 """The numpy backend: every op with its public signature, computing on plain arrays."""
 
 
+# ---- custom ops: registered at run time, by an explicit call (tapegrad.custom) ------------------
+
+_LISTENERS: list[Callable[[str, OpSpec | None], None]] = []
+
+
+def on_change(listener: Callable[[str, OpSpec | None], None]) -> None:
+    """Call `listener(name, spec)` when a custom op is registered (`spec` None: unregistered):
+    for modules that keep tables derived from `REGISTRY` (backends, the engine's rule table)."""
+    _LISTENERS.append(listener)
+
+
+def add_backend(module: ModuleType, make: Callable[[OpSpec], Callable[..., Any]]) -> None:
+    """Keep backend `module` complete: `make(spec)` joins it for every op registered later."""
+    def listener(name: str, spec: OpSpec | None) -> None:
+        if spec is None:
+            module.__dict__.pop(name, None)
+        else:
+            module.__dict__[name] = make(spec)
+    on_change(listener)
+
+
+add_backend(NUMPY, _numpy_function)
+
+
+def register(spec: OpSpec) -> None:
+    """Add custom op `spec` to `REGISTRY` (and to every backend), or replace the custom op of
+    that name (re-running a definition, as notebooks do).  Built-in names cannot be taken."""
+    if spec.name in BUILTIN:
+        raise TapegradError(f"op name {spec.name!r} is a built-in op: choose another name (e.g. 'mylib.{spec.name}')")
+    _TABLE[spec.name] = spec
+    for listener in _LISTENERS:
+        listener(spec.name, spec)
+
+
+def unregister(name: str) -> None:
+    """Remove custom op `name` (tests; a tape naming it then no longer loads in this process)."""
+    if name in BUILTIN:
+        raise TapegradError(f"op {name!r} is built in and cannot be unregistered")
+    if _TABLE.pop(name, None) is not None:
+        for listener in _LISTENERS:
+            listener(name, None)
+
+
 def op_table_markdown() -> str:
     """The attribute schemas of the registry as the Markdown table docs/FORMAT.md shows (a test
     keeps the two equal): ops with the same attributes share a row, in registry order, and ops
@@ -448,7 +562,7 @@ def op_table_markdown() -> str:
     Regenerate with `python -m tapegrad.ops`."""
     groups: dict[str, list[str]] = {}
     for spec in REGISTRY.values():
-        if spec.attrs:
+        if spec.attrs and spec.name in BUILTIN:
             groups.setdefault(", ".join(f"`{a.name}`: {a.kind}" for a in spec.attrs), []).append(spec.name)
     rows = ["| op | attribute: kind |", "|----|-----------------|"]
     rows += [f"| {', '.join(names)} | {attrs} |" for attrs, names in groups.items()]

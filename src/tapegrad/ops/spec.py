@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import DTYPES, dtype_name
-from ..errors import TapegradError, escape, show
+from ..errors import ArgumentError, TapegradError, escape, show
 
 AttrValue = None | bool | int | float | str | tuple["AttrValue", ...]
 Attrs = Mapping[str, AttrValue]
@@ -148,22 +148,22 @@ def split_args(spec: OpSpec, args: tuple[Any, ...], kwargs: dict[str, Any], n: i
     """A public call -> (its first `n` positional arguments, every attribute by name).
 
     Attributes come positionally after the inputs or by keyword; missing ones take their
-    defaults.  Misuse raises TypeError, as Python does for a bad call.
+    defaults.  Misuse raises `ArgumentError` (a TypeError, as Python raises for a bad call).
     """
     if len(args) < n:
-        raise TypeError(f"{spec.name}() takes {n} array argument(s), got {len(args)}")
+        raise ArgumentError(f"{spec.name}() takes {n} array argument(s), got {len(args)}")
     if len(args) > n + len(spec.attrs):
-        raise TypeError(f"{spec.name}() got too many positional arguments")
+        raise ArgumentError(f"{spec.name}() got too many positional arguments")
     given = dict(zip((a.name for a in spec.attrs), args[n:], strict=False))
     for key, value in kwargs.items():
         if key not in spec.attr_names:
-            raise TypeError(f"{spec.name}() got an unexpected keyword argument {key!r}")
+            raise ArgumentError(f"{spec.name}() got an unexpected keyword argument {key!r}")
         if key in given:
-            raise TypeError(f"{spec.name}() got multiple values for argument {key!r}")
+            raise ArgumentError(f"{spec.name}() got multiple values for argument {key!r}")
         given[key] = value
     for a in spec.attrs:
         if given.setdefault(a.name, a.default) is REQUIRED:
-            raise TypeError(f"{spec.name}() missing required argument {a.name!r}")
+            raise ArgumentError(f"{spec.name}() missing required argument {a.name!r}")
     return args[:n], given
 
 

@@ -449,7 +449,9 @@ def _records(records: Any, types: dict[int, Any], defined: set[int], need_values
         ins = rec[INPUTS:]
         spec = REGISTRY.get(op) if type(op) is str else None  # the only use of a file's op name
         if spec is None:
-            raise _fail(n, op, f"unknown op {show(op)}; known ops are {', '.join(sorted(REGISTRY))}")
+            raise _fail(n, op, f"unknown op {show(op)}: not a built-in op and not registered in this process; "
+                               "if the tape uses a custom op (tg.defop, tg.Function), import the module that defines "
+                               "it before loading (a file never names code to run)")
         arity = spec.arity
         if (arity >= 0 and len(ins) != arity) or (arity < 0 and not ins):
             want = f"{arity}" if arity >= 0 else "at least 1"
