@@ -44,8 +44,9 @@ from __future__ import annotations
 
 import math
 import operator
+from operator import itemgetter
 import weakref
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from types import SimpleNamespace
@@ -84,12 +85,19 @@ class Sym:
 
 
 class Compiler:
-    """A backend whose ops append steps `(op, input slots, output slot, attrs)` to `steps`."""
+    """A backend whose ops append steps `(op, attrs, output slot, *input slots)` to `steps`.
+
+    `reverse` compiles a reverse pass with it: each record's share of the pass (its VJP rule,
+    the unbroadcasting, the sums of reused cotangents) is compiled once per signature into a
+    `Template`, by running the engine on that one record, and the template is then stamped out
+    for every record with that signature.
+    """
 
     def __init__(self, avals: list[Aval]) -> None:
         self.avals = avals  # slot -> (shape, dtype); grows as temporaries are created
         self.steps: list[RawRecord] = []
         self.consts: dict[int, Any] = {}
+        self.templates: dict[Hashable, Template] = {}
 
     @property
     def ops(self) -> Any:
@@ -115,18 +123,14 @@ class Compiler:
         return sym
 
     def apply(self, spec: OpSpec, args: Sequence[Any], attrs: Mapping[str, Any] | None) -> Sym:
-        """Append the step `spec(*args, **attrs)`; its result's symbol.  (The hottest function of a
-        compile, called once per step of the reverse pass: it makes the step and symbol itself.)"""
+        """Append the step `spec(*args, **attrs)`; its result's symbol."""
         if not all([type(a) is Sym for a in args]):
             args = self._symbols(args)
         attrs = attrs or None
-        shape, dtype = _infer_cached(spec.name, tuple([a.shape for a in args]), tuple([a.dtype for a in args]),
-                                     None if attrs is None else tuple(attrs.items()))
-        avals = self.avals
-        avals.append((shape, dtype))
-        slot = len(avals) - 1
-        self.steps.append((spec.name, attrs, slot, *[a.slot for a in args]))
-        return Sym(slot, shape, dtype)
+        shape, dtype = infer(spec, tuple([a.shape for a in args]), tuple([a.dtype for a in args]), attrs)
+        sym = self.new(shape, dtype)
+        self.steps.append((spec.name, attrs, sym.slot, *[a.slot for a in args]))
+        return sym
 
     def _symbols(self, args: Sequence[Any]) -> list[Sym]:
         """`args` as symbols: arrays and Python scalars (numpy 2 promotion) become constants."""
@@ -146,6 +150,103 @@ class Compiler:
         op = simple if spec.simple else bound
         op.__name__ = spec.name
         return op
+
+    def reverse(self, records: Sequence[RawRecord], seeds: Mapping[int, int], skip: Collection[int],
+                want: Collection[int], noted: Callable[[int, int, int], None] | None = None) -> dict[int, int]:
+        """Compile the reverse pass over slot-form `records`: `engine.reverse` (with `noted`:
+        `engine.reverse_checked`) on symbols, step for step; returns the slots of the cotangents
+        of the slots in `want` that receive one.
+
+        `seeds` maps slots to the slots of their starting cotangents.  `noted(k, i, cotangent)` is
+        told, in the engine's order, each new cotangent slot of input slot `i` made by `records[k]`.
+        The engine's loop visits the records in reverse and treats each one by what this loop
+        keys the templates on (its op and attributes, the shapes and dtypes of its cotangent,
+        output and inputs, which inputs are skipped or already hold a cotangent, and which are
+        the same variable), so stamping out a template appends the very steps it would.
+        """
+        cot = dict(seeds)
+        found: dict[int, int] = {}
+        avals, steps, consts, templates = self.avals, self.steps, self.consts, self.templates
+        for k in range(len(records) - 1, -1, -1):
+            rec = records[k]
+            out = rec[OUTPUT]
+            g = cot.pop(out, None)
+            if g is None:
+                continue
+            if out in want:
+                found[out] = g
+            ins = rec[INPUTS:]
+            distinct = ins if len(ins) == 1 or len(set(ins)) == len(ins) else tuple(dict.fromkeys(ins))
+            prevs = [cot.get(i) for i in distinct]
+            attrs = rec[ATTRS]
+            key = (rec[OP], attrs if attrs is None else tuple(attrs.items()), avals[g], avals[out], None if distinct is ins else
+                   tuple(map(distinct.index, ins)), *[(avals[i], i in skip, p is not None and avals[p])
+                                                        for i, p in zip(distinct, prevs, strict=True)])
+            template = templates.get(key)
+            if template is None:
+                template = templates[key] = self._template(rec, distinct, prevs, g, skip, noted is not None)
+            base = len(avals)
+            frame = [g, out, *distinct, *[p for p in prevs if p is not None], *range(base, base + len(template.avals))]
+            avals.extend(template.avals)
+            for head, slots in template.steps:
+                steps.append(head + slots(frame))
+            for offset, value in template.consts:
+                consts[base + offset] = value
+            for j, local in template.cots:
+                cot[distinct[j]] = frame[local]
+            if noted is not None:
+                for j, local in template.notes:
+                    noted(k, distinct[j], frame[local])
+        for i in want:
+            if i in cot:
+                found[i] = cot[i]
+        return found
+
+    def _template(self, rec: RawRecord, distinct: Sequence[int], prevs: Sequence[int | None], g: int,
+                  skip: Collection[int], checked: bool) -> Template:
+        """The template of `rec`'s signature: the engine run on `rec` alone, on local slots."""
+        avals = self.avals
+        n = len(distinct)
+        local = Compiler([avals[g], avals[rec[OUTPUT]], *[avals[i] for i in distinct],
+                          *[avals[p] for p in prevs if p is not None]])
+        syms = [local.sym(s) for s in range(len(local.avals))]
+        fixed = len(syms)
+        values = {1: syms[1], **{2 + j: syms[2 + j] for j in range(n)}}
+        seeds = {1: syms[0]}
+        held = iter(syms[2 + n:])
+        seeds.update((2 + j, next(held)) for j, p in enumerate(prevs) if p is not None)
+        record = (rec[OP], rec[ATTRS], 1, *[2 + distinct.index(i) for i in rec[INPUTS:]])
+        local_skip = {2 + j for j, i in enumerate(distinct) if i in skip}
+        want = set(range(2, 2 + n))
+        notes: list[tuple[int, int]] = []
+        if checked:
+            found = engine.reverse_checked([record], values, seeds, local_skip, want, local.ops,
+                                           lambda k, i, c: notes.append((i - 2, c.slot)), outputs_wanted=False)
+        else:
+            found = engine.reverse([record], values, seeds, local_skip, want, local.ops, outputs_wanted=False)
+        return Template(steps=tuple(((op, attrs), itemgetter(*ins)) for op, attrs, *ins in local.steps),
+                        avals=tuple(local.avals[fixed:]),
+                        consts=tuple((s - fixed, value) for s, value in local.consts.items()),
+                        cots=tuple((i - 2, sym.slot) for i, sym in found.items()), notes=tuple(notes))
+
+
+class Template(NamedTuple):
+    """The steps the reverse pass appends for every record of one signature (`Compiler.reverse`).
+
+    Slots are local: 0 is the record's cotangent, 1 its output, then its distinct inputs, then
+    the cotangents that those inputs already hold, then the slots the template makes (`avals`,
+    in order: step results and constants).  `steps` are `((op, attrs), slots)`, where
+    `slots(frame)` gives the step's `(output, *inputs)` from the local -> global slot list;
+    `consts` are (index into `avals`, value); `cots` and `notes` are (position among the
+    distinct inputs, local slot): each input's cotangent after the record, and (compiled for
+    checking) each new cotangent in the engine's order.
+    """
+
+    steps: tuple[tuple[tuple[str, Any], Callable[[Sequence[int]], tuple[int, ...]]], ...]
+    avals: tuple[Aval, ...]
+    consts: tuple[tuple[int, Any], ...]
+    cots: tuple[tuple[int, int], ...]
+    notes: tuple[tuple[int, int], ...]
 
 
 def infer(spec: OpSpec, shapes: tuple[tuple[int, ...], ...], dtypes: tuple[np.dtype[Any], ...],
@@ -576,21 +677,16 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     grads: dict[int, int | None] = {}
     made: dict[int, StepCheck] = {}  # (checked) slot of a cotangent -> the record whose VJP made it
     if of is not None:
-        seed = comp.new(*avals[slot_of[of]])
-        seed_slot = seed.slot
-        needed_slots = [slot_of[v] for v in needed]
-        sym_values = {s: Sym(s, *avals[s]) for s in needed_slots}
+        seed_slot = comp.new(*avals[slot_of[of]]).slot
         active = engine.active_set(sub, [slot_of[w] for w in wrt])
-        skip = {s for s in needed_slots if s not in active}
-        want = {slot_of[w] for w in wrt}
+        skip = {s for s in map(slot_of.__getitem__, needed) if s not in active}
+        noted = None
         if checked:
-            def noted(k: int, i: int, cot: Sym) -> None:
-                made.setdefault(cot.slot, StepCheck(True, live_records[k], ids[i]))  # (the first note: its maker)
+            def noted(k: int, i: int, cot: int) -> None:
+                made.setdefault(cot, StepCheck(True, live_records[k], ids[i]))  # (the first note: its maker)
 
-            found = engine.reverse_checked(sub, sym_values, {slot_of[of]: seed}, skip, want, comp.ops, noted)
-        else:
-            found = engine.reverse(sub, sym_values, {slot_of[of]: seed}, skip, want, comp.ops)
-        grads = {w: (found[slot_of[w]].slot if slot_of[w] in found else None) for w in wrt}
+        found = comp.reverse(sub, {slot_of[of]: seed_slot}, skip, {slot_of[w] for w in wrt}, noted)
+        grads = {w: found.get(slot_of[w]) for w in wrt}
 
     initial: dict[int, Any] = {slot_of[v]: stored[v] for v in needed if v in stored and v not in dirty}
     initial.update((slot_of[v], value) for v, value in new.consts.items())
@@ -618,17 +714,15 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
     program = base.records[n_fwd:]
     comp = Compiler(list(base.avals))
     tangents = [comp.new(*base.avals[base.inputs[w]] if w in base.inputs else tape.shape_dtype(w)) for w in wrt]
-    seeds: dict[int, Any] = {}
+    seeds: dict[int, Sym] = {}
     for w, t in zip(wrt, tangents, strict=True):
         slot = base.grads[w]
         if slot is not None:
             seeds[slot] = t if slot not in seeds else comp.ops.add(seeds[slot], t)
     linear = engine.active_set(program, [seed_slot])
-    n_base = len(base.avals)
-    skip = {s for s in range(n_base) if s not in linear}
-    symbols = {s: comp.sym(s) for s in range(n_base)}
-    found = engine.reverse(program, symbols, seeds, skip, {seed_slot}, comp.ops)
-    out_slot = found[seed_slot].slot if seed_slot in found else -1
+    skip = {s for s in range(len(base.avals)) if s not in linear}
+    found = comp.reverse(program, {s: t.slot for s, t in seeds.items()}, skip, {seed_slot})
+    out_slot = found.get(seed_slot, -1)
 
     keep = [rec for rec in program if rec[OUTPUT] not in linear]
     records = base.records[:n_fwd] + keep + comp.steps
@@ -646,61 +740,8 @@ def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> RawRecord:
 
 
 _FORWARD = {name: spec.forward for name, spec in REGISTRY.items()}
-
-
-def _step(rec: RawRecord, ins: Sequence[int], out: int) -> Step:
-    """The executable step of a slot-form record whose inputs and output are in these registers."""
-    attrs = rec[ATTRS]
-    fn = _FORWARD[rec[OP]]
-    if attrs:
-        fn = partial(fn, **attrs)
-    if len(ins) == 1:
-        return (fn, ins[0], None, out)
-    if len(ins) == 2:
-        return (fn, ins[0], ins[1], out)
-    return (fn, None, tuple(ins), out)
-
-
-class _Memory:
-    """The peak model: bytes of the buffers that steps allocate, alive while a register holds
-    them (views share their input's buffer); values supplied from outside are not counted."""
-
-    def __init__(self, avals: list[Aval]) -> None:
-        self.avals = avals
-        self.nbytes = [_nbytes(a) for a in avals]  # slot -> bytes of its value
-        self.buffer_of: dict[int, int] = {}  # slot -> buffer (the slot that allocated it)
-        self.users: dict[int, int] = {}  # buffer -> slots held in registers that use it
-        self.live = self.peak = 0
-
-    def compute(self, rec: RawRecord) -> None:
-        """A step runs: its kernel's scratch space and its result are allocated."""
-        op, attrs, out, x, avals, nbytes = rec[OP], rec[ATTRS], rec[OUTPUT], rec[INPUTS], self.avals, self.nbytes
-        spec = REGISTRY[op]
-        scratch = spec.scratch * max(nbytes[x], nbytes[out]) if spec.scratch else 0
-        if spec.aliases is not never_aliases and spec.aliases(avals[x], avals[out], attrs):
-            buf = self.buffer_of.get(x)
-            if buf is not None:
-                self.buffer_of[out] = buf
-                self.users[buf] += 1
-        else:
-            self.buffer_of[out] = out
-            self.users[out] = 1
-            self.live += nbytes[out]
-        if self.live + scratch > self.peak:
-            self.peak = self.live + scratch
-
-    def held(self, slot: int) -> int:
-        """Bytes of the buffer that `slot`'s value keeps alive (0 if not counted)."""
-        buf = self.buffer_of.get(slot)
-        return 0 if buf is None else self.nbytes[buf]
-
-    def drop(self, slot: int | None) -> None:
-        """`slot`'s value leaves its register."""
-        buf = None if slot is None else self.buffer_of.pop(slot, None)
-        if buf is not None:
-            self.users[buf] -= 1
-            if self.users[buf] == 0:
-                self.live -= self.nbytes[buf]
+_SCRATCH = {name: spec.scratch for name, spec in REGISTRY.items()}
+_ALIASES = {name: spec.aliases for name, spec in REGISTRY.items() if spec.aliases is not never_aliases}
 
 
 def _lower(prog: Program) -> Plan:
@@ -711,61 +752,115 @@ def _lower(prog: Program) -> Plan:
     new one.  Other values dying at a step stay in their registers until those are reused
     (up to _LINGER_BYTES), or are released by a release step right after it.  Results
     (outputs and gradients) keep their registers to the end.
+
+    The peak model counts the bytes of the buffers that steps allocate while a register holds
+    them (views share their input's buffer), plus each step's kernel scratch space; values
+    supplied from outside are not counted.  (One loop over plain lists, run once per step of
+    the plan: it is half of a plan's compile time, `benchmarks/replay.py` (d).)
     """
-    avals, records = prog.avals, prog.records
-    pinned = {*prog.outputs.values(), *(s for s in prog.grads.values() if s is not None)}
-    last = {s: k for k, rec in enumerate(records) for s in rec[INPUTS:]}  # slot -> index of its last use
-    reg_of: dict[int, int] = {}
-    holder: list[int | None] = []  # register -> the slot whose value it holds (live or dead)
+    avals, records, origins, rec_checks = prog.avals, prog.records, prog.origins, prog.checks
+    n_slots, end = len(avals), len(records)
+    last = [-1] * n_slots  # slot -> index of the step that reads it last (-1: none; `end`: a result)
+    for k, rec in enumerate(records):
+        for s in rec[INPUTS:]:
+            last[s] = k
+    for s in (*prog.outputs.values(), *prog.grads.values()):
+        if s is not None and s >= 0:
+            last[s] = end
+    reg_of = [-1] * n_slots  # slot -> its register
+    holder: list[int] = []  # register -> the slot whose value it holds, live or dead (-1: none)
     free: list[int] = []  # registers whose value is dead, most recently freed last
-    mem = _Memory(avals)
+    buffer = [-1] * n_slots  # slot -> the slot that allocated the buffer its value keeps alive (-1: not counted)
+    users = [0] * n_slots  # buffer -> number of registers holding a value that uses it
+    size = [0] * n_slots  # buffer -> its bytes
+    live = peak = 0
+    sizes: dict[int, int] = {}  # id of an aval -> its bytes (the avals of a plan are few objects, shared)
     steps: list[Step] = []
     step_records: list[int] = []
-    checks: list[StepCheck | None] | None = None if prog.checks is None else []
+    checks: list[StepCheck | None] | None = None if rec_checks is None else []
 
-    def place(slot: int, reg: int | None = None) -> None:
-        if reg is None:
-            reg = free.pop() if free else len(holder)
+    def held(slot: int) -> int:
+        return size[buffer[slot]] if buffer[slot] >= 0 else 0
+
+    def write(slot: int, reg: int) -> None:
+        """`slot`'s value is stored in register `reg`, dropping the (dead) value it held."""
+        nonlocal live
         if reg == len(holder):
-            holder.append(None)
-        mem.drop(holder[reg])  # writing a register drops the (dead) value it held
+            holder.append(-1)
+        old = holder[reg]
+        if old >= 0 and buffer[old] >= 0:
+            buf = buffer[old]
+            buffer[old] = -1
+            users[buf] -= 1
+            if users[buf] == 0:
+                live -= size[buf]
         holder[reg] = slot
-        reg_of[slot] = reg
+        if slot >= 0:
+            reg_of[slot] = reg
 
     def retire(slot: int) -> None:
+        """`slot`'s value is dead: release its register now if it holds a big buffer, and free it."""
+        nonlocal live
         reg = reg_of[slot]
-        if mem.held(slot) > _LINGER_BYTES:
+        if held(slot) > _LINGER_BYTES:
             steps.append((_release, reg, None, reg))
             step_records.append(_RELEASE)
             if checks is not None:
                 checks.append(None)
-            mem.drop(slot)
-            holder[reg] = None
+            write(-1, reg)
         free.append(reg)
 
     preset = [*prog.initial, *prog.inputs.values(), *prog.tangent_slots]
     if prog.seed_slot is not None:
         preset.append(prog.seed_slot)
     for s in preset:
-        place(s)
-    free.extend(reg_of[s] for s in preset if s not in last and s not in pinned)
-    origins, rec_checks = prog.origins, prog.checks
+        write(s, len(holder))
+    free.extend(reg_of[s] for s in preset if last[s] < 0)
+    forward, scratch_of, aliases_of = _FORWARD, _SCRATCH, _ALIASES
     for k, rec in enumerate(records):
-        out, ins = rec[OUTPUT], rec[INPUTS:]
-        in_regs = [reg_of[s] for s in ins]
-        mem.compute(rec)
-        dying = [s for s in ins if last[s] == k and s not in pinned]
-        if len(dying) > 1:
-            dying = sorted(dict.fromkeys(dying), key=mem.held, reverse=True)
-        place(out, reg_of[dying[0]] if dying else None)
-        steps.append(_step(rec, in_regs, reg_of[out]))
+        op, attrs, out = rec[OP], rec[ATTRS], rec[OUTPUT]
+        ins = rec[INPUTS:]
+        x = ins[0]
+        # The step's result (and its kernel's scratch space) is allocated while its inputs live.
+        aval = avals[out]
+        nbytes = sizes.get(id(aval))
+        if nbytes is None:
+            nbytes = sizes[id(aval)] = _nbytes(aval)
+        if op in aliases_of and aliases_of[op](avals[x], aval, attrs):
+            if buffer[x] >= 0:
+                buffer[out] = buffer[x]
+                users[buffer[x]] += 1
+        else:
+            buffer[out] = out
+            users[out] = 1
+            size[out] = nbytes
+            live += nbytes
+        scratch = scratch_of[op] * max(_nbytes(avals[x]), nbytes) if scratch_of[op] else 0
+        if live + scratch > peak:
+            peak = live + scratch
+        # Its register: that of a dying input (the biggest), else a free one, else a new one.
+        if len(ins) == 1:
+            in_regs = [reg_of[x]]
+            dying = [x] if last[x] == k else []
+        else:
+            in_regs = [reg_of[s] for s in ins]
+            dying = [s for s in ins if last[s] == k]
+            if len(dying) > 1:
+                dying = sorted(dict.fromkeys(dying), key=held, reverse=True)
+        write(out, reg_of[dying[0]] if dying else free.pop() if free else len(holder))
+        fn = partial(forward[op], **attrs) if attrs else forward[op]
+        if len(in_regs) == 1:
+            steps.append((fn, in_regs[0], None, reg_of[out]))
+        elif len(in_regs) == 2:
+            steps.append((fn, in_regs[0], in_regs[1], reg_of[out]))
+        else:
+            steps.append((fn, None, tuple(in_regs), reg_of[out]))
         step_records.append(origins[k])
         if checks is not None and rec_checks is not None:
             checks.append(rec_checks[k])
-        if len(dying) > 1:
-            for s in dying[1:]:
-                retire(s)
-        if out not in last and out not in pinned:
+        for s in dying[1:]:
+            retire(s)
+        if last[out] < 0:
             retire(out)
 
     registers: list[Any] = [None] * len(holder)
@@ -777,4 +872,4 @@ def _lower(prog: Program) -> Plan:
                 grads={v: None if s is None else reg_of[s] for v, s in prog.grads.items()},
                 seed_register=None if prog.seed_slot is None else reg_of[prog.seed_slot],
                 tangent_registers=[reg_of[s] for s in prog.tangent_slots],
-                peak_bytes=mem.peak + 8 * len(holder), checks=checks, resized=prog.resized)
+                peak_bytes=peak + 8 * len(holder), checks=checks, resized=prog.resized)
