@@ -740,8 +740,9 @@ def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> RawRecord:
 
 
 _FORWARD = {name: spec.forward for name, spec in REGISTRY.items()}
-_SCRATCH = {name: spec.scratch for name, spec in REGISTRY.items()}
-_ALIASES = {name: spec.aliases for name, spec in REGISTRY.items() if spec.aliases is not never_aliases}
+_PLAIN = frozenset(name for name, spec in REGISTRY.items() if not spec.scratch and spec.aliases is never_aliases)
+"""Ops whose step allocates its result and nothing else (no scratch space, never a view of its
+input's buffer): the lowering's short way through the memory model."""
 
 
 def _lower(prog: Program) -> Plan:
@@ -753,13 +754,15 @@ def _lower(prog: Program) -> Plan:
     (up to _LINGER_BYTES), or are released by a release step right after it.  Results
     (outputs and gradients) keep their registers to the end.
 
-    The peak model counts the bytes of the buffers that steps allocate while a register holds
-    them (views share their input's buffer), plus each step's kernel scratch space; values
-    supplied from outside are not counted.  (One loop over plain lists, run once per step of
-    the plan: it is half of a plan's compile time, `benchmarks/replay.py` (d).)
+    The peak model counts the bytes of each buffer a step allocates (a view shares its input's
+    buffer) while a register holds a value that uses it, plus the step kernel's scratch space;
+    values supplied from outside are not counted.  This runs once per step of a plan, about half
+    of a compile (`benchmarks/replay.py` (d)): one loop over plain lists, short ways for one and
+    two inputs and for `_PLAIN` ops.
     """
-    avals, records, origins, rec_checks = prog.avals, prog.records, prog.origins, prog.checks
+    avals, records = prog.avals, prog.records
     n_slots, end = len(avals), len(records)
+    nbytes = _slot_bytes(avals)
     last = [-1] * n_slots  # slot -> index of the step that reads it last (-1: none; `end`: a result)
     for k, rec in enumerate(records):
         for s in rec[INPUTS:]:
@@ -768,108 +771,131 @@ def _lower(prog: Program) -> Plan:
         if s is not None and s >= 0:
             last[s] = end
     reg_of = [-1] * n_slots  # slot -> its register
-    holder: list[int] = []  # register -> the slot whose value it holds, live or dead (-1: none)
+    reg_buf: list[int] = []  # register -> the buffer its value (live or dead) keeps alive; -1: none counted
+    users = [0] * n_slots  # buffer (named by the slot that allocated it) -> registers whose value uses it
     free: list[int] = []  # registers whose value is dead, most recently freed last
-    buffer = [-1] * n_slots  # slot -> the slot that allocated the buffer its value keeps alive (-1: not counted)
-    users = [0] * n_slots  # buffer -> number of registers holding a value that uses it
-    size = [0] * n_slots  # buffer -> its bytes
-    live = peak = 0
-    sizes: dict[int, int] = {}  # id of an aval -> its bytes (the avals of a plan are few objects, shared)
+    live = peak = 0  # bytes of the buffers kept alive, and their most at any step
     steps: list[Step] = []
-    step_records: list[int] = []
-    checks: list[StepCheck | None] | None = None if rec_checks is None else []
+    released: list[int] = []  # per release step, the index of the record it follows
 
     def held(slot: int) -> int:
-        return size[buffer[slot]] if buffer[slot] >= 0 else 0
+        """Bytes of the buffer that `slot`'s value (in its register) keeps alive."""
+        buf = reg_buf[reg_of[slot]]
+        return nbytes[buf] if buf >= 0 else 0
 
-    def write(slot: int, reg: int) -> None:
-        """`slot`'s value is stored in register `reg`, dropping the (dead) value it held."""
+    def retire(slot: int, k: int) -> None:
+        """`slot`'s value died at record `k`: release its register now if its buffer is big; free it."""
         nonlocal live
-        if reg == len(holder):
-            holder.append(-1)
-        old = holder[reg]
-        if old >= 0 and buffer[old] >= 0:
-            buf = buffer[old]
-            buffer[old] = -1
+        reg, buf = reg_of[slot], reg_buf[reg_of[slot]]
+        if buf >= 0 and nbytes[buf] > _LINGER_BYTES:
+            steps.append((_release, reg, None, reg))
+            released.append(k)
             users[buf] -= 1
             if users[buf] == 0:
-                live -= size[buf]
-        holder[reg] = slot
-        if slot >= 0:
-            reg_of[slot] = reg
-
-    def retire(slot: int) -> None:
-        """`slot`'s value is dead: release its register now if it holds a big buffer, and free it."""
-        nonlocal live
-        reg = reg_of[slot]
-        if held(slot) > _LINGER_BYTES:
-            steps.append((_release, reg, None, reg))
-            step_records.append(_RELEASE)
-            if checks is not None:
-                checks.append(None)
-            write(-1, reg)
+                live -= nbytes[buf]
+            reg_buf[reg] = -1
         free.append(reg)
 
     preset = [*prog.initial, *prog.inputs.values(), *prog.tangent_slots]
     if prog.seed_slot is not None:
         preset.append(prog.seed_slot)
     for s in preset:
-        write(s, len(holder))
+        reg_of[s] = len(reg_buf)
+        reg_buf.append(-1)
     free.extend(reg_of[s] for s in preset if last[s] < 0)
-    forward, scratch_of, aliases_of = _FORWARD, _SCRATCH, _ALIASES
+    forward, plain = _FORWARD, _PLAIN
     for k, rec in enumerate(records):
-        op, attrs, out = rec[OP], rec[ATTRS], rec[OUTPUT]
-        ins = rec[INPUTS:]
-        x = ins[0]
-        # The step's result (and its kernel's scratch space) is allocated while its inputs live.
-        aval = avals[out]
-        nbytes = sizes.get(id(aval))
-        if nbytes is None:
-            nbytes = sizes[id(aval)] = _nbytes(aval)
-        if op in aliases_of and aliases_of[op](avals[x], aval, attrs):
-            if buffer[x] >= 0:
-                buffer[out] = buffer[x]
-                users[buffer[x]] += 1
+        op, out, x = rec[OP], rec[OUTPUT], rec[INPUTS]
+        # The input registers (a, b: see `Step`), and the inputs read for the last time, biggest first.
+        a = reg_of[x]
+        if len(rec) == 4:
+            b = None
+            dying: Sequence[int] = (x,) if last[x] == k else ()
+        elif len(rec) == 5:
+            y = rec[INPUTS + 1]
+            b = reg_of[y]
+            if last[x] != k:
+                dying = (y,) if last[y] == k else ()
+            else:
+                dying = (x,) if last[y] != k or x == y else (x, y) if held(x) >= held(y) else (y, x)
         else:
-            buffer[out] = out
+            ins = rec[INPUTS:]
+            a, b = None, tuple([reg_of[s] for s in ins])
+            dying = sorted(dict.fromkeys([s for s in ins if last[s] == k]), key=held, reverse=True)
+        # The step allocates its result's buffer (unless the result is a view of x's) and its scratch space.
+        if op in plain:
+            buf = out
             users[out] = 1
-            size[out] = nbytes
-            live += nbytes
-        scratch = scratch_of[op] * max(_nbytes(avals[x]), nbytes) if scratch_of[op] else 0
-        if live + scratch > peak:
-            peak = live + scratch
-        # Its register: that of a dying input (the biggest), else a free one, else a new one.
-        if len(ins) == 1:
-            in_regs = [reg_of[x]]
-            dying = [x] if last[x] == k else []
+            live += nbytes[out]
+            if live > peak:
+                peak = live
         else:
-            in_regs = [reg_of[s] for s in ins]
-            dying = [s for s in ins if last[s] == k]
-            if len(dying) > 1:
-                dying = sorted(dict.fromkeys(dying), key=held, reverse=True)
-        write(out, reg_of[dying[0]] if dying else free.pop() if free else len(holder))
-        fn = partial(forward[op], **attrs) if attrs else forward[op]
-        if len(in_regs) == 1:
-            steps.append((fn, in_regs[0], None, reg_of[out]))
-        elif len(in_regs) == 2:
-            steps.append((fn, in_regs[0], in_regs[1], reg_of[out]))
-        else:
-            steps.append((fn, None, tuple(in_regs), reg_of[out]))
-        step_records.append(origins[k])
-        if checks is not None and rec_checks is not None:
-            checks.append(rec_checks[k])
+            spec = REGISTRY[op]
+            if spec.aliases(avals[x], avals[out], rec[ATTRS]):
+                buf = reg_buf[reg_of[x]]
+                if buf >= 0:
+                    users[buf] += 1
+            else:
+                buf = out
+                users[out] = 1
+                live += nbytes[out]
+            scratch = spec.scratch * max(_nbytes(avals[x]), nbytes[out]) if spec.scratch else 0
+            if live + scratch > peak:
+                peak = live + scratch
+        # The result's register: a dying input's, else a free one, else a new one; the value it
+        # held (dead) is dropped when the result is stored.
+        reg = reg_of[dying[0]] if dying else free.pop() if free else len(reg_buf)
+        if reg == len(reg_buf):
+            reg_buf.append(-1)
+        old = reg_buf[reg]
+        if old >= 0:
+            users[old] -= 1
+            if users[old] == 0:
+                live -= nbytes[old]
+        reg_buf[reg] = buf
+        reg_of[out] = reg
+        attrs = rec[ATTRS]
+        steps.append((partial(forward[op], **attrs) if attrs else forward[op], a, b, reg))
         for s in dying[1:]:
-            retire(s)
+            retire(s, k)
         if last[out] < 0:
-            retire(out)
+            retire(out, k)
 
-    registers: list[Any] = [None] * len(holder)
+    registers: list[Any] = [None] * len(reg_buf)
     for s, value in prog.initial.items():
         registers[reg_of[s]] = value
-    return Plan(weakref.ref(prog.tape), steps, step_records, registers,
+    return Plan(weakref.ref(prog.tape), steps, _interleave(prog.origins, released, _RELEASE), registers,
                 inputs={v: reg_of[s] for v, s in prog.inputs.items()},
                 outputs={v: reg_of[s] if s >= 0 else -1 for v, s in prog.outputs.items()},
                 grads={v: None if s is None else reg_of[s] for v, s in prog.grads.items()},
                 seed_register=None if prog.seed_slot is None else reg_of[prog.seed_slot],
-                tangent_registers=[reg_of[s] for s in prog.tangent_slots],
-                peak_bytes=peak + 8 * len(holder), checks=checks, resized=prog.resized)
+                tangent_registers=[reg_of[s] for s in prog.tangent_slots], peak_bytes=peak + 8 * len(reg_buf),
+                checks=None if prog.checks is None else _interleave(prog.checks, released, None),
+                resized=prog.resized)
+
+
+def _slot_bytes(avals: Sequence[Aval]) -> list[int]:
+    """The bytes of each slot's value (computed once per distinct aval object: slots share them)."""
+    sizes: dict[int, int] = {}
+    out = []
+    for aval in avals:
+        n = sizes.get(id(aval))
+        if n is None:
+            n = sizes[id(aval)] = _nbytes(aval)
+        out.append(n)
+    return out
+
+
+def _interleave(per_record: Sequence[Any], after: Sequence[int], filler: Any) -> list[Any]:
+    """`per_record` with `filler` inserted after entry k once for each k in `after` (ascending)."""
+    if not after:
+        return list(per_record)
+    out: list[Any] = []
+    pending = iter(after)
+    k_next = next(pending)
+    for k, item in enumerate(per_record):
+        out.append(item)
+        while k_next == k:
+            out.append(filler)
+            k_next = next(pending, -1)
+    return out
