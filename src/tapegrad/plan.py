@@ -153,20 +153,22 @@ class Compiler:
 
     def reverse(self, records: Sequence[RawRecord], seeds: Mapping[int, int], skip: Collection[int],
                 want: Collection[int], noted: Callable[[int, int, int], None] | None = None) -> dict[int, int]:
-        """Compile the reverse pass over slot-form `records`: `engine.reverse` (with `noted`:
-        `engine.reverse_checked`) on symbols, step for step; returns the slots of the cotangents
-        of the slots in `want` that receive one.
+        """Compile the reverse pass over slot-form `records`: what `engine.reverse` (with `noted`:
+        `engine.reverse_checked`) appends when run on symbols, step for step; returns the slots of
+        the cotangents of the slots in `want` that receive one.
 
         `seeds` maps slots to the slots of their starting cotangents.  `noted(k, i, cotangent)` is
         told, in the engine's order, each new cotangent slot of input slot `i` made by `records[k]`.
-        The engine's loop visits the records in reverse and treats each one by what this loop
-        keys the templates on (its op and attributes, the shapes and dtypes of its cotangent,
-        output and inputs, which inputs are skipped or already hold a cotangent, and which are
-        the same variable), so stamping out a template appends the very steps it would.
+        The loop is the engine's (records in reverse, each one's cotangent popped), and what the
+        engine does for one record follows from the record's signature: its op and attributes,
+        the shapes and dtypes of its cotangent, output and inputs, which inputs are skipped,
+        which already hold a cotangent (and its shape and dtype), and which are the same
+        variable.  So each signature's steps are compiled once, by running the engine on that
+        record alone (`_template`), and stamped out for every record that has it.
         """
         cot = dict(seeds)
         found: dict[int, int] = {}
-        avals, steps, consts, templates = self.avals, self.steps, self.consts, self.templates
+        avals, steps, consts, templates, get = self.avals, self.steps, self.consts, self.templates, cot.get
         for k in range(len(records) - 1, -1, -1):
             rec = records[k]
             out = rec[OUTPUT]
@@ -176,73 +178,84 @@ class Compiler:
             if out in want:
                 found[out] = g
             ins = rec[INPUTS:]
-            distinct = ins if len(ins) == 1 or len(set(ins)) == len(ins) else tuple(dict.fromkeys(ins))
-            prevs = [cot.get(i) for i in distinct]
             attrs = rec[ATTRS]
-            key = (rec[OP], attrs if attrs is None else tuple(attrs.items()), avals[g], avals[out], None if distinct is ins else
-                   tuple(map(distinct.index, ins)), *[(avals[i], i in skip, p is not None and avals[p])
-                                                        for i, p in zip(distinct, prevs, strict=True)])
+            head = (rec[OP], attrs if attrs is None else tuple(attrs.items()), avals[g], avals[out])
+            prevs: Sequence[int | None]
+            if len(ins) == 1:  # (the signature spelt out for one and two inputs: a third of the loop's time)
+                i = ins[0]
+                prevs = (p := get(i),)
+                key = (*head, avals[i], i in skip, p is not None and avals[p])
+            elif len(ins) == 2:
+                i, j = ins
+                prevs = (p := get(i), q := get(j))
+                key = (*head, avals[i], avals[j], i in skip, j in skip, p is not None and avals[p],
+                       q is not None and avals[q], i == j)
+            else:
+                prevs = [get(i) for i in ins]
+                key = (*head, tuple(map(ins.index, ins)), *[avals[i] for i in ins], *[i in skip for i in ins],
+                       *[p is not None and avals[p] for p in prevs])
             template = templates.get(key)
             if template is None:
-                template = templates[key] = self._template(rec, distinct, prevs, g, skip, noted is not None)
+                template = templates[key] = self._template(rec, g, prevs, skip, noted is not None)
             base = len(avals)
-            frame = [g, out, *distinct, *[p for p in prevs if p is not None], *range(base, base + len(template.avals))]
+            frame = [g, out, *ins, *prevs, *range(base, base + len(template.avals))]
             avals.extend(template.avals)
-            for head, slots in template.steps:
-                steps.append(head + slots(frame))
-            for offset, value in template.consts:
-                consts[base + offset] = value
-            for j, local in template.cots:
-                cot[distinct[j]] = frame[local]
+            for op_attrs, slots in template.steps:
+                steps.append(op_attrs + slots(frame))
+            for n, value in template.consts:
+                consts[base + n] = value
+            for n, local in template.cots:
+                cot[ins[n]] = frame[local]
             if noted is not None:
-                for j, local in template.notes:
-                    noted(k, distinct[j], frame[local])
+                for n, local in template.notes:
+                    noted(k, ins[n], frame[local])
         for i in want:
             if i in cot:
                 found[i] = cot[i]
         return found
 
-    def _template(self, rec: RawRecord, distinct: Sequence[int], prevs: Sequence[int | None], g: int,
-                  skip: Collection[int], checked: bool) -> Template:
-        """The template of `rec`'s signature: the engine run on `rec` alone, on local slots."""
+    def _template(self, rec: RawRecord, g: int, prevs: Sequence[int | None], skip: Collection[int],
+                  checked: bool) -> Template:
+        """The template of `rec`'s signature (see `Template`): the engine run on `rec` alone, on
+        placeholder symbols of its cotangent `g`, output, inputs and their cotangents `prevs`."""
+        ins = rec[INPUTS:]
+        n = len(ins)
         avals = self.avals
-        n = len(distinct)
-        local = Compiler([avals[g], avals[rec[OUTPUT]], *[avals[i] for i in distinct],
-                          *[avals[p] for p in prevs if p is not None]])
-        syms = [local.sym(s) for s in range(len(local.avals))]
-        fixed = len(syms)
-        values = {1: syms[1], **{2 + j: syms[2 + j] for j in range(n)}}
-        seeds = {1: syms[0]}
-        held = iter(syms[2 + n:])
-        seeds.update((2 + j, next(held)) for j, p in enumerate(prevs) if p is not None)
-        record = (rec[OP], rec[ATTRS], 1, *[2 + distinct.index(i) for i in rec[INPUTS:]])
-        local_skip = {2 + j for j, i in enumerate(distinct) if i in skip}
-        want = set(range(2, 2 + n))
+        local = Compiler([avals[g], avals[rec[OUTPUT]], *[avals[i] for i in ins],
+                          *[avals[i] if p is None else avals[p] for i, p in zip(ins, prevs, strict=True)]])
+        syms = [local.sym(s) for s in range(2 + 2 * n)]
+        first = [2 + ins.index(i) for i in ins]  # an input's local slot: its first position's
+        values = {1: syms[1], **{s: syms[s] for s in first}}
+        seeds = {1: syms[0], **{s: syms[s + n] for s in first if prevs[s - 2] is not None}}
+        record = (rec[OP], rec[ATTRS], 1, *first)
+        local_skip = {2 + ins.index(i) for i in ins if i in skip}
         notes: list[tuple[int, int]] = []
         if checked:
-            found = engine.reverse_checked([record], values, seeds, local_skip, want, local.ops,
-                                           lambda k, i, c: notes.append((i - 2, c.slot)), outputs_wanted=False)
+            found = engine.reverse_checked([record], values, seeds, local_skip, set(first), local.ops,
+                                           lambda k, s, c: notes.append((s - 2, c.slot)), outputs_wanted=False)
         else:
-            found = engine.reverse([record], values, seeds, local_skip, want, local.ops, outputs_wanted=False)
-        return Template(steps=tuple(((op, attrs), itemgetter(*ins)) for op, attrs, *ins in local.steps),
+            found = engine.reverse([record], values, seeds, local_skip, set(first), local.ops, outputs_wanted=False)
+        fixed = 2 + 2 * n
+        return Template(steps=tuple(((op, attrs), itemgetter(*slots)) for op, attrs, *slots in local.steps),
                         avals=tuple(local.avals[fixed:]),
                         consts=tuple((s - fixed, value) for s, value in local.consts.items()),
-                        cots=tuple((i - 2, sym.slot) for i, sym in found.items()), notes=tuple(notes))
+                        cots=tuple((s - 2, sym.slot) for s, sym in found.items()), notes=tuple(notes))
 
 
 class Template(NamedTuple):
     """The steps the reverse pass appends for every record of one signature (`Compiler.reverse`).
 
-    Slots are local: 0 is the record's cotangent, 1 its output, then its distinct inputs, then
-    the cotangents that those inputs already hold, then the slots the template makes (`avals`,
-    in order: step results and constants).  `steps` are `((op, attrs), slots)`, where
-    `slots(frame)` gives the step's `(output, *inputs)` from the local -> global slot list;
-    `consts` are (index into `avals`, value); `cots` and `notes` are (position among the
-    distinct inputs, local slot): each input's cotangent after the record, and (compiled for
-    checking) each new cotangent in the engine's order.
+    Slots are local, numbered as the frame lists them: 0 is the record's cotangent, 1 its output,
+    2 .. n+1 its n inputs (by position; a repeated input is used at its first position), n+2 ..
+    2n+1 the cotangents those inputs already hold (unused where none), then the slots the
+    template makes: step results and constants, in order, of shapes and dtypes `avals`.  `steps`
+    are `((op, attrs), slots)`, where `slots(frame)` gives the step's `(output, *inputs)` from
+    the frame of global slots; `consts` are (index into `avals`, value); `cots` are (input
+    position, local slot of its cotangent after the record); `notes` (compiled for checking)
+    are (input position, local slot) of each new cotangent in the engine's order.
     """
 
-    steps: tuple[tuple[tuple[str, Any], Callable[[Sequence[int]], tuple[int, ...]]], ...]
+    steps: tuple[tuple[tuple[str, Any], Callable[[Sequence[int | None]], tuple[int, ...]]], ...]
     avals: tuple[Aval, ...]
     consts: tuple[tuple[int, Any], ...]
     cots: tuple[tuple[int, int], ...]
@@ -631,11 +644,12 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
              shapes: Mapping[int, tuple[int, ...]] | None = None) -> Program:
     """`compile_plan` in slot form."""
     ids = tape.ids_in_order()
-    slot_of = {vid: n for n, vid in enumerate(ids)}
+    # (A loaded tape numbers its variables 0, 1, ... in definition order: its records are in slot form.)
+    dense = ids == list(range(len(ids)))
+    slot_of: Sequence[int] | dict[int, int] = range(len(ids)) if dense else {vid: n for n, vid in enumerate(ids)}
     avals: list[Aval] = [tape.shape_dtype(vid) for vid in ids]
     parts = tape.parts()
     records = parts.records
-    producer = {rec[OUTPUT]: n for n, rec in enumerate(records)}
 
     # Which records the backward pass walks: those `of` depends on.
     needed = engine.needed_ids(records, [*outputs, *([] if of is None else [of])])
@@ -647,7 +661,7 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
         avals[slot_of[vid]] = aval
 
     # The live records in slot form (with generalised attributes at new shapes).
-    sub = [_slotted(records[n], slot_of) for n in live_records]
+    sub = [records[n] for n in live_records] if dense else [_slotted(records[n], slot_of) for n in live_records]
     for k, n in enumerate(live_records):
         if n in new.attrs:
             sub[k] = (sub[k][OP], new.attrs[n], *sub[k][OUTPUT:])
@@ -663,7 +677,7 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
             dirty.add(rec[OUTPUT])
             forward.append(n)
             forward_sub.append(srec)
-    missing = [vid for vid in needed if vid not in stored and vid not in dirty and vid not in producer]
+    missing = [vid for vid in needed if vid not in stored and vid not in dirty and tape.producer(vid) is None]
     if missing:
         names = ", ".join(f"v{slot_of[v]}" for v in sorted(missing))
         raise TapegradError(f"cannot replay: the tape stores no value for input(s) {names} "
