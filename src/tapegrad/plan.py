@@ -179,21 +179,22 @@ class Compiler:
                 found[out] = g
             ins = rec[INPUTS:]
             attrs = rec[ATTRS]
-            head = (rec[OP], attrs if attrs is None else tuple(attrs.items()), avals[g], avals[out])
+            if attrs is not None:
+                attrs = tuple(attrs.items())
             prevs: Sequence[int | None]
             if len(ins) == 1:  # (the signature spelt out for one and two inputs: a third of the loop's time)
                 i = ins[0]
                 prevs = (p := get(i),)
-                key = (*head, avals[i], i in skip, p is not None and avals[p])
+                key = (rec[OP], attrs, avals[g], avals[out], avals[i], i in skip, p is not None and avals[p])
             elif len(ins) == 2:
                 i, j = ins
                 prevs = (p := get(i), q := get(j))
-                key = (*head, avals[i], avals[j], i in skip, j in skip, p is not None and avals[p],
-                       q is not None and avals[q], i == j)
+                key = (rec[OP], attrs, avals[g], avals[out], avals[i], avals[j], i in skip, j in skip,
+                       p is not None and avals[p], q is not None and avals[q], i == j)
             else:
                 prevs = [get(i) for i in ins]
-                key = (*head, tuple(map(ins.index, ins)), *[avals[i] for i in ins], *[i in skip for i in ins],
-                       *[p is not None and avals[p] for p in prevs])
+                key = (rec[OP], attrs, avals[g], avals[out], tuple(map(ins.index, ins)), *[avals[i] for i in ins],
+                       *[i in skip for i in ins], *[p is not None and avals[p] for p in prevs])
             template = templates.get(key)
             if template is None:
                 template = templates[key] = self._template(rec, g, prevs, skip, noted is not None)
@@ -202,8 +203,9 @@ class Compiler:
             avals.extend(template.avals)
             for op_attrs, slots in template.steps:
                 steps.append(op_attrs + slots(frame))
-            for n, value in template.consts:
-                consts[base + n] = value
+            if template.consts:
+                for n, value in template.consts:
+                    consts[base + n] = value
             for n, local in template.cots:
                 cot[ins[n]] = frame[local]
             if noted is not None:
@@ -820,22 +822,26 @@ def _lower(prog: Program) -> Plan:
     forward, plain = _FORWARD, _PLAIN
     for k, rec in enumerate(records):
         op, out, x = rec[OP], rec[OUTPUT], rec[INPUTS]
-        # The input registers (a, b: see `Step`), and the inputs read for the last time, biggest first.
+        # The input registers (a, b: see `Step`); `top`, the biggest input read for the last time
+        # here (-1: none), and `more`, the others.
         a = reg_of[x]
+        more: Sequence[int] = ()
         if len(rec) == 4:
             b = None
-            dying: Sequence[int] = (x,) if last[x] == k else ()
+            top = x if last[x] == k else -1
         elif len(rec) == 5:
             y = rec[INPUTS + 1]
             b = reg_of[y]
             if last[x] != k:
-                dying = (y,) if last[y] == k else ()
+                top = y if last[y] == k else -1
+            elif last[y] != k or x == y:
+                top = x
             else:
-                dying = (x,) if last[y] != k or x == y else (x, y) if held(x) >= held(y) else (y, x)
+                top, more = (x, (y,)) if held(x) >= held(y) else (y, (x,))
         else:
             ins = rec[INPUTS:]
             a, b = None, tuple([reg_of[s] for s in ins])
-            dying = sorted(dict.fromkeys([s for s in ins if last[s] == k]), key=held, reverse=True)
+            top, *more = sorted(dict.fromkeys([s for s in ins if last[s] == k]), key=held, reverse=True) or [-1]
         # The step allocates its result's buffer (unless the result is a view of x's) and its scratch space.
         if op in plain:
             buf = out
@@ -858,7 +864,7 @@ def _lower(prog: Program) -> Plan:
                 peak = live + scratch
         # The result's register: a dying input's, else a free one, else a new one; the value it
         # held (dead) is dropped when the result is stored.
-        reg = reg_of[dying[0]] if dying else free.pop() if free else len(reg_buf)
+        reg = reg_of[top] if top >= 0 else free.pop() if free else len(reg_buf)
         if reg == len(reg_buf):
             reg_buf.append(-1)
         old = reg_buf[reg]
@@ -870,7 +876,7 @@ def _lower(prog: Program) -> Plan:
         reg_of[out] = reg
         attrs = rec[ATTRS]
         steps.append((partial(forward[op], **attrs) if attrs else forward[op], a, b, reg))
-        for s in dying[1:]:
+        for s in more:
             retire(s, k)
         if last[out] < 0:
             retire(out, k)
