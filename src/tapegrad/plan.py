@@ -778,7 +778,7 @@ def _lower(prog: Program) -> Plan:
     """
     avals, records = prog.avals, prog.records
     n_slots, end = len(avals), len(records)
-    nbytes = _slot_bytes(avals)
+    nbytes = [*_slot_bytes(avals), 0]  # slot -> bytes of its value; [-1] (no buffer) is 0
     last = [-1] * n_slots  # slot -> index of the step that reads it last (-1: none; `end`: a result)
     for k, rec in enumerate(records):
         for s in rec[INPUTS:]:
@@ -796,21 +796,18 @@ def _lower(prog: Program) -> Plan:
 
     def held(slot: int) -> int:
         """Bytes of the buffer that `slot`'s value (in its register) keeps alive."""
-        buf = reg_buf[reg_of[slot]]
-        return nbytes[buf] if buf >= 0 else 0
+        return nbytes[reg_buf[reg_of[slot]]]
 
-    def retire(slot: int, k: int) -> None:
-        """`slot`'s value died at record `k`: release its register now if its buffer is big; free it."""
+    def release(reg: int, k: int) -> None:
+        """A step right after record `k` drops the (dead, big) value of register `reg`."""
         nonlocal live
-        reg, buf = reg_of[slot], reg_buf[reg_of[slot]]
-        if buf >= 0 and nbytes[buf] > _LINGER_BYTES:
-            steps.append((_release, reg, None, reg))
-            released.append(k)
-            users[buf] -= 1
-            if users[buf] == 0:
-                live -= nbytes[buf]
-            reg_buf[reg] = -1
-        free.append(reg)
+        steps.append((_release, reg, None, reg))
+        released.append(k)
+        buf = reg_buf[reg]
+        users[buf] -= 1
+        if users[buf] == 0:
+            live -= nbytes[buf]
+        reg_buf[reg] = -1
 
     preset = [*prog.initial, *prog.inputs.values(), *prog.tangent_slots]
     if prog.seed_slot is not None:
@@ -837,7 +834,7 @@ def _lower(prog: Program) -> Plan:
             elif last[y] != k or x == y:
                 top = x
             else:
-                top, more = (x, (y,)) if held(x) >= held(y) else (y, (x,))
+                top, more = (x, (y,)) if nbytes[reg_buf[a]] >= nbytes[reg_buf[b]] else (y, (x,))
         else:
             ins = rec[INPUTS:]
             a, b = None, tuple([reg_of[s] for s in ins])
@@ -859,7 +856,7 @@ def _lower(prog: Program) -> Plan:
                 buf = out
                 users[out] = 1
                 live += nbytes[out]
-            scratch = spec.scratch * max(_nbytes(avals[x]), nbytes[out]) if spec.scratch else 0
+            scratch = spec.scratch * max(nbytes[x], nbytes[out]) if spec.scratch else 0
             if live + scratch > peak:
                 peak = live + scratch
         # The result's register: a dying input's, else a free one, else a new one; the value it
@@ -876,10 +873,16 @@ def _lower(prog: Program) -> Plan:
         reg_of[out] = reg
         attrs = rec[ATTRS]
         steps.append((partial(forward[op], **attrs) if attrs else forward[op], a, b, reg))
+        # Values dead after the step (other dying inputs, an unused result) free their registers,
+        # released by a step of their own if big.
         for s in more:
-            retire(s, k)
+            if held(s) > _LINGER_BYTES:
+                release(reg_of[s], k)
+            free.append(reg_of[s])
         if last[out] < 0:
-            retire(out, k)
+            if nbytes[buf] > _LINGER_BYTES:
+                release(reg, k)
+            free.append(reg)
 
     registers: list[Any] = [None] * len(reg_buf)
     for s, value in prog.initial.items():
