@@ -679,7 +679,7 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
             dirty.add(rec[OUTPUT])
             forward.append(n)
             forward_sub.append(srec)
-    missing = [vid for vid in needed if vid not in stored and vid not in dirty and tape.producer(vid) is None]
+    missing = [vid for vid in needed.difference(stored, dirty) if tape.producer(vid) is None]
     if missing:
         names = ", ".join(f"v{slot_of[v]}" for v in sorted(missing))
         raise TapegradError(f"cannot replay: the tape stores no value for input(s) {names} "
@@ -695,7 +695,7 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     if of is not None:
         seed_slot = comp.new(*avals[slot_of[of]]).slot
         active = engine.active_set(sub, [slot_of[w] for w in wrt])
-        skip = {s for s in map(slot_of.__getitem__, needed) if s not in active}
+        skip = set(map(slot_of.__getitem__, needed)).difference(active)
         noted = None
         if checked:
             def noted(k: int, i: int, cot: int) -> None:
