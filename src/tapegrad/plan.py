@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import math
 import operator
-from operator import itemgetter
 import weakref
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -182,6 +181,7 @@ class Compiler:
             if attrs is not None:
                 attrs = tuple(attrs.items())
             prevs: Sequence[int | None]
+            key: tuple[Any, ...]
             if len(ins) == 1:  # (the signature spelt out for one and two inputs: a third of the loop's time)
                 i = ins[0]
                 prevs = (p := get(i),)
@@ -238,7 +238,7 @@ class Compiler:
         else:
             found = engine.reverse([record], values, seeds, local_skip, set(first), local.ops, outputs_wanted=False)
         fixed = 2 + 2 * n
-        return Template(steps=tuple(((op, attrs), itemgetter(*slots)) for op, attrs, *slots in local.steps),
+        return Template(steps=tuple(((op, attrs), operator.itemgetter(*slots)) for op, attrs, *slots in local.steps),
                         avals=tuple(local.avals[fixed:]),
                         consts=tuple((s - fixed, value) for s, value in local.consts.items()),
                         cots=tuple((s - 2, sym.slot) for s, sym in found.items()), notes=tuple(notes))
@@ -750,7 +750,7 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
 _VIEWS = frozenset(name for name, spec in REGISTRY.items() if spec.view)
 
 
-def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> RawRecord:
+def _slotted(rec: RawRecord, slot_of: Sequence[int] | Mapping[int, int]) -> RawRecord:
     """A tape record with its ids replaced by slots."""
     return (rec[OP], rec[ATTRS], slot_of[rec[OUTPUT]], *map(slot_of.__getitem__, rec[INPUTS:]))
 
@@ -821,7 +821,8 @@ def _lower(prog: Program) -> Plan:
         op, out, x = rec[OP], rec[OUTPUT], rec[INPUTS]
         # The input registers (a, b: see `Step`); `top`, the biggest input read for the last time
         # here (-1: none), and `more`, the others.
-        a = reg_of[x]
+        a: int | None = reg_of[x]
+        b: int | tuple[int, ...] | None
         more: Sequence[int] = ()
         if len(rec) == 4:
             b = None
@@ -834,7 +835,7 @@ def _lower(prog: Program) -> Plan:
             elif last[y] != k or x == y:
                 top = x
             else:
-                top, more = (x, (y,)) if nbytes[reg_buf[a]] >= nbytes[reg_buf[b]] else (y, (x,))
+                top, more = (x, (y,)) if held(x) >= held(y) else (y, (x,))
         else:
             ins = rec[INPUTS:]
             a, b = None, tuple([reg_of[s] for s in ins])
