@@ -788,7 +788,7 @@ def _lower(prog: Program) -> Plan:
             last[s] = end
     reg_of = [-1] * n_slots  # slot -> its register
     reg_buf: list[int] = []  # register -> the buffer its value (live or dead) keeps alive; -1: none counted
-    users = [0] * n_slots  # buffer (named by the slot that allocated it) -> registers whose value uses it
+    users = [1] * n_slots  # buffer (named by the slot that allocated it) -> registers whose value uses it
     free: list[int] = []  # registers whose value is dead, most recently freed last
     live = peak = 0  # bytes of the buffers kept alive, and their most at any step
     steps: list[Step] = []
@@ -843,7 +843,6 @@ def _lower(prog: Program) -> Plan:
         # The step allocates its result's buffer (unless the result is a view of x's) and its scratch space.
         if op in plain:
             buf = out
-            users[out] = 1
             live += nbytes[out]
             if live > peak:
                 peak = live
@@ -855,7 +854,6 @@ def _lower(prog: Program) -> Plan:
                     users[buf] += 1
             else:
                 buf = out
-                users[out] = 1
                 live += nbytes[out]
             scratch = spec.scratch * max(nbytes[x], nbytes[out]) if spec.scratch else 0
             if live + scratch > peak:
