@@ -6,7 +6,10 @@ Contract:
   symbolic backend: ops on `Sym` values infer their output shape and dtype through the registry
   and append a step instead of computing.  So compiled gradients perform exactly the numpy
   calls, in the same order on the same values, as `y.backward()` does: results are bit for bit
-  those of eager differentiation.
+  those of eager differentiation.  The engine runs once per record signature (op, attributes,
+  shapes and dtypes, which inputs get no cotangent, already hold one, or repeat), on that one
+  record, and the steps it appends are a `Template` stamped out for every record of that
+  signature (`Compiler.reverse`): the steps of running it over the whole tape, step for step.
 - Compilation works on slots (one per tape variable, seed, tangent, constant and temporary);
   lowering then assigns the slots registers by liveness, once per plan.  A `Plan` runs its
   steps, one `fn(*input registers)` call each with attributes bound at compile time, on a list
