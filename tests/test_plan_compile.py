@@ -1,7 +1,9 @@
 """Plan compilation stays cheap per record: the speed tricks of `plan.py` keep working.
 
 `benchmarks/replay.py` (d) measures compile time; these tests fail when the tricks it relies on
-stop applying (not on timings, which a busy machine makes noisy).
+stop applying (not on timings, which a busy machine makes noisy), and when a trick would change
+what a plan computes: the templated reverse pass must append exactly the steps that the engine
+appends when it runs on symbols over the whole tape.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
-from tapegrad import plan, replay
+from op_cases import CASES, record_case, roundtrip
+from tapegrad import engine, plan, replay
+from tapegrad.tape import OUTPUT
 
 
 def chain_tape(n: int) -> tg.Tape:
@@ -24,14 +28,126 @@ def chain_tape(n: int) -> tg.Tape:
     return tg.loads(tg.dumps(tape))
 
 
-def test_shape_inference_is_remembered_across_the_steps_of_a_compile() -> None:
+def test_reverse_steps_are_stamped_from_one_template_per_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    tape = chain_tape(400)
+    built = []
+    original = plan.Compiler._template
+
+    def counting(self: plan.Compiler, *args: Any) -> plan.Template:
+        template = original(self, *args)
+        built.append(template)
+        return template
+
+    monkeypatch.setattr(plan.Compiler, "_template", counting)
+    p = tg.replay.plan(tape, of="y", wrt="x", inputs=["x"])
+    assert p.n_backward > 600
+    # exp, sin, add and mul, with x's cotangent already started or not (the last record visited
+    # first starts it): a handful of signatures, each compiled once however long the chain.
+    assert 4 <= len(built) <= 8
+
+
+def test_shape_inference_is_remembered_when_reshaping() -> None:
     tape = chain_tape(400)
     before = plan._infer_cached.cache_info()
-    p = tg.replay.plan(tape, of="y", wrt="x", inputs=["x"])
+    tg.replay.plan(tape, of="y", wrt="x", inputs={"x": np.linspace(0.1, 0.4, 9)})
     after = plan._infer_cached.cache_info()
     calls = (after.hits - before.hits) + (after.misses - before.misses)
-    assert calls >= p.n_backward  # every step of the reverse pass asks
+    assert calls >= len(tape)  # every record the new shape reaches is re-inferred
     assert after.misses - before.misses <= 10  # a handful of distinct (op, shapes, dtypes, attributes)
+
+
+def engine_steps(tape: tg.Tape, of: int, wrt: list[int], checked: bool) -> tuple[Any, ...]:
+    """The reverse pass compiled the plain way: the engine run once over every record, on symbols
+    (a loaded tape's ids are dense, so its records are in slot form)."""
+    records = tape.parts().records
+    comp = plan.Compiler([tape.shape_dtype(v) for v in tape.ids_in_order()])
+    seed = comp.new(*tape.shape_dtype(of))
+    values = {s: comp.sym(s) for s in range(seed.slot)}
+    active = engine.active_set(records, wrt)
+    skip = {s for s in range(seed.slot) if s not in active}
+    notes: list[tuple[int, int, int]] = []
+    if checked:
+        found = engine.reverse_checked(records, values, {of: seed}, skip, set(wrt), comp.ops,
+                                       lambda k, i, c: notes.append((k, i, c.slot)))
+    else:
+        found = engine.reverse(records, values, {of: seed}, skip, set(wrt), comp.ops)
+    return comp.steps, comp.avals, comp.consts, {i: s.slot for i, s in found.items()}, notes
+
+
+def templated_steps(tape: tg.Tape, of: int, wrt: list[int], checked: bool) -> tuple[Any, ...]:
+    """The same through `Compiler.reverse` (templates stamped out per record)."""
+    records = tape.parts().records
+    comp = plan.Compiler([tape.shape_dtype(v) for v in tape.ids_in_order()])
+    seed = comp.new(*tape.shape_dtype(of)).slot
+    active = engine.active_set(records, wrt)
+    skip = {s for s in range(seed) if s not in active}
+    notes: list[tuple[int, int, int]] = []
+    found = comp.reverse(records, {of: seed}, skip, set(wrt), (lambda k, i, c: notes.append((k, i, c))) if checked else None)
+    return comp.steps, comp.avals, comp.consts, found, notes
+
+
+def reused_inputs_tape() -> tg.Tape:
+    """Inputs repeated within one record (x * x, add(x, x), stack([x, y, x])), Python-float
+    constants, broadcasting and a cotangent that reaches one variable many times."""
+    with tg.record() as tape:
+        x = tg.Variable(np.linspace(0.1, 0.9, 6).reshape(2, 3), name="x")
+        y = tg.Variable(np.linspace(-1.0, 1.0, 3), name="y")
+        h = x * x + tg.add(y, y) * 2.0
+        s = tg.stack([h, x + y, h])
+        z = tg.sum(tg.tanh(s) * x - y, axis=0)
+        loss = tg.sum(tg.log_softmax(z * x, axis=-1))
+        loss.name = "loss"
+    return roundtrip(tape)
+
+
+def look_alikes_tape() -> tg.Tape:
+    """Pairs of records that differ in one part of their signature only (the other inputs in the
+    same state, a later record using them too): whether an input is a constant (no cotangent:
+    `a * y`, `k * y`), an input's shape (`b1 * n`, `b2 * n`), the attributes (sums over either
+    axis of a square), whether the inputs are one variable (`x * x`, `x * z`)."""
+    v = np.linspace  # (short: many small inputs)
+    with tg.record() as tape:
+        a, x, y, z = (tg.Variable(v(0.5 + k, 1.0 + k, 3), name=name) for k, name in enumerate("axyz"))
+        b1, b2 = tg.Variable(v(0.1, 0.3, 3).reshape(1, 3), name="b1"), tg.Variable(v(0.1, 0.6, 6).reshape(2, 3), name="b2")
+        n, sq = tg.Variable(v(-1.0, 1.0, 6).reshape(2, 3), name="n"), tg.Variable(v(0.1, 0.9, 9).reshape(3, 3), name="sq")
+        k = v(2.0, 3.0, 3)  # a constant: its cotangent is skipped
+        p1, p2, p3, p4 = a * y, k * y, x * x, x * z
+        u1, u2 = b1 * n, b2 * n
+        s0, s1 = tg.sum(sq, axis=0), tg.sum(sq, axis=1)
+        late = tg.sin(y) * z + tg.sum(n, axis=0) + tg.sum(sq, axis=0) + x
+        loss = tg.sum(p1 + p2 + p3 + p4 + late + s0 * s1) + tg.sum(u1 + u2)
+        loss.name = "loss"
+    return roundtrip(tape)
+
+
+def differentiable_tapes() -> list[Any]:
+    """The tapes above and every op case with a floating-point result (comparisons have none)."""
+    tapes = [pytest.param(chain_tape(12), id="chain"), pytest.param(reused_inputs_tape(), id="reused-inputs"),
+             pytest.param(look_alikes_tape(), id="look-alikes")]
+    for op, cases in CASES.items():
+        for case in cases:
+            tape = roundtrip(record_case(case)[0])
+            if tape.shape_dtype(tape.parts().records[-1][OUTPUT])[1].kind == "f":
+                tapes.append(pytest.param(tape, id=f"{op}-{case.label}"))
+    return tapes
+
+
+@pytest.mark.parametrize("checked", [False, True], ids=["plain", "checked"])
+@pytest.mark.parametrize("tape", differentiable_tapes())
+def test_templated_reverse_appends_what_the_engine_appends(tape: tg.Tape, checked: bool) -> None:
+    parts = tape.parts()
+    wrt = [v for v in parts.leaves if v not in parts.consts and tape.shape_dtype(v)[1].kind == "f"]
+    of = parts.records[-1][OUTPUT]
+    steps, avals, consts, found, notes = engine_steps(tape, of, wrt, checked)
+    got_steps, got_avals, got_consts, got_found, got_notes = templated_steps(tape, of, wrt, checked)
+    assert got_steps == steps
+    assert got_avals == avals
+    assert got_found == found
+    assert got_notes == notes
+    assert list(got_consts) == list(consts)
+    for slot, value in consts.items():
+        assert got_consts[slot].dtype == value.dtype
+        np.testing.assert_array_equal(got_consts[slot], value)
 
 
 def test_the_plan_for_a_new_shape_is_built_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,10 @@ Contract:
   symbolic backend: ops on `Sym` values infer their output shape and dtype through the registry
   and append a step instead of computing.  So compiled gradients perform exactly the numpy
   calls, in the same order on the same values, as `y.backward()` does: results are bit for bit
-  those of eager differentiation.
+  those of eager differentiation.  The engine runs once per record signature (op, attributes,
+  shapes and dtypes, which inputs get no cotangent, already hold one, or repeat), on that one
+  record, and the steps it appends are a `Template` stamped out for every record of that
+  signature (`Compiler.reverse`): the steps of running it over the whole tape, step for step.
 - Compilation works on slots (one per tape variable, seed, tangent, constant and temporary);
   lowering then assigns the slots registers by liveness, once per plan.  A `Plan` runs its
   steps, one `fn(*input registers)` call each with attributes bound at compile time, on a list
@@ -45,7 +48,7 @@ from __future__ import annotations
 import math
 import operator
 import weakref
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from types import SimpleNamespace
@@ -57,6 +60,7 @@ from . import anomaly, engine
 from .errors import GuardError, TapegradError, escape
 from .ops import REGISTRY, OpSpec
 from .ops.infer import expand_index
+from .ops.registry import on_change
 from .ops.spec import never_aliases
 from .tape import ATTRS, INPUTS, OP, OUTPUT, RawRecord, Tape
 
@@ -84,12 +88,19 @@ class Sym:
 
 
 class Compiler:
-    """A backend whose ops append steps `(op, input slots, output slot, attrs)` to `steps`."""
+    """A backend whose ops append steps `(op, attrs, output slot, *input slots)` to `steps`.
+
+    `reverse` compiles a reverse pass with it: each record's share of the pass (its VJP rule,
+    the unbroadcasting, the sums of reused cotangents) is compiled once per signature into a
+    `Template`, by running the engine on that one record, and the template is then stamped out
+    for every record with that signature.
+    """
 
     def __init__(self, avals: list[Aval]) -> None:
         self.avals = avals  # slot -> (shape, dtype); grows as temporaries are created
         self.steps: list[RawRecord] = []
         self.consts: dict[int, Any] = {}
+        self.templates: dict[Hashable, Template] = {}
 
     @property
     def ops(self) -> Any:
@@ -115,18 +126,14 @@ class Compiler:
         return sym
 
     def apply(self, spec: OpSpec, args: Sequence[Any], attrs: Mapping[str, Any] | None) -> Sym:
-        """Append the step `spec(*args, **attrs)`; its result's symbol.  (The hottest function of a
-        compile, called once per step of the reverse pass: it makes the step and symbol itself.)"""
+        """Append the step `spec(*args, **attrs)`; its result's symbol."""
         if not all([type(a) is Sym for a in args]):
             args = self._symbols(args)
         attrs = attrs or None
-        shape, dtype = _infer_cached(spec.name, tuple([a.shape for a in args]), tuple([a.dtype for a in args]),
-                                     None if attrs is None else tuple(attrs.items()))
-        avals = self.avals
-        avals.append((shape, dtype))
-        slot = len(avals) - 1
-        self.steps.append((spec.name, attrs, slot, *[a.slot for a in args]))
-        return Sym(slot, shape, dtype)
+        shape, dtype = infer(spec, tuple([a.shape for a in args]), tuple([a.dtype for a in args]), attrs)
+        sym = self.new(shape, dtype)
+        self.steps.append((spec.name, attrs, sym.slot, *[a.slot for a in args]))
+        return sym
 
     def _symbols(self, args: Sequence[Any]) -> list[Sym]:
         """`args` as symbols: arrays and Python scalars (numpy 2 promotion) become constants."""
@@ -146,6 +153,119 @@ class Compiler:
         op = simple if spec.simple else bound
         op.__name__ = spec.name
         return op
+
+    def reverse(self, records: Sequence[RawRecord], seeds: Mapping[int, int], skip: Collection[int],
+                want: Collection[int], noted: Callable[[int, int, int], None] | None = None) -> dict[int, int]:
+        """Compile the reverse pass over slot-form `records`: what `engine.reverse` (with `noted`:
+        `engine.reverse_checked`) appends when run on symbols, step for step; returns the slots of
+        the cotangents of the slots in `want` that receive one.
+
+        `seeds` maps slots to the slots of their starting cotangents.  `noted(k, i, cotangent)` is
+        told, in the engine's order, each new cotangent slot of input slot `i` made by `records[k]`.
+        The loop is the engine's (records in reverse, each one's cotangent popped), and what the
+        engine does for one record follows from the record's signature: its op and attributes,
+        the shapes and dtypes of its cotangent, output and inputs, which inputs are skipped,
+        which already hold a cotangent (and its shape and dtype), and which are the same
+        variable.  So each signature's steps are compiled once, by running the engine on that
+        record alone (`_template`), and stamped out for every record that has it.
+        """
+        cot = dict(seeds)
+        found: dict[int, int] = {}
+        avals, steps, consts, templates, get = self.avals, self.steps, self.consts, self.templates, cot.get
+        for k in range(len(records) - 1, -1, -1):
+            rec = records[k]
+            out = rec[OUTPUT]
+            g = cot.pop(out, None)
+            if g is None:
+                continue
+            if out in want:
+                found[out] = g
+            ins = rec[INPUTS:]
+            attrs = rec[ATTRS]
+            if attrs is not None:
+                attrs = tuple(attrs.items())
+            prevs: Sequence[int | None]
+            key: tuple[Any, ...]
+            if len(ins) == 1:  # (the signature spelt out for one and two inputs: a third of the loop's time)
+                i = ins[0]
+                prevs = (p := get(i),)
+                key = (rec[OP], attrs, avals[g], avals[out], avals[i], i in skip, p is not None and avals[p])
+            elif len(ins) == 2:
+                i, j = ins
+                prevs = (p := get(i), q := get(j))
+                key = (rec[OP], attrs, avals[g], avals[out], avals[i], avals[j], i in skip, j in skip,
+                       p is not None and avals[p], q is not None and avals[q], i == j)
+            else:
+                prevs = [get(i) for i in ins]
+                key = (rec[OP], attrs, avals[g], avals[out], tuple(map(ins.index, ins)), *[avals[i] for i in ins],
+                       *[i in skip for i in ins], *[p is not None and avals[p] for p in prevs])
+            template = templates.get(key)
+            if template is None:
+                template = templates[key] = self._template(rec, g, prevs, skip, noted is not None)
+            base = len(avals)
+            frame = [g, out, *ins, *prevs, *range(base, base + len(template.avals))]
+            avals.extend(template.avals)
+            for op_attrs, slots in template.steps:
+                steps.append(op_attrs + slots(frame))
+            if template.consts:
+                for n, value in template.consts:
+                    consts[base + n] = value
+            for n, local in template.cots:
+                cot[ins[n]] = frame[local]
+            if noted is not None:
+                for n, local in template.notes:
+                    noted(k, ins[n], frame[local])
+        for i in want:
+            if i in cot:
+                found[i] = cot[i]
+        return found
+
+    def _template(self, rec: RawRecord, g: int, prevs: Sequence[int | None], skip: Collection[int],
+                  checked: bool) -> Template:
+        """The template of `rec`'s signature (see `Template`): the engine run on `rec` alone, on
+        placeholder symbols of its cotangent `g`, output, inputs and their cotangents `prevs`."""
+        ins = rec[INPUTS:]
+        n = len(ins)
+        avals = self.avals
+        local = Compiler([avals[g], avals[rec[OUTPUT]], *[avals[i] for i in ins],
+                          *[avals[i] if p is None else avals[p] for i, p in zip(ins, prevs, strict=True)]])
+        syms = [local.sym(s) for s in range(2 + 2 * n)]
+        first = [2 + ins.index(i) for i in ins]  # an input's local slot: its first position's
+        values = {1: syms[1], **{s: syms[s] for s in first}}
+        seeds = {1: syms[0], **{s: syms[s + n] for s in first if prevs[s - 2] is not None}}
+        record = (rec[OP], rec[ATTRS], 1, *first)
+        local_skip = {2 + ins.index(i) for i in ins if i in skip}
+        notes: list[tuple[int, int]] = []
+        if checked:
+            found = engine.reverse_checked([record], values, seeds, local_skip, set(first), local.ops,
+                                           lambda k, s, c: notes.append((s - 2, c.slot)), outputs_wanted=False)
+        else:
+            found = engine.reverse([record], values, seeds, local_skip, set(first), local.ops, outputs_wanted=False)
+        fixed = 2 + 2 * n
+        return Template(steps=tuple(((op, attrs), operator.itemgetter(*slots)) for op, attrs, *slots in local.steps),
+                        avals=tuple(local.avals[fixed:]),
+                        consts=tuple((s - fixed, value) for s, value in local.consts.items()),
+                        cots=tuple((s - 2, sym.slot) for s, sym in found.items()), notes=tuple(notes))
+
+
+class Template(NamedTuple):
+    """The steps the reverse pass appends for every record of one signature (`Compiler.reverse`).
+
+    Slots are local, numbered as the frame lists them: 0 is the record's cotangent, 1 its output,
+    2 .. n+1 its n inputs (by position; a repeated input is used at its first position), n+2 ..
+    2n+1 the cotangents those inputs already hold (unused where none), then the slots the
+    template makes: step results and constants, in order, of shapes and dtypes `avals`.  `steps`
+    are `((op, attrs), slots)`, where `slots(frame)` gives the step's `(output, *inputs)` from
+    the frame of global slots; `consts` are (index into `avals`, value); `cots` are (input
+    position, local slot of its cotangent after the record); `notes` (compiled for checking)
+    are (input position, local slot) of each new cotangent in the engine's order.
+    """
+
+    steps: tuple[tuple[tuple[str, Any], Callable[[Sequence[int | None]], tuple[int, ...]]], ...]
+    avals: tuple[Aval, ...]
+    consts: tuple[tuple[int, Any], ...]
+    cots: tuple[tuple[int, int], ...]
+    notes: tuple[tuple[int, int], ...]
 
 
 def infer(spec: OpSpec, shapes: tuple[tuple[int, ...], ...], dtypes: tuple[np.dtype[Any], ...],
@@ -530,11 +650,12 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
              shapes: Mapping[int, tuple[int, ...]] | None = None) -> Program:
     """`compile_plan` in slot form."""
     ids = tape.ids_in_order()
-    slot_of = {vid: n for n, vid in enumerate(ids)}
+    # (A loaded tape numbers its variables 0, 1, ... in definition order: its records are in slot form.)
+    dense = ids == list(range(len(ids)))
+    slot_of: Sequence[int] | dict[int, int] = range(len(ids)) if dense else {vid: n for n, vid in enumerate(ids)}
     avals: list[Aval] = [tape.shape_dtype(vid) for vid in ids]
     parts = tape.parts()
     records = parts.records
-    producer = {rec[OUTPUT]: n for n, rec in enumerate(records)}
 
     # Which records the backward pass walks: those `of` depends on.
     needed = engine.needed_ids(records, [*outputs, *([] if of is None else [of])])
@@ -546,7 +667,7 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
         avals[slot_of[vid]] = aval
 
     # The live records in slot form (with generalised attributes at new shapes).
-    sub = [_slotted(records[n], slot_of) for n in live_records]
+    sub = [records[n] for n in live_records] if dense else [_slotted(records[n], slot_of) for n in live_records]
     for k, n in enumerate(live_records):
         if n in new.attrs:
             sub[k] = (sub[k][OP], new.attrs[n], *sub[k][OUTPUT:])
@@ -562,7 +683,7 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
             dirty.add(rec[OUTPUT])
             forward.append(n)
             forward_sub.append(srec)
-    missing = [vid for vid in needed if vid not in stored and vid not in dirty and vid not in producer]
+    missing = [vid for vid in needed.difference(stored, dirty) if tape.producer(vid) is None]
     if missing:
         names = ", ".join(f"v{slot_of[v]}" for v in sorted(missing))
         raise TapegradError(f"cannot replay: the tape stores no value for input(s) {names} "
@@ -576,21 +697,16 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     grads: dict[int, int | None] = {}
     made: dict[int, StepCheck] = {}  # (checked) slot of a cotangent -> the record whose VJP made it
     if of is not None:
-        seed = comp.new(*avals[slot_of[of]])
-        seed_slot = seed.slot
-        needed_slots = [slot_of[v] for v in needed]
-        sym_values = {s: Sym(s, *avals[s]) for s in needed_slots}
+        seed_slot = comp.new(*avals[slot_of[of]]).slot
         active = engine.active_set(sub, [slot_of[w] for w in wrt])
-        skip = {s for s in needed_slots if s not in active}
-        want = {slot_of[w] for w in wrt}
+        skip = set(map(slot_of.__getitem__, needed)).difference(active)
+        noted = None
         if checked:
-            def noted(k: int, i: int, cot: Sym) -> None:
-                made.setdefault(cot.slot, StepCheck(True, live_records[k], ids[i]))  # (the first note: its maker)
+            def noted(k: int, i: int, cot: int) -> None:
+                made.setdefault(cot, StepCheck(True, live_records[k], ids[i]))  # (the first note: its maker)
 
-            found = engine.reverse_checked(sub, sym_values, {slot_of[of]: seed}, skip, want, comp.ops, noted)
-        else:
-            found = engine.reverse(sub, sym_values, {slot_of[of]: seed}, skip, want, comp.ops)
-        grads = {w: (found[slot_of[w]].slot if slot_of[w] in found else None) for w in wrt}
+        found = comp.reverse(sub, {slot_of[of]: seed_slot}, skip, {slot_of[w] for w in wrt}, noted)
+        grads = {w: found.get(slot_of[w]) for w in wrt}
 
     initial: dict[int, Any] = {slot_of[v]: stored[v] for v in needed if v in stored and v not in dirty}
     initial.update((slot_of[v], value) for v, value in new.consts.items())
@@ -618,17 +734,15 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
     program = base.records[n_fwd:]
     comp = Compiler(list(base.avals))
     tangents = [comp.new(*base.avals[base.inputs[w]] if w in base.inputs else tape.shape_dtype(w)) for w in wrt]
-    seeds: dict[int, Any] = {}
+    seeds: dict[int, Sym] = {}
     for w, t in zip(wrt, tangents, strict=True):
         slot = base.grads[w]
         if slot is not None:
             seeds[slot] = t if slot not in seeds else comp.ops.add(seeds[slot], t)
     linear = engine.active_set(program, [seed_slot])
-    n_base = len(base.avals)
-    skip = {s for s in range(n_base) if s not in linear}
-    symbols = {s: comp.sym(s) for s in range(n_base)}
-    found = engine.reverse(program, symbols, seeds, skip, {seed_slot}, comp.ops)
-    out_slot = found[seed_slot].slot if seed_slot in found else -1
+    skip = {s for s in range(len(base.avals)) if s not in linear}
+    found = comp.reverse(program, {s: t.slot for s, t in seeds.items()}, skip, {seed_slot})
+    out_slot = found.get(seed_slot, -1)
 
     keep = [rec for rec in program if rec[OUTPUT] not in linear]
     records = base.records[:n_fwd] + keep + comp.steps
@@ -640,64 +754,27 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
 _VIEWS = frozenset(name for name, spec in REGISTRY.items() if spec.view)
 
 
-def _slotted(rec: RawRecord, slot_of: Mapping[int, int]) -> RawRecord:
+def _slotted(rec: RawRecord, slot_of: Sequence[int] | Mapping[int, int]) -> RawRecord:
     """A tape record with its ids replaced by slots."""
     return (rec[OP], rec[ATTRS], slot_of[rec[OUTPUT]], *map(slot_of.__getitem__, rec[INPUTS:]))
 
 
-def _step(rec: RawRecord, ins: Sequence[int], out: int) -> Step:
-    """The executable step of a slot-form record whose inputs and output are in these registers."""
-    attrs = rec[ATTRS]
-    fn = REGISTRY[rec[OP]].forward  # (custom ops join REGISTRY at run time)
-    if attrs:
-        fn = partial(fn, **attrs)
-    if len(ins) == 1:
-        return (fn, ins[0], None, out)
-    if len(ins) == 2:
-        return (fn, ins[0], ins[1], out)
-    return (fn, None, tuple(ins), out)
+_FORWARD = {name: spec.forward for name, spec in REGISTRY.items()}  # (custom ops join it: `_op_changed`)
+_PLAIN = frozenset(name for name, spec in REGISTRY.items() if not spec.scratch and spec.aliases is never_aliases)
+"""Ops whose step allocates its result and nothing else (no scratch space, never a view of its
+input's buffer): the lowering's short way through the memory model.  Built-in ops only: a
+custom op takes the general way."""
 
 
-class _Memory:
-    """The peak model: bytes of the buffers that steps allocate, alive while a register holds
-    them (views share their input's buffer); values supplied from outside are not counted."""
+def _op_changed(name: str, spec: OpSpec | None) -> None:
+    """Keep `_FORWARD` in step with the custom ops registered at run time (`tapegrad.defop`)."""
+    if spec is None:
+        _FORWARD.pop(name, None)
+    else:
+        _FORWARD[name] = spec.forward
 
-    def __init__(self, avals: list[Aval]) -> None:
-        self.avals = avals
-        self.nbytes = [_nbytes(a) for a in avals]  # slot -> bytes of its value
-        self.buffer_of: dict[int, int] = {}  # slot -> buffer (the slot that allocated it)
-        self.users: dict[int, int] = {}  # buffer -> slots held in registers that use it
-        self.live = self.peak = 0
 
-    def compute(self, rec: RawRecord) -> None:
-        """A step runs: its kernel's scratch space and its result are allocated."""
-        op, attrs, out, x, avals, nbytes = rec[OP], rec[ATTRS], rec[OUTPUT], rec[INPUTS], self.avals, self.nbytes
-        spec = REGISTRY[op]
-        scratch = spec.scratch * max(nbytes[x], nbytes[out]) if spec.scratch else 0
-        if spec.aliases is not never_aliases and spec.aliases(avals[x], avals[out], attrs):
-            buf = self.buffer_of.get(x)
-            if buf is not None:
-                self.buffer_of[out] = buf
-                self.users[buf] += 1
-        else:
-            self.buffer_of[out] = out
-            self.users[out] = 1
-            self.live += nbytes[out]
-        if self.live + scratch > self.peak:
-            self.peak = self.live + scratch
-
-    def held(self, slot: int) -> int:
-        """Bytes of the buffer that `slot`'s value keeps alive (0 if not counted)."""
-        buf = self.buffer_of.get(slot)
-        return 0 if buf is None else self.nbytes[buf]
-
-    def drop(self, slot: int | None) -> None:
-        """`slot`'s value leaves its register."""
-        buf = None if slot is None else self.buffer_of.pop(slot, None)
-        if buf is not None:
-            self.users[buf] -= 1
-            if self.users[buf] == 0:
-                self.live -= self.nbytes[buf]
+on_change(_op_changed)
 
 
 def _lower(prog: Program) -> Plan:
@@ -708,70 +785,155 @@ def _lower(prog: Program) -> Plan:
     new one.  Other values dying at a step stay in their registers until those are reused
     (up to _LINGER_BYTES), or are released by a release step right after it.  Results
     (outputs and gradients) keep their registers to the end.
+
+    The peak model counts the bytes of each buffer a step allocates (a view shares its input's
+    buffer) while a register holds a value that uses it, plus the step kernel's scratch space;
+    values supplied from outside are not counted.  This runs once per step of a plan, about half
+    of a compile (`benchmarks/replay.py` (d)): one loop over plain lists, short ways for one and
+    two inputs and for `_PLAIN` ops.
     """
     avals, records = prog.avals, prog.records
-    pinned = {*prog.outputs.values(), *(s for s in prog.grads.values() if s is not None)}
-    last = {s: k for k, rec in enumerate(records) for s in rec[INPUTS:]}  # slot -> index of its last use
-    reg_of: dict[int, int] = {}
-    holder: list[int | None] = []  # register -> the slot whose value it holds (live or dead)
+    n_slots, end = len(avals), len(records)
+    nbytes = [*_slot_bytes(avals), 0]  # slot -> bytes of its value; [-1] (no buffer) is 0
+    last = [-1] * n_slots  # slot -> index of the step that reads it last (-1: none; `end`: a result)
+    for k, rec in enumerate(records):
+        for s in rec[INPUTS:]:
+            last[s] = k
+    for s in (*prog.outputs.values(), *prog.grads.values()):
+        if s is not None and s >= 0:
+            last[s] = end
+    reg_of = [-1] * n_slots  # slot -> its register
+    reg_buf: list[int] = []  # register -> the buffer its value (live or dead) keeps alive; -1: none counted
+    users = [1] * n_slots  # buffer (named by the slot that allocated it) -> registers whose value uses it
     free: list[int] = []  # registers whose value is dead, most recently freed last
-    mem = _Memory(avals)
+    live = peak = 0  # bytes of the buffers kept alive, and their most at any step
     steps: list[Step] = []
-    step_records: list[int] = []
-    checks: list[StepCheck | None] | None = None if prog.checks is None else []
+    released: list[int] = []  # per release step, the index of the record it follows
 
-    def place(slot: int, reg: int | None = None) -> None:
-        if reg is None:
-            reg = free.pop() if free else len(holder)
-        if reg == len(holder):
-            holder.append(None)
-        mem.drop(holder[reg])  # writing a register drops the (dead) value it held
-        holder[reg] = slot
-        reg_of[slot] = reg
+    def held(slot: int) -> int:
+        """Bytes of the buffer that `slot`'s value (in its register) keeps alive."""
+        return nbytes[reg_buf[reg_of[slot]]]
 
-    def retire(slot: int) -> None:
-        reg = reg_of[slot]
-        if mem.held(slot) > _LINGER_BYTES:
-            steps.append((_release, reg, None, reg))
-            step_records.append(_RELEASE)
-            if checks is not None:
-                checks.append(None)
-            mem.drop(slot)
-            holder[reg] = None
-        free.append(reg)
+    def release(reg: int, k: int) -> None:
+        """A step right after record `k` drops the (dead, big) value of register `reg`."""
+        nonlocal live
+        steps.append((_release, reg, None, reg))
+        released.append(k)
+        buf = reg_buf[reg]
+        users[buf] -= 1
+        if users[buf] == 0:
+            live -= nbytes[buf]
+        reg_buf[reg] = -1
 
     preset = [*prog.initial, *prog.inputs.values(), *prog.tangent_slots]
     if prog.seed_slot is not None:
         preset.append(prog.seed_slot)
     for s in preset:
-        place(s)
-    free.extend(reg_of[s] for s in preset if s not in last and s not in pinned)
-    origins, rec_checks = prog.origins, prog.checks
+        reg_of[s] = len(reg_buf)
+        reg_buf.append(-1)
+    free.extend(reg_of[s] for s in preset if last[s] < 0)
+    forward, plain = _FORWARD, _PLAIN
     for k, rec in enumerate(records):
-        out, ins = rec[OUTPUT], rec[INPUTS:]
-        in_regs = [reg_of[s] for s in ins]
-        mem.compute(rec)
-        dying = [s for s in ins if last[s] == k and s not in pinned]
-        if len(dying) > 1:
-            dying = sorted(dict.fromkeys(dying), key=mem.held, reverse=True)
-        place(out, reg_of[dying[0]] if dying else None)
-        steps.append(_step(rec, in_regs, reg_of[out]))
-        step_records.append(origins[k])
-        if checks is not None and rec_checks is not None:
-            checks.append(rec_checks[k])
-        if len(dying) > 1:
-            for s in dying[1:]:
-                retire(s)
-        if out not in last and out not in pinned:
-            retire(out)
+        op, out, x = rec[OP], rec[OUTPUT], rec[INPUTS]
+        # The input registers (a, b: see `Step`); `top`, the biggest input read for the last time
+        # here (-1: none), and `more`, the others.
+        a: int | None = reg_of[x]
+        b: int | tuple[int, ...] | None
+        more: Sequence[int] = ()
+        if len(rec) == 4:
+            b = None
+            top = x if last[x] == k else -1
+        elif len(rec) == 5:
+            y = rec[INPUTS + 1]
+            b = reg_of[y]
+            if last[x] != k:
+                top = y if last[y] == k else -1
+            elif last[y] != k or x == y:
+                top = x
+            else:
+                top, more = (x, (y,)) if held(x) >= held(y) else (y, (x,))
+        else:
+            ins = rec[INPUTS:]
+            a, b = None, tuple([reg_of[s] for s in ins])
+            top, *more = sorted(dict.fromkeys([s for s in ins if last[s] == k]), key=held, reverse=True) or [-1]
+        # The step allocates its result's buffer (unless the result is a view of x's) and its scratch space.
+        if op in plain:
+            buf = out
+            live += nbytes[out]
+            if live > peak:
+                peak = live
+        else:
+            spec = REGISTRY[op]
+            if spec.aliases(avals[x], avals[out], rec[ATTRS]):
+                buf = reg_buf[reg_of[x]]
+                if buf >= 0:
+                    users[buf] += 1
+            else:
+                buf = out
+                live += nbytes[out]
+            scratch = spec.scratch * max(nbytes[x], nbytes[out]) if spec.scratch else 0
+            if live + scratch > peak:
+                peak = live + scratch
+        # The result's register: a dying input's, else a free one, else a new one; the value it
+        # held (dead) is dropped when the result is stored.
+        reg = reg_of[top] if top >= 0 else free.pop() if free else len(reg_buf)
+        if reg == len(reg_buf):
+            reg_buf.append(-1)
+        old = reg_buf[reg]
+        if old >= 0:
+            users[old] -= 1
+            if users[old] == 0:
+                live -= nbytes[old]
+        reg_buf[reg] = buf
+        reg_of[out] = reg
+        attrs = rec[ATTRS]
+        steps.append((partial(forward[op], **attrs) if attrs else forward[op], a, b, reg))
+        # Values dead after the step (other dying inputs, an unused result) free their registers,
+        # released by a step of their own if big.
+        for s in more:
+            if held(s) > _LINGER_BYTES:
+                release(reg_of[s], k)
+            free.append(reg_of[s])
+        if last[out] < 0:
+            if nbytes[buf] > _LINGER_BYTES:
+                release(reg, k)
+            free.append(reg)
 
-    registers: list[Any] = [None] * len(holder)
+    registers: list[Any] = [None] * len(reg_buf)
     for s, value in prog.initial.items():
         registers[reg_of[s]] = value
-    return Plan(weakref.ref(prog.tape), steps, step_records, registers,
+    return Plan(weakref.ref(prog.tape), steps, _interleave(prog.origins, released, _RELEASE), registers,
                 inputs={v: reg_of[s] for v, s in prog.inputs.items()},
                 outputs={v: reg_of[s] if s >= 0 else -1 for v, s in prog.outputs.items()},
                 grads={v: None if s is None else reg_of[s] for v, s in prog.grads.items()},
                 seed_register=None if prog.seed_slot is None else reg_of[prog.seed_slot],
-                tangent_registers=[reg_of[s] for s in prog.tangent_slots],
-                peak_bytes=mem.peak + 8 * len(holder), checks=checks, resized=prog.resized)
+                tangent_registers=[reg_of[s] for s in prog.tangent_slots], peak_bytes=peak + 8 * len(reg_buf),
+                checks=None if prog.checks is None else _interleave(prog.checks, released, None),
+                resized=prog.resized)
+
+
+def _slot_bytes(avals: Sequence[Aval]) -> list[int]:
+    """The bytes of each slot's value (computed once per distinct aval object: slots share them)."""
+    sizes: dict[int, int] = {}
+    out = []
+    for aval in avals:
+        n = sizes.get(id(aval))
+        if n is None:
+            n = sizes[id(aval)] = _nbytes(aval)
+        out.append(n)
+    return out
+
+
+def _interleave(per_record: Sequence[Any], after: Sequence[int], filler: Any) -> list[Any]:
+    """`per_record` with `filler` inserted after entry k once for each k in `after` (ascending)."""
+    if not after:
+        return list(per_record)
+    out: list[Any] = []
+    pending = iter(after)
+    k_next = next(pending)
+    for k, item in enumerate(per_record):
+        out.append(item)
+        while k_next == k:
+            out.append(filler)
+            k_next = next(pending, -1)
+    return out
