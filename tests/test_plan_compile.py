@@ -176,3 +176,26 @@ def test_plans_for_new_shapes_are_bounded_per_request(monkeypatch: pytest.Monkey
     assert tg.replay.plan(tape, of="y", wrt="x", inputs={"x": np.ones(7)}) is plans[7]
     assert tg.replay.plan(tape, of="y", wrt="x", inputs={"x": np.ones(6)}) is not plans[6]
     assert tg.replay.plan(tape, of="y", wrt="x", inputs=["x"]) is tg.replay.plan(tape, of="y", wrt="x", inputs=["x"])
+
+
+@pytest.mark.parametrize("compile_", ["plan", "jvp"])
+def test_the_collector_is_paused_while_a_plan_compiles(compile_: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    tape = chain_tape(30)
+    x, y = tape.resolve("x"), tape.resolve("y")
+    enabled: list[bool] = []
+    for name in ("_program", "_jvp_program", "_lower"):  # the parts that build the plan's many tuples
+        part = getattr(plan, name)
+
+        def noting(*args: Any, part: Any = part, **kwargs: Any) -> Any:
+            enabled.append(gc.isenabled())
+            return part(*args, **kwargs)
+
+        monkeypatch.setattr(plan, name, noting)
+    if compile_ == "plan":
+        plan.compile_plan(tape, [], [x], y)
+    else:
+        plan.compile_jvp(tape, y, [x], [])
+    assert enabled and not any(enabled)
+    assert gc.isenabled()  # and resumed afterwards

@@ -41,6 +41,9 @@ Contract:
   mapped tape keeps open would wait for the garbage collector.  A plan runs without its tape
   (its registers hold the stored values it needs); its error messages then name the record by
   index only, and a checked run needs the tape.
+- Compiling (`compile_plan`, `compile_jvp`) pauses the cyclic garbage collector
+  (`collector.no_gc`): its tens of thousands of small tuples otherwise trigger collections that
+  cost about a tenth of the compile (`benchmarks/replay.py` (d)).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import anomaly, engine
+from .collector import no_gc
 from .errors import GuardError, TapegradError, escape
 from .ops import REGISTRY, OpSpec
 from .ops.infer import expand_index
@@ -642,7 +646,8 @@ def compile_plan(tape: Tape, outputs: Sequence[int], wrt: Sequence[int] = (), of
     then compiled for those shapes (see `reshaped`; `GuardError` when the program does not apply).
     With `checked`, the plan can check its values (`Plan.run(check=...)`).
     """
-    return _lower(_program(tape, outputs, wrt, of, replaced, checked, shapes))
+    with no_gc():  # (tens of thousands of small tuples: the collector's passes cost more than the work)
+        return _lower(_program(tape, outputs, wrt, of, replaced, checked, shapes))
 
 
 def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | None,
@@ -727,6 +732,13 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
     The reverse program maps a seed u to J^T u; running the engine's reverse pass over that
     program, seeded with tangents v at the gradient slots, yields J v at the seed slot.
     """
+    with no_gc():  # (as in `compile_plan`)
+        return _lower(_jvp_program(tape, out_id, wrt, replaced, shapes))
+
+
+def _jvp_program(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[int],
+                 shapes: Mapping[int, tuple[int, ...]] | None) -> Program:
+    """`compile_jvp` in slot form."""
     base = _program(tape, [], wrt, out_id, replaced, shapes=shapes)
     assert base.seed_slot is not None
     seed_slot = base.seed_slot
@@ -747,8 +759,8 @@ def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[
     keep = [rec for rec in program if rec[OUTPUT] not in linear]
     records = base.records[:n_fwd] + keep + comp.steps
     origins = base.origins[:n_fwd] + [_REVERSE] * (len(keep) + len(comp.steps))
-    return _lower(Program(tape, comp.avals, {**base.initial, **comp.consts}, records, origins, base.inputs,
-                          {out_id: out_slot}, {}, tangent_slots=[t.slot for t in tangents], resized=base.resized))
+    return Program(tape, comp.avals, {**base.initial, **comp.consts}, records, origins, base.inputs,
+                   {out_id: out_slot}, {}, tangent_slots=[t.slot for t in tangents], resized=base.resized)
 
 
 _VIEWS = frozenset(name for name, spec in REGISTRY.items() if spec.view)

@@ -31,7 +31,7 @@ Modules, each stating its own contract:
 - `validate`: the graph checks every loaded tape passes (bulk pass and reference pass).
 - `limits`: `Limits` and `DEFAULT_LIMITS`, the safety bounds of loading.
 - `common`: what the writer, reader and validator share (plain-data checks, attribute keys,
-  dtype names, `no_gc`).
+  dtype names).
 `writer` and `columns` never import `reader`, `sources` or `validate` (writing needs no reading
 code), and nothing here imports the tracer or replay.
 """

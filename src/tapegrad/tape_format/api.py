@@ -13,9 +13,9 @@ import io
 import os
 from typing import IO
 
+from ..collector import no_gc
 from ..tape import Tape
 from .columns import DenseIds, batch_rows, late_names
-from .common import no_gc
 from .frames import ERROR_MINOR, records_minor
 from .limits import DEFAULT_LIMITS, Limits
 from .reader import read

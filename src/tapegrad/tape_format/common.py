@@ -1,5 +1,5 @@
-"""What the writer, the reader and the validator share: plain data, attribute keys, dtype names,
-id columns and the collector pause.
+"""What the writer, the reader and the validator share: plain data, attribute keys, dtype names
+and id columns.
 
 Contract:
 - `check_plain(value, limits)` raises `TapegradError` unless `value` is plain data (None, bool,
@@ -14,15 +14,12 @@ Contract:
   pass names the problem).
 - `allowed_dtype_name(dtype)` is `dtypes.dtype_name`, remembered per dtype object (it is asked
   once per value of a batch).
-- `no_gc()` pauses the cyclic garbage collector while many small tuples are built or checked.
 - `Ints` (an int64 column) and `AvalTable` (distinct (shape, dtype) pairs) are the shared types.
 """
 
 from __future__ import annotations
 
-import gc
 import struct
-import threading
 from collections.abc import Mapping, Sequence
 from itertools import compress
 from typing import Any
@@ -31,7 +28,6 @@ import numpy as np
 
 from ..dtypes import dtype_name
 from ..errors import TapegradError, show
-from ..interrupts import held
 from .limits import Limits
 
 Ints = np.ndarray[Any, np.dtype[np.int64]]
@@ -118,42 +114,3 @@ def allowed_dtype_name(dtype: Any) -> str | None:
     return name
 
 
-class no_gc:  # (named like the function it replaced: `with no_gc():`)
-    """Pause the cyclic garbage collector while building or checking many small tuples.
-
-    Building a tape's records allocates millions of small objects; with the collector running,
-    each allocation burst triggers full traversals that cost more than the work itself.  Nested
-    and concurrent users share one pause; the collector's previous state is restored by the last.
-    Pausing and resuming run with signal handlers held back, and a pause that an interrupt
-    ends at once is undone: otherwise a Ctrl-C there could leave the collector off for good.
-    """
-
-    def __init__(self) -> None:
-        self._paused = False
-
-    def __enter__(self) -> None:
-        global _gc_users, _gc_was_enabled
-        try:
-            with held(), _gc_lock:
-                if _gc_users == 0:
-                    _gc_was_enabled = gc.isenabled()
-                    gc.disable()
-                _gc_users += 1
-                self._paused = True
-        except BaseException:  # (an interrupt held during the pause: the `with` will not call __exit__)
-            self.__exit__()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        global _gc_users
-        with held(), _gc_lock:
-            if self._paused:
-                self._paused = False
-                _gc_users -= 1
-                if _gc_users == 0 and _gc_was_enabled:
-                    gc.enable()
-
-
-_gc_lock = threading.Lock()
-_gc_users = 0
-_gc_was_enabled = True

@@ -37,10 +37,11 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import numpy as np
 
+from ..collector import no_gc
 from ..dtypes import DTYPES
 from ..errors import LimitError, TapeFormatError, TapegradError, TruncatedTapeError, escape, show
 from ..tape import ERROR_MESSAGE_BYTES, ERROR_TYPE_BYTES, VALUE_MODES, RawRecord, Tape
-from .common import AvalTable, Ints, check_plain, no_gc
+from .common import AvalTable, Ints, check_plain
 from .frames import (
     ALIGN,
     CHUNKED,

@@ -34,12 +34,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..collector import no_gc
 from ..dtypes import dtype_name
 from ..errors import LimitError, TapeFormatError, TapegradError, escape, show
 from ..ops import REGISTRY
 from ..ops.spec import NEWSHAPE, SHAPE, check_stored
 from ..tape import ATTRS, INPUTS, OP, OUTPUT, VALUE_MODES, Tape
-from .common import AvalTable, Ints, Reject, allowed_dtype_name, attr_codes, no_gc
+from .common import AvalTable, Ints, Reject, allowed_dtype_name, attr_codes
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["Graph", "check", "explain", "graph_of", "group_rows", "locate", "validate"]
