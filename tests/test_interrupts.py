@@ -295,7 +295,7 @@ def test_children_interrupted_at_random_moments_finish_their_files(tmp_path: Pat
 def test_an_interrupt_while_the_collector_is_paused_leaves_it_running(monkeypatch: pytest.MonkeyPatch) -> None:
     import gc
 
-    from tapegrad.tape_format import common
+    from tapegrad import collector
 
     real_disable = gc.disable
 
@@ -308,4 +308,4 @@ def test_an_interrupt_while_the_collector_is_paused_leaves_it_running(monkeypatc
     with pytest.raises(KeyboardInterrupt):
         tg.dumps(tg.Tape("all", {}))
     monkeypatch.undo()
-    assert gc.isenabled() and common._gc_users == 0
+    assert gc.isenabled() and collector._gc_users == 0
