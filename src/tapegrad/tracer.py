@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from . import anomaly, backprop, context, engine, nesting
+from .dtypes import COMPUTABLE_KINDS, as_computable
 from .errors import DTypeError, TapegradError
 from .interrupts import held
 from .ops import NUMPY, REGISTRY, OpSpec
@@ -57,7 +58,6 @@ _current = context.current  # this thread's or task's recording state (read once
 # attribute lookup (~180 machine instructions in CPython 3.11): read it once.
 _NDARRAY = np.ndarray
 NO_ATTRS = None  # the stored attributes of attribute-free records (see tape.RawRecord)
-_ALLOWED_KINDS = frozenset("biuf")
 
 
 def _emit(name: str, attrs: Any, out: Any, tape: Tape | None, in_serials: tuple[int, ...],
@@ -137,30 +137,57 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
 
 def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Variable]:
     """`spec` applied to two arguments (swapped when `reflected`, for `__radd__` and friends):
-    a fast path for two Variables already on the active tape (if any), else `_apply`."""
+    a fast path for Variables already on the active tape (if any) and for constants
+    (`_fast_constant`: Python and numpy scalars, ndarrays), else `_apply`."""
     forward, name = spec.forward, spec.name
 
     def op(a: Any, b: Any) -> Variable:
         state = _current()
         tape = state.tape
-        if (type(a) is not Variable or type(b) is not Variable or not state.linking or a.data is None or b.data is None
-                or (a._tape is not tape and tape is not None and a._tapegrad_serial not in tape._values)
-                or (b._tape is not tape and tape is not None and b._tapegrad_serial not in tape._values)):
+        # Each argument: a Variable with data already on this tape (if recording), or a constant
+        # the fast path can take (its serial is -1 until it gets an id below).
+        if type(a) is Variable:
+            da, sa = a.data, a._tapegrad_serial
+            if da is None or (a._tape is not tape and tape is not None and sa not in tape._values):
+                return _apply(spec, (a, b), NO_ATTRS)
+        elif type(b) is Variable and b.data is not None:
+            da, sa = _fast_constant(a, b.data), -1
+            if da is None:
+                return _apply(spec, (a, b), NO_ATTRS)
+        else:
+            return _apply(spec, (a, b), NO_ATTRS)
+        if type(b) is Variable:
+            db, sb = b.data, b._tapegrad_serial
+            if db is None or (b._tape is not tape and tape is not None and sb not in tape._values):
+                return _apply(spec, (a, b), NO_ATTRS)
+        else:
+            db, sb = _fast_constant(b, da), -1
+            if db is None:
+                return _apply(spec, (a, b), NO_ATTRS)
+        if not state.linking:
             return _apply(spec, (a, b), NO_ATTRS)
         try:
-            out = forward(a.data, b.data)
+            out = forward(da, db)
         except (ValueError, TypeError):
             return _apply(spec, (a, b), NO_ATTRS)  # raises the library's error
         if type(out) is not _NDARRAY:
             out = np.asarray(out)
+        if sa < 0:  # a constant gets its id before the output does (as in `_apply`)
+            sa = next(_serials)
+            if tape is not None:
+                tape._add_leaf(sa, _leaf_value(da, a), None, True)
+        elif sb < 0:
+            sb = next(_serials)
+            if tape is not None:
+                tape._add_leaf(sb, _leaf_value(db, b), None, True)
         v = _new_variable(Variable)
         v.data = out
         v.grad = None
         v._name = None
         v._tape = tape
         s = v._tapegrad_serial = next(_serials)
-        if tape is None:
-            v._link = ((name, NO_ATTRS, s, a._tapegrad_serial, b._tapegrad_serial), (a, b))
+        if tape is None:  # eager: link the inputs, a constant by its array
+            v._link = ((name, NO_ATTRS, s, sa, sb), (a if type(a) is Variable else da, b if type(b) is Variable else db))
             return v
         v._link = None
         if tape.source:
@@ -168,7 +195,7 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
             if f.f_code is not tape._source_last:
                 f = _source_frame(tape, f)
             tape._source_pos.append(f.f_lasti)
-        rec = (name, NO_ATTRS, s, a._tapegrad_serial, b._tapegrad_serial)
+        rec = (name, NO_ATTRS, s, sa, sb)
         tape._records.append(rec)
         tape._values[s] = out
         if tape._sink is not None and len(tape._records) >= tape._sink_at:
@@ -180,6 +207,34 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
             return op(b, a)
         return rop
     return op
+
+
+def _fast_constant(c: Any, other: Any) -> Any:
+    """The array that constant operand `c` stands for beside the array `other`, when the fast path
+    of a two-argument op can take it, else None (`_apply` then handles or rejects `c`).
+
+    A Python int or float beside a float array takes the array's dtype, as numpy 2 promotion
+    gives it (`x32 * 2.0` stays float32): one small array made here, not a `result_type` call.
+    An ndarray is used as it is (recording stores a copy: `_leaf_value`); a numpy scalar becomes
+    a 0-d array of its dtype.  Everything else (Python scalars beside integer arrays, which may
+    overflow; bool and complex dtypes; lists) goes the general way.
+    """
+    t = type(c)
+    if t is float or t is int:
+        if other.dtype.kind != "f":
+            return None
+        try:
+            return np.array(c, other.dtype)
+        except OverflowError:
+            return None
+    if t is _NDARRAY:
+        return c if c.dtype.kind in _FAST_KINDS else None
+    if isinstance(c, np.generic) and c.dtype.kind in _FAST_KINDS:
+        return np.asarray(c)
+    return None
+
+
+_FAST_KINDS = frozenset("iuf")  # (bool constants are rare: they take the general path)
 
 
 class Variable:
@@ -197,7 +252,7 @@ class Variable:
         if data is not None:
             if not isinstance(data, np.ndarray):
                 raise DTypeError(f"{type(data).__name__} is not supported: Variable data must be an np.ndarray or None")
-            if data.dtype.kind not in _ALLOWED_KINDS:
+            if data.dtype.kind not in COMPUTABLE_KINDS:
                 raise DTypeError(f"dtype {data.dtype} is not supported: use bool, integer or float arrays (never cast)")
         if name is not None and not isinstance(name, str):
             raise TypeError("Variable name must be a str or None")
@@ -402,22 +457,18 @@ def _observe(v: Variable, kind: str) -> bool | int | float:
 
 
 def _enter(tape: Tape, v: Variable) -> None:
-    """Register Variable `v` as an input of `tape` (a private C-ordered copy of its data)."""
-    tape._add_leaf(v._tapegrad_serial, np.array(v.data, order="C", copy=True), v._name, False)
+    """Register Variable `v` as an input of `tape` (its value as `_leaf_value` keeps it)."""
+    tape._add_leaf(v._tapegrad_serial, _leaf_value(v.data, v.data), v._name, False)
     tape._leaf_vars[v._tapegrad_serial] = v
     if v._tape is None:
         v._tape = tape
 
 
-def _constant(a: Any, dtype: Any) -> Any:
-    """An ndarray for a non-Variable op argument (Python scalars get `dtype`)."""
-    try:
-        arr = np.asarray(a) if dtype is None else np.asarray(a, dtype=dtype)
-    except (OverflowError, ValueError, TypeError) as exc:
-        raise TapegradError(f"cannot use {a!r} as an array: {exc}") from None
-    if arr.dtype.kind not in _ALLOWED_KINDS:
-        raise DTypeError(f"cannot use {type(a).__name__} of dtype {arr.dtype} in an op (never cast)")
-    return arr
+def _leaf_value(arr: Any, given: Any) -> Any:
+    """What a tape stores for a leaf whose value is `arr`, made from the user's `given`: a private
+    C-ordered copy of an array the user holds (`arr is given`), so that later mutation of it
+    cannot change the recording; an array made here from a scalar is stored as it is."""
+    return np.array(arr, order="C", copy=True) if arr is given else arr
 
 
 def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
@@ -438,7 +489,7 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
             xs.append(d)
             ids.append(s)
         elif type(a) is np.ndarray:
-            if a.dtype.kind not in _ALLOWED_KINDS:
+            if a.dtype.kind not in COMPUTABLE_KINDS:
                 raise DTypeError(f"{spec.name}: arrays of dtype {a.dtype} are not supported (never cast)")
             xs.append(a)
             ids.append(-1)
@@ -447,12 +498,12 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
             xs.append(a)
             ids.append(-1)
         else:
-            xs.append(_constant(a, None))
+            xs.append(as_computable(a, f"{spec.name}: a {type(a).__name__} argument"))
             ids.append(-1)
     if weak:  # numpy 2 promotion: Python scalars take the dtype of the arrays they meet
         dt = np.result_type(*xs)
         for k in weak:
-            xs[k] = _constant(xs[k], dt)
+            xs[k] = as_computable(xs[k], f"{spec.name}: the argument {xs[k]!r}", dt)
     try:
         out = spec.forward(*xs, **attrs) if attrs else spec.forward(*xs)
     except (ValueError, TypeError, IndexError, ZeroDivisionError) as exc:
@@ -464,7 +515,7 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
     for k in consts:  # a constant gets an id before the output does
         ids[k] = c = next(_serials)
         if tape is not None:
-            xs[k] = np.array(xs[k], order="C", copy=True)
+            xs[k] = _leaf_value(xs[k], args[k])
             tape._add_leaf(c, xs[k], None, True)
     links: tuple[Any, ...] = ()
     if tape is None:  # eager: link the inputs, constants by their arrays
