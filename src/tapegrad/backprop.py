@@ -64,7 +64,7 @@ def _eager_graph(y: Any, stop: AbstractSet[int], traced: bool) -> _EagerGraph:
             continue
         rec, ins = link
         add(rec)
-        for s, u in zip(rec[INPUTS:], ins):
+        for s, u in zip(rec[INPUTS:], ins, strict=True):
             if s in values:
                 continue
             if type(u) is _NDARRAY:

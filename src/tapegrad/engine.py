@@ -106,19 +106,24 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
             # (the general step costs ~400 more machine instructions per op of the tiny chain).
             # An input of another shape or dtype (a broadcast constant) takes the general step.
             i, j = rec[3], rec[4]
-            xs = (values[i], values[j])
+            a, b = xs = (values[i], values[j])
             shape, dtype = out.shape, out.dtype
-            for k, n in ((0, i), (1, j)):
-                if n in skip:
-                    continue
-                x = xs[k]
-                if x.shape != shape or x.dtype is not dtype:
-                    _pull_input(rec, xs, k, n, out, g, vjp, cot, F)
-                    continue
-                gi = g if vjp is pass_on else vjp(F, g, xs, out, attrs, k)  # (`add`: a call saved)
-                if gi is not None:
-                    prev = get(n)
-                    cot[n] = gi if prev is None else F.add(prev, gi)
+            if i not in skip:
+                if a.shape != shape or a.dtype is not dtype:
+                    _pull_input(rec, xs, 0, i, out, g, vjp, cot, F)
+                else:
+                    gi = g if vjp is pass_on else vjp(F, g, xs, out, attrs, 0)  # (`add`: a call saved)
+                    if gi is not None:
+                        prev = get(i)
+                        cot[i] = gi if prev is None else F.add(prev, gi)
+            if j not in skip:
+                if b.shape != shape or b.dtype is not dtype:
+                    _pull_input(rec, xs, 1, j, out, g, vjp, cot, F)
+                else:
+                    gi = g if vjp is pass_on else vjp(F, g, xs, out, attrs, 1)
+                    if gi is not None:
+                        prev = get(j)
+                        cot[j] = gi if prev is None else F.add(prev, gi)
             continue
         xs = [values[i] for i in rec[3:]]
         _pull_inputs(rec, xs, out, g, vjp, skip, cot, F)

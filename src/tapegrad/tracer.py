@@ -4,7 +4,8 @@ Contract:
 - Every op on Variables (or on arrays and Python scalars mixed with them) computes eagerly with
   numpy and returns a new `Variable`.  Inside `record()` it also appends one `Record` to that
   tape; leaves (Variables created or first used inside the block, constants) enter the tape as
-  copies, so later mutation of user arrays cannot change a recording.
+  copies, or, for arrays of 64 KiB or more, shared and fingerprinted (`Tape._kept`): later
+  mutation of user arrays cannot change a recording silently.
 - Outside `no_record()`, each result keeps a link to its record and input Variables (DeZero's
   "creator"), so `y.backward()` works with or without a tape.  Nothing global grows: links live
   exactly as long as the Variables that hold them.
@@ -175,11 +176,11 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
         if sa < 0:  # a constant gets its id before the output does (as in `_apply`)
             sa = next(_serials)
             if tape is not None:
-                tape._add_leaf(sa, _leaf_value(da, a), None, True)
+                tape._add_leaf(sa, da, None, True, users=da is a)
         elif sb < 0:
             sb = next(_serials)
             if tape is not None:
-                tape._add_leaf(sb, _leaf_value(db, b), None, True)
+                tape._add_leaf(sb, db, None, True, users=db is b)
         v = _new_variable(Variable)
         v.data = out
         v.grad = None
@@ -215,7 +216,7 @@ def _fast_constant(c: Any, other: Any) -> Any:
 
     A Python int or float beside a float array takes the array's dtype, as numpy 2 promotion
     gives it (`x32 * 2.0` stays float32): one small array made here, not a `result_type` call.
-    An ndarray is used as it is (recording stores a copy: `_leaf_value`); a numpy scalar becomes
+    An ndarray is used as it is (what a recording keeps of it: `Tape._kept`); a numpy scalar becomes
     a 0-d array of its dtype.  Everything else (Python scalars beside integer arrays, which may
     overflow; bool and complex dtypes; lists) goes the general way.
     """
@@ -457,18 +458,11 @@ def _observe(v: Variable, kind: str) -> bool | int | float:
 
 
 def _enter(tape: Tape, v: Variable) -> None:
-    """Register Variable `v` as an input of `tape` (its value as `_leaf_value` keeps it)."""
-    tape._add_leaf(v._tapegrad_serial, _leaf_value(v.data, v.data), v._name, False)
+    """Register Variable `v` as an input of `tape` (its array kept as `Tape._kept` says)."""
+    tape._add_leaf(v._tapegrad_serial, v.data, v._name, False, users=True)
     tape._leaf_vars[v._tapegrad_serial] = v
     if v._tape is None:
         v._tape = tape
-
-
-def _leaf_value(arr: Any, given: Any) -> Any:
-    """What a tape stores for a leaf whose value is `arr`, made from the user's `given`: a private
-    C-ordered copy of an array the user holds (`arr is given`), so that later mutation of it
-    cannot change the recording; an array made here from a scalar is stored as it is."""
-    return np.array(arr, order="C", copy=True) if arr is given else arr
 
 
 def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
@@ -515,8 +509,8 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
     for k in consts:  # a constant gets an id before the output does
         ids[k] = c = next(_serials)
         if tape is not None:
-            xs[k] = _leaf_value(xs[k], args[k])
-            tape._add_leaf(c, xs[k], None, True)
+            tape._add_leaf(c, xs[k], None, True, users=xs[k] is args[k])
+            xs[k] = tape._values[c]
     links: tuple[Any, ...] = ()
     if tape is None:  # eager: link the inputs, constants by their arrays
         links = tuple(xs[k] if k in consts else a for k, a in enumerate(args))
@@ -546,7 +540,8 @@ def _tape_node(tape: Tape, s: int) -> Variable:
 
 @contextmanager
 def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, flush_every: int = 256,
-           fsync: bool = False, metadata: Mapping[str, Any] | None = None, source: bool = True) -> Iterator[Tape]:
+           fsync: bool = False, metadata: Mapping[str, Any] | None = None, source: bool = True,
+           copy_inputs: bool = False) -> Iterator[Tape]:
     """Record every op inside the block onto a new `Tape` (nested blocks record to the inner tape).
 
     `values` chooses what a saved file keeps: "all", "inputs" (leaves only; replay recomputes)
@@ -558,6 +553,12 @@ def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, f
     it, for error messages, guards and the inspector.  When the block exits by raising, the
     exception's type and message are kept in `tape.error` and in the file's footer.
 
+    Input arrays (Variables' data, array constants) of 64 KiB or more are shared with the user,
+    not copied: the tape checks before each later use (saving, replay, `tape.value`, `backward`)
+    that they were not changed in place, and raises `TapegradError` naming the variable if they
+    were.  With `copy_inputs` the tape keeps a private copy of every input instead (their memory
+    again, but the arrays may then be changed freely, e.g. by an optimizer before saving).
+
     The recording belongs to this thread or asyncio task (see the module docstring).  A streamed
     file is created with its complete header before the block starts; an interrupt (Ctrl-C,
     `SystemExit` from a signal handler) never cuts a write short, and however the block ends its
@@ -567,6 +568,7 @@ def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, f
     """
     tape = Tape(values, metadata)
     tape.source = source
+    tape.copy_inputs = copy_inputs
     state = context.block(tape, _current().linking, RECORDER)  # (a replay inside records onto this tape)
     try:
         if path is not None:
