@@ -45,13 +45,13 @@ def _named_chain(n: int) -> tuple[tg.Tape, list[tg.Variable]]:
 
 @pytest.mark.parametrize("loaded", [False, True], ids=["recorded", "loaded"])
 def test_lookup_by_name_uses_an_index_not_a_scan(loaded: bool) -> None:
-    tape, _ = _named_chain(2_000)
+    tape, kept = _named_chain(2_000)
     if loaded:
         tape = tg.loads(tg.dumps(tape))
     np.testing.assert_array_equal(tape.value("h0"), np.sin(np.ones(2)))  # builds the index (one walk)
     tape._names = _NoScans(tape._names)
     for k in range(0, 2_000, 7):
-        np.testing.assert_array_equal(tape.value(f"h{k}"), tape.value(tape.resolve(f"h{k}")))
+        np.testing.assert_array_equal(tape.value(f"h{k}"), kept[k + 1].data)
         assert tape.var(f"h{k}").name == f"h{k}"
     assert tape.resolve(5) == tape.ids_in_order()[5]
 
