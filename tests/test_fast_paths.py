@@ -196,7 +196,10 @@ def test_eager_backward_hands_the_engine_what_a_recorded_tape_does(monkeypatch: 
             y = _chain(x, cc, 40)
         y.backward()
         grads.append(x.grad)
-    assert seen[0] == seen[1] == (40, 40 + 1 + (1 if c == "variable" else 20))  # one pass, every value once
+    # one pass each, every value once; eager links hold a constant array per use, a recording
+    # one constant per Python number (tracer._recorded_constant)
+    consts = (1, 1) if c == "variable" else (20, 1)
+    assert seen == [(40, 40 + 1 + consts[0]), (40, 40 + 1 + consts[1])]
     np.testing.assert_array_equal(grads[0], grads[1])
 
 
@@ -208,3 +211,18 @@ def test_the_eager_walk_visits_shared_inputs_once() -> None:
     assert [r[0] for r in graph.records] == ["mul", "add"]
     assert set(graph.values) == {x._tapegrad_serial, y._tapegrad_serial, z._tapegrad_serial}
     assert list(graph.edge) == [x._tapegrad_serial] and graph.consts == set()
+
+
+def test_a_recording_keeps_one_constant_per_python_number_and_dtype() -> None:
+    with tg.record() as tape:
+        x = tg.Variable(np.ones(2))
+        x32 = tg.Variable(np.ones(2, dtype=np.float32))
+        ys = [x * 0.9, 0.9 * x, x + 0.9, x32 * 0.9, x * 2, x * 2.0, x * 0.0, x * -0.0, x * float("nan"), x * float("nan")]
+    consts = [tape.value(i) for i in range(len(tape.ids_in_order())) if tape.var(i).kind == "const"]
+    # 0.9 (f64), 0.9 (f32), 2 == 2.0 (f64), 0.0, -0.0, nan, nan
+    assert [(float(k), k.dtype.name) for k in consts[:3]] == [(0.9, "float64"), (float(np.float32(0.9)), "float32"), (2.0, "float64")]
+    assert len(consts) == 7
+    assert [np.signbit(k) for k in consts[3:5]] == [False, True]
+    np.testing.assert_array_equal(ys[7].data, np.ones(2) * -0.0)
+    (g,) = tg.replay.backward(tape, of=ys[0], wrt=[x]).values()
+    np.testing.assert_array_equal(g, np.full(2, 0.9))

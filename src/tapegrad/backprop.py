@@ -59,11 +59,21 @@ def _eager_graph(y: Any, stop: AbstractSet[int], traced: bool) -> _EagerGraph:
     while stack:
         v = pop()
         link = v._link
-        if link is None or v._tapegrad_serial in stop:
+        if link is None or (stop and v._tapegrad_serial in stop):
             edge[v._tapegrad_serial] = v
             continue
         rec, ins = link
         add(rec)
+        if len(ins) == 1:  # (most ops: saves the zip, ~0.1 us of ~0.4 per record)
+            s, u = rec[3], ins[0]
+            if s not in values:
+                if type(u) is _NDARRAY:
+                    values[s] = u
+                    consts.add(s)
+                else:
+                    values[s] = u if traced else u.data
+                    push(u)
+            continue
         for s, u in zip(rec[INPUTS:], ins, strict=True):
             if s in values:
                 continue

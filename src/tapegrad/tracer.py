@@ -174,13 +174,9 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
         if type(out) is not _NDARRAY:
             out = np.asarray(out)
         if sa < 0:  # a constant gets its id before the output does (as in `_apply`)
-            sa = next(_serials)
-            if tape is not None:
-                tape._add_leaf(sa, da, None, True, users=da is a)
+            sa = next(_serials) if tape is None else _recorded_constant(tape, a, da)
         elif sb < 0:
-            sb = next(_serials)
-            if tape is not None:
-                tape._add_leaf(sb, db, None, True, users=db is b)
+            sb = next(_serials) if tape is None else _recorded_constant(tape, b, db)
         v = _new_variable(Variable)
         v.data = out
         v.grad = None
@@ -236,6 +232,24 @@ def _fast_constant(c: Any, other: Any) -> Any:
 
 
 _FAST_KINDS = frozenset("iuf")  # (bool constants are rare: they take the general path)
+
+
+def _recorded_constant(tape: Tape, c: Any, arr: Any) -> int:
+    """The id on `tape` of constant operand `c`, whose array is `arr`: a new leaf, except that a
+    Python number already recorded in the same dtype reuses its leaf (a loop multiplying by 0.9
+    records one constant, not one per step: half the cost of a constant, and its memory).
+    Zeros and NaN are never reused (`-0.0 == 0.0`, `nan != nan`)."""
+    key = None
+    if (type(c) is float or type(c) is int) and c != 0 and c == c:
+        key = (c, arr.dtype)
+        vid: int | None = tape._scalar_ids.get(key)
+        if vid is not None:
+            return vid
+    vid = next(_serials)
+    tape._add_leaf(vid, arr, None, True, users=arr is c)
+    if key is not None:
+        tape._scalar_ids[key] = vid
+    return vid
 
 
 class Variable:
