@@ -51,7 +51,7 @@ from .errors import DTypeError, TapegradError
 from .interrupts import held
 from .ops import NUMPY, REGISTRY, OpSpec
 from .ops.registry import backend
-from .tape import RawRecord, Tape, describe_exception
+from .tape import Tape, describe_exception
 
 _serials = itertools.count()
 _current = context.current  # this thread's or task's recording state (read once per op)
@@ -78,7 +78,7 @@ def _emit(name: str, attrs: Any, out: Any, tape: Tape | None, in_serials: tuple[
     s = v._tapegrad_serial = next(_serials)
     rec = (name, attrs, s, *in_serials)
     if tape is None:
-        v._link = (rec, inputs)
+        v._link = (rec, *inputs)
     else:
         v._link = None
         if tape.source:
@@ -118,7 +118,7 @@ def _unary_op(spec: OpSpec) -> Callable[[Any], Variable]:
         v._tape = tape
         s = v._tapegrad_serial = next(_serials)
         if tape is None:
-            v._link = ((name, NO_ATTRS, s, x._tapegrad_serial), (x,))
+            v._link = ((name, NO_ATTRS, s, x._tapegrad_serial), x)
             return v
         v._link = None
         if tape.source:
@@ -184,7 +184,7 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
         v._tape = tape
         s = v._tapegrad_serial = next(_serials)
         if tape is None:  # eager: link the inputs, a constant by its array
-            v._link = ((name, NO_ATTRS, s, sa, sb), (a if type(a) is Variable else da, b if type(b) is Variable else db))
+            v._link = ((name, NO_ATTRS, s, sa, sb), a if type(a) is Variable else da, b if type(b) is Variable else db)
             return v
         v._link = None
         if tape.source:
@@ -255,8 +255,9 @@ def _recorded_constant(tape: Tape, c: Any, arr: Any) -> int:
 class Variable:
     """A numpy array that records the ops applied to it.  `data` must be an ndarray or None."""
 
-    # _link: (record, inputs) for eager results, None for leaves and recorded results (the tape
-    # holds their history); _tape: the tape that produced or first recorded this Variable.
+    # _link: (record, *inputs) for eager results (one flat tuple: one object fewer per op for
+    # the collector to count and free), None for leaves and recorded results (the tape holds
+    # their history); _tape: the tape that produced or first recorded this Variable.
     __slots__ = ("__weakref__", "_link", "_name", "_tape", "_tapegrad_serial", "data", "grad")
     __array_ufunc__ = None  # make numpy defer to our reflected operators (np.ones(3) + x)
 
@@ -275,7 +276,7 @@ class Variable:
         self.grad = None
         self._name = name
         self._tapegrad_serial = next(_serials)
-        self._link: tuple[RawRecord, tuple[Any, ...]] | None = None
+        self._link: tuple[Any, ...] | None = None
         self._tape: Tape | None = None
         tape = _current().tape
         if tape is not None and data is not None:
