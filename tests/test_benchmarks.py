@@ -45,6 +45,6 @@ def test_the_quick_run_writes_its_tables_and_raw_samples(tmp_path: Path) -> None
     assert [row["impl"] for row in data["memory"]] == ["numpy", "tapegrad eager", "tapegrad record() + backward"]
     text = md.read_text()
     for heading in ("### tiny: chain", "### mlp: MLP step float32", "### mlp: MLP step float64", "### large: chain",
-                    "## Memory", "cores:", "BLAS:", "numpy:"):
+                    "## Memory", "## Targets", "cores:", "BLAS:", "numpy:"):
         assert heading in text
     assert "| ratio to numpy |" in text
