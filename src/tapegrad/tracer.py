@@ -146,13 +146,14 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
         state = _current()
         tape = state.tape
         # Each argument: a Variable with data already on this tape (if recording), or a constant
-        # the fast path can take (its serial is -1 until it gets an id below).
+        # the fast path can take (its serial is -1 until it gets an id below, unless the tape
+        # already holds that number).
         if type(a) is Variable:
             da, sa = a.data, a._tapegrad_serial
             if da is None or (a._tape is not tape and tape is not None and sa not in tape._values):
                 return _apply(spec, (a, b), NO_ATTRS)
         elif type(b) is Variable and b.data is not None:
-            da, sa = _fast_constant(a, b.data), -1
+            da, sa = _fast_constant(a, b.data, tape)
             if da is None:
                 return _apply(spec, (a, b), NO_ATTRS)
         else:
@@ -162,7 +163,7 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
             if db is None or (b._tape is not tape and tape is not None and sb not in tape._values):
                 return _apply(spec, (a, b), NO_ATTRS)
         else:
-            db, sb = _fast_constant(b, da), -1
+            db, sb = _fast_constant(b, da, tape)
             if db is None:
                 return _apply(spec, (a, b), NO_ATTRS)
         if not state.linking:
@@ -173,7 +174,7 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
             return _apply(spec, (a, b), NO_ATTRS)  # raises the library's error
         if type(out) is not _NDARRAY:
             out = np.asarray(out)
-        if sa < 0:  # a constant gets its id before the output does (as in `_apply`)
+        if sa < 0:  # a new constant gets its id before the output does (as in `_apply`)
             sa = next(_serials) if tape is None else _recorded_constant(tape, a, da)
         elif sb < 0:
             sb = next(_serials) if tape is None else _recorded_constant(tape, b, db)
@@ -206,29 +207,36 @@ def _binary_op(spec: OpSpec, reflected: bool = False) -> Callable[[Any, Any], Va
     return op
 
 
-def _fast_constant(c: Any, other: Any) -> Any:
-    """The array that constant operand `c` stands for beside the array `other`, when the fast path
-    of a two-argument op can take it, else None (`_apply` then handles or rejects `c`).
+def _fast_constant(c: Any, other: Any, tape: Tape | None) -> tuple[Any, int]:
+    """(the array, the id) that constant operand `c` stands for beside the array `other`, when the
+    fast path of a two-argument op can take it, else (None, -1): `_apply` then handles or rejects
+    `c`.  The id is -1 until the constant is recorded (`_recorded_constant`, after the op ran).
 
     A Python int or float beside a float array takes the array's dtype, as numpy 2 promotion
-    gives it (`x32 * 2.0` stays float32): one small array made here, not a `result_type` call.
-    An ndarray is used as it is (what a recording keeps of it: `Tape._kept`); a numpy scalar becomes
-    a 0-d array of its dtype.  Everything else (Python scalars beside integer arrays, which may
-    overflow; bool and complex dtypes; lists) goes the general way.
+    gives it (`x32 * 2.0` stays float32): one small array made here, not a `result_type` call;
+    recording onto `tape`, a number it already holds in that dtype is its recorded array and id.
+    An ndarray is used as it is (what a recording keeps of it: `Tape._kept`); a numpy scalar
+    becomes a 0-d array of its dtype.  Everything else (Python scalars beside integer arrays,
+    which may overflow; bool and complex dtypes; lists) goes the general way.
     """
     t = type(c)
     if t is float or t is int:
-        if other.dtype.kind != "f":
-            return None
+        dtype = other.dtype
+        if dtype.kind != "f":
+            return None, -1
+        if tape is not None and c != 0 and c == c:  # (see `_recorded_constant`)
+            vid = tape._scalar_ids.get((c, dtype))
+            if vid is not None:
+                return tape._values[vid], vid
         try:
-            return np.array(c, other.dtype)
+            return np.array(c, dtype), -1
         except OverflowError:
-            return None
+            return None, -1
     if t is _NDARRAY:
-        return c if c.dtype.kind in _FAST_KINDS else None
+        return (c, -1) if c.dtype.kind in _FAST_KINDS else (None, -1)
     if isinstance(c, np.generic) and c.dtype.kind in _FAST_KINDS:
-        return np.asarray(c)
-    return None
+        return np.asarray(c), -1
+    return None, -1
 
 
 _FAST_KINDS = frozenset("iuf")  # (bool constants are rare: they take the general path)
