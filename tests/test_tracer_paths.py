@@ -1,7 +1,7 @@
 """The tracer's three ways of building a result agree, fact by fact.
 
 `tracer._emit` (every op), and the inlined copies of its body in the fast paths of `_unary_op`
-(one Variable) and `_binary_op` (two Variables), must do the same things: store the record and
+(one Variable) and `_binary_op` (two Variables, or a Variable and a constant), must do the same things: store the record and
 its value, keep the user's source line, link eager results for `backward()`, and call the
 streaming sink when a batch is due.  Each test drives all three paths so that a copy that
 drifts fails here, deterministically, not only in the kill -9 crash test.
@@ -22,7 +22,8 @@ import tapegrad as tg
 PATHS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("unary fast path", "sin", lambda x: tg.sin(x)),
     ("binary fast path", "mul", lambda x: x * x),
-    ("general path (_emit)", "add", lambda x: x + 1.5),
+    ("binary fast path, constant", "sub", lambda x: x - 1.5),
+    ("general path (_emit)", "add", lambda x: x + [1.5, 1.5]),  # (a list: not a fast-path constant)
 ]
 IDS = [name for name, _, _ in PATHS]
 

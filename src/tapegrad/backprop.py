@@ -4,7 +4,7 @@ Contract:
 - `pull(y, seed, targets, backend, node)` returns the cotangents `{serial: (Variable,
   cotangent)}` of `targets` (None: every floating leaf `y` depends on) from seeding `y` with
   `seed`.  It walks what `y`'s history is made of: eager links (each result's `_link`, a record
-  and its input Variables or constant arrays) and recorded tapes (a result produced on a tape is
+  followed by its input Variables or constant arrays) and recorded tapes (a result produced on a tape is
   continued from its records).  A Variable reached at the edge of one (a tape input with eager
   history, or a recorded result used eagerly) is continued from with its cotangent, which is
   exact because the reverse pass is linear in its seed.
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,28 +36,55 @@ _NDARRAY = np.ndarray
 _by_output = itemgetter(OUTPUT)
 
 
-def _eager_plan(y: Any, stop: set[int]) -> tuple[list[RawRecord], dict[int, Any]]:
-    """The linked records `y` depends on, in tape order, and every node they mention.
+class _EagerGraph(NamedTuple):
+    """The linked history of a Variable (see `_eager_graph`), by serial."""
 
-    Nodes are Variables (or constant arrays); the walk does not go past serials in `stop`.
-    """
-    nodes: dict[int, Any] = {y._tapegrad_serial: y}
+    records: list[RawRecord]  # in tape order
+    values: dict[int, Any]  # every id the records mention -> its array (Variable when traced)
+    edge: dict[int, Any]  # where the walk stopped: leaves, serials in `stop`, recorded results
+    consts: set[int]  # constants (held in the links as arrays)
+
+
+def _eager_graph(y: Any, stop: AbstractSet[int], traced: bool) -> _EagerGraph:
+    """The linked records `y` depends on, in tape order, with every value they mention, in one
+    walk that does not go past serials in `stop`.  With `traced`, values are the Variables (and
+    constant arrays) themselves, else arrays."""
     records: list[RawRecord] = []
+    values: dict[int, Any] = {}
+    edge: dict[int, Any] = {}
+    consts: set[int] = set()
     stack = [y]
+    pop, push, add = stack.pop, stack.append, records.append
+    values[y._tapegrad_serial] = y if traced else y.data
     while stack:
-        v = stack.pop()
+        v = pop()
         link = v._link
-        if link is None or v._tapegrad_serial in stop:
+        if link is None or (stop and v._tapegrad_serial in stop):
+            edge[v._tapegrad_serial] = v
             continue
-        rec, ins = link
-        records.append(rec)
-        for s, u in zip(rec[INPUTS:], ins, strict=True):
-            if s not in nodes:
-                nodes[s] = u
-                if type(u) is not _NDARRAY:  # a Variable: its own history goes on
-                    stack.append(u)
+        rec = link[0]
+        add(rec)
+        if len(link) == 2:  # (most ops: saves the zip, ~0.1 us of ~0.4 per record)
+            s, u = rec[3], link[1]
+            if s not in values:
+                if type(u) is _NDARRAY:
+                    values[s] = u
+                    consts.add(s)
+                else:
+                    values[s] = u if traced else u.data
+                    push(u)
+            continue
+        for s, u in zip(rec[INPUTS:], link[1:], strict=True):
+            if s in values:
+                continue
+            if type(u) is _NDARRAY:
+                values[s] = u
+                consts.add(s)
+            else:
+                values[s] = u if traced else u.data
+                push(u)
     records.sort(key=_by_output)
-    return records, nodes
+    return _EagerGraph(records, values, edge, consts)
 
 
 class _TapeNodes(dict[int, Any]):
@@ -98,11 +125,8 @@ def pull(y: Any, seed: Any, targets: dict[int, Any] | None, backend: Any, node: 
         records: Sequence[RawRecord]
         on_tape: Tape | None = None
         if v._link is not None:
-            records, nodes = _eager_plan(v, stop)
-            data = {s: (u if type(u) is _NDARRAY else u.data) for s, u in nodes.items()}
-            values: Any = nodes if traced else data
-            edge = {s: u for s, u in nodes.items() if type(u) is not _NDARRAY and (u._link is None or s in stop)}
-            consts: AbstractSet[int] = {s for s, u in nodes.items() if type(u) is _NDARRAY}
+            records, values, edge, consts = _eager_graph(v, stop, traced)
+            data: Any = values if not traced else {s: (u if type(u) is _NDARRAY else u.data) for s, u in values.items()}
         else:
             tape = on_tape = v._tape
             assert tape is not None and n is not None

@@ -2,12 +2,21 @@
 
 Contract: `DTYPES` maps a stable name (what files store) to a native little-endian numpy dtype.
 Names are matched as exact strings *before* any call to `np.dtype`, which would otherwise build
-structured or object dtypes from innocent-looking strings.
+structured or object dtypes from innocent-looking strings.  `as_computable` is the one check
+that a value entering a computation (an op's constant, a replay input, a differentiated
+argument) has a dtype tapegrad computes with; `COMPUTABLE_KINDS` is what it allows.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from .errors import DTypeError, TapegradError
+
+COMPUTABLE_KINDS = frozenset("biuf")
+"""The dtype kinds tapegrad computes with: bool, signed and unsigned integers, floats."""
 
 DTYPES: dict[str, np.dtype[np.generic]] = {
     name: np.dtype(name).newbyteorder("<")
@@ -35,3 +44,20 @@ def dtype_name(dtype: object) -> str | None:
 def is_float(dtype: np.dtype[np.generic]) -> bool:
     """True for the dtypes that carry gradients (floating point)."""
     return dtype.kind == "f"
+
+
+def as_computable(value: Any, what: str, dtype: Any = None) -> Any:
+    """`value` as an ndarray (of `dtype`, if given: Python scalars take the dtype numpy 2 promotion
+    gives them) whose dtype tapegrad computes with, else `DTypeError` naming `what`.
+
+    Never casts a value of another kind: a complex number cast to real would differentiate
+    another function.  A value numpy cannot turn into an array raises `TapegradError`.
+    """
+    try:
+        arr = np.asarray(value) if dtype is None else np.asarray(value, dtype=dtype)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise TapegradError(f"cannot use {what} as an array: {exc}") from None
+    if arr.dtype.kind not in COMPUTABLE_KINDS:
+        raise DTypeError(f"{what} has dtype {arr.dtype}: tapegrad computes on bool, integer and float values "
+                         "only (complex numbers are not supported) and never casts")
+    return arr

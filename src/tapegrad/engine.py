@@ -115,15 +115,17 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
         out = values[out_id]
         attrs = rec[1]
         xs: Sequence[Any]
-        if len(rec) == 5:
+        if len(rec) == 5 and rec[0] in elementwise:
+            # Two inputs into an elementwise op: an input of the output's shape and dtype gets a
+            # cotangent of that shape and dtype (the rule only combines arrays that broadcast to
+            # the output and promote to its dtype), so nothing is checked for it.  Reading ndarray
+            # attributes is a large part of this loop's cost: the common case (both inputs like
+            # the output) reads as few as it can and is unrolled (the general step costs ~400 more
+            # machine instructions per op of the tiny chain, of ~23k).
             i, j = rec[3], rec[4]
             a, b = xs = (values[i], values[j])
-            if rec[0] in elementwise and a.shape == b.shape and a.dtype is b.dtype is out.dtype:
-                # Two inputs of one shape and dtype, also the output's, into an elementwise op:
-                # the cotangents come out shaped and typed like the inputs, so nothing is checked
-                # per input (reading ndarray attributes is a large part of this loop's cost), and
-                # the two inputs are unrolled (the general loop below costs ~400 more machine
-                # instructions per op of benchmarks/overhead.py, of ~23k).
+            dtype = out.dtype
+            if a.shape == b.shape and a.dtype is b.dtype is dtype:
                 if vjp is pass_on:  # (`add`: a call saved per input)
                     if i not in skip:
                         prev = get(i)
@@ -143,8 +145,20 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
                         prev = get(j)
                         cot[j] = gi if prev is None else F.add(prev, gi)
                 continue
-        else:
-            xs = [values[i] for i in rec[3:]]
+            # One input broadcast or promoted (often a constant, in `skip`): each input on its own.
+            shape = out.shape
+            for k, n in ((0, i), (1, j)):
+                if n in skip:
+                    continue
+                if xs[k].shape != shape or xs[k].dtype is not dtype:
+                    _pull_input(rec, xs, k, n, out, g, vjp, cot, F)
+                    continue
+                gi = g if vjp is pass_on else vjp(F, g, xs, out, attrs, k)
+                if gi is not None:
+                    prev = get(n)
+                    cot[n] = gi if prev is None else F.add(prev, gi)
+            continue
+        xs = [values[i] for i in rec[3:]]
         _pull_inputs(rec, xs, out, g, vjp, skip, cot, F)
     for i in want:
         g = cot.get(i)
@@ -155,28 +169,33 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
 
 def _pull_inputs(rec: RawRecord, xs: Sequence[Any], out: Any, g: Any, vjp: Any, skip: set[int] | frozenset[int],
                  cot: dict[int, Any], F: Any, noted: Callable[[int, Any], None] | None = None) -> None:
-    """The general step of `reverse`: add each input's cotangent from `rec` into `cot`.
+    """The general step of `reverse`: add each input's cotangent from `rec` into `cot`
+    (`_pull_input` for each input not in `skip`)."""
+    for k, i in enumerate(rec[3:]):
+        if i not in skip:
+            _pull_input(rec, xs, k, i, out, g, vjp, cot, F, noted)
+
+
+def _pull_input(rec: RawRecord, xs: Sequence[Any], k: int, i: int, out: Any, g: Any, vjp: Any, cot: dict[int, Any],
+                F: Any, noted: Callable[[int, Any], None] | None = None) -> None:
+    """Add the cotangent of input `k` (id `i`) of `rec` into `cot`.
 
     Broadcasting and dtype promotion are undone here, once for all ops: a cotangent that came
     out in another shape is summed back to its input's shape, one of another dtype is cast.
-    `noted(i, cotangent)`, if given, is told each new cotangent of input `i` (anomaly mode).
+    `noted(i, cotangent)`, if given, is told the new cotangent of `i` (anomaly mode).
     """
-    attrs = rec[1]
-    for k, i in enumerate(rec[3:]):
-        if i in skip:
-            continue
-        gi = vjp(F, g, xs, out, attrs, k)
-        if gi is None:
-            continue
-        x = xs[k]
-        if gi.shape != x.shape:
-            gi = F.sum_to(gi, tuple(x.shape))
-        if gi.dtype != x.dtype:
-            gi = F.astype(gi, x.dtype)
-        prev = cot.get(i)
-        cot[i] = gi if prev is None else F.add(prev, gi)
-        if noted is not None:
-            noted(i, cot[i])
+    gi = vjp(F, g, xs, out, rec[1], k)
+    if gi is None:
+        return
+    x = xs[k]
+    if gi.shape != x.shape:
+        gi = F.sum_to(gi, tuple(x.shape))
+    if gi.dtype != x.dtype:
+        gi = F.astype(gi, x.dtype)
+    prev = cot.get(i)
+    cot[i] = gi if prev is None else F.add(prev, gi)
+    if noted is not None:
+        noted(i, cot[i])
 
 
 Noted = Callable[[int, int, Any], None]
@@ -190,8 +209,8 @@ def reverse_checked(records: Sequence[RawRecord], values: Mapping[int, Any], see
 
     Every record takes the general step, `_pull_inputs`.  Its backend calls are those of
     `reverse`, in the same order: the fast paths of `reverse` skip only checks that find nothing
-    to do (a one-input rule returns its input's shape and dtype; an elementwise op on two inputs
-    of the output's shape and dtype returns cotangents of that shape and dtype; `pass_on`
+    to do (a one-input rule returns its input's shape and dtype; an elementwise rule returns an
+    input of the output's shape and dtype a cotangent of that shape and dtype; `pass_on`
     returns its cotangent as it is).
     """
     cot = dict(seeds)

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from . import engine, nesting, replay, tracer
-from .errors import DTypeError, TapegradError
+from .dtypes import as_computable
+from .errors import TapegradError
 from .tracer import Variable
 
 
@@ -87,13 +88,8 @@ def _traced(args: tuple[Any, ...]) -> bool:
 
 def _float_array(a: Any) -> Any:
     """A differentiated argument as a floating-point ndarray (integers and bools become float64)."""
-    arr = np.asarray(a)
-    if arr.dtype.kind == "f":
-        return arr
-    if arr.dtype.kind in "biu":
-        return arr.astype(np.float64)
-    raise DTypeError(f"cannot differentiate with respect to a value of dtype {arr.dtype}: tapegrad computes on "
-                     "bool, integer and float values only (complex numbers are not supported) and never casts")
+    arr = as_computable(a, "a differentiated argument")
+    return arr if arr.dtype.kind == "f" else arr.astype(np.float64)
 
 
 def _own_variable(a: Any) -> Variable:
@@ -104,8 +100,7 @@ def _own_variable(a: Any) -> Variable:
     """
     if isinstance(a, Variable):
         return tracer.reshape(a, a.shape)
-    arr = np.asarray(a)
-    return Variable(arr if arr.dtype.kind == "f" else _float_array(arr))
+    return Variable(_float_array(a))
 
 
 def _scalar(out: Any) -> Any:

@@ -57,7 +57,8 @@ import numpy as np
 
 from . import anomaly, context, engine
 from . import budget as memory_budget
-from .errors import DTypeError, GuardError, TapegradError, escape
+from .dtypes import as_computable
+from .errors import GuardError, TapegradError, escape
 from .plan import Plan, compile_jvp, compile_plan, reshaped
 from .tape import ATTRS, INPUTS, OP, OUTPUT, Tape
 
@@ -85,16 +86,6 @@ def computing_through(recorder: Recorder | None) -> Iterator[None]:
 def _recording() -> Recorder | None:
     through: Recorder | None = context.current().through
     return through
-
-
-def _array(value: Any, label: str) -> Any:
-    """`value` as an ndarray of a dtype tapegrad computes with (never a cast: a complex value cast
-    to real would replay another function)."""
-    arr = np.asarray(value)
-    if arr.dtype.kind not in "biuf":
-        raise DTypeError(f"{label} has dtype {arr.dtype}: tapegrad computes on bool, integer and float "
-                         "values only (complex numbers are not supported) and never casts")
-    return arr
 
 
 def _as_refs(refs: Any) -> list[Any]:
@@ -138,7 +129,7 @@ def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: boo
         if recording and hasattr(value, "_tapegrad_serial"):
             got_shape, got_dtype = tuple(value.shape), value.dtype
         else:
-            value = _array(value, label)
+            value = as_computable(value, label)
             got_shape, got_dtype = value.shape, value.dtype
         if got_dtype != dtype:
             raise TapegradError(f"{label} was recorded with shape {shape} and dtype {dtype}, "
@@ -249,7 +240,7 @@ def _seed(tape: Tape, of_id: int, seed: Any, p: Plan | None = None) -> Any:
     shape, dtype = tape.shape_dtype(of_id) if p is None else p.shape_dtype(of_id)
     if seed is None:
         return np.ones(shape, dtype)
-    seed = _array(seed, "seed")
+    seed = as_computable(seed, "seed")
     if seed.shape != shape or seed.dtype != dtype:
         raise TapegradError(f"seed has shape {seed.shape} and dtype {seed.dtype}, but the output "
                             f"v{tape.dense_ids()[of_id]} has shape {shape} and dtype {dtype}")
@@ -334,7 +325,7 @@ def jvp(tape: Tape, tangents: Mapping[Any, Any], *, inputs: Mapping[Any, Any] | 
         shape = tuple(replaced[vid].shape) if vid in replaced else shape
         if dtype.kind != "f":
             raise TapegradError(f"tangent for {ref!r}: its dtype {dtype} is not floating point")
-        value = _array(tangents[ref], f"tangent for {ref!r}")
+        value = as_computable(tangents[ref], f"tangent for {ref!r}")
         if value.shape != shape or value.dtype != dtype:
             raise TapegradError(f"tangent for {ref!r} must have shape {shape} and dtype {dtype}, "
                                 f"got {value.shape} and {value.dtype}")

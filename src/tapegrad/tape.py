@@ -20,6 +20,7 @@ Contract:
 from __future__ import annotations
 
 import os
+import zlib
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -119,6 +120,15 @@ def aval(shape: Sequence[int], dtype: np.dtype[Any]) -> str:
 
 VALUE_MODES = ("all", "inputs", "none")
 
+SHARE_BYTES = 1 << 16
+"""Input arrays of at least this many bytes are shared with the user, not copied, by a recording
+(`Tape._kept`)."""
+
+
+def _fingerprint(value: Any) -> int:
+    """CRC-32 of a C-contiguous array's bytes (zlib reads the buffer in place)."""
+    return zlib.crc32(value)
+
 
 _FIRST = itemgetter(0)
 
@@ -190,6 +200,12 @@ class Tape:
     record, code object or file name)` wherever that changes (`_source_last`: the last run's);
     `source_of(n)` resolves them, `source_runs()` gives both to the writer.
 
+    Input arrays (`_kept`): `_shared`, the fingerprint of each leaf whose array the user also
+    holds, checked by `check_shared`; `copy_inputs`, set by `record(copy_inputs=True)`, copies
+    them all instead.  `_by_name`: name -> ids, the index behind lookups by name, built at the
+    first one and kept up to date.  `_scalar_ids`: (Python number, dtype) -> the const leaf
+    recording made for it, reused by later uses of the same number (tracer).
+
     Caches and links, owned by their users: `_dense_cache` (for `_ids()`, valid while the
     record and leaf counts are unchanged), `_plans` (replay plans, likewise), `_leaf_vars`
     (id -> the Variable that entered as an input; tracer), `_shape_guarded` (ids a shape guard
@@ -224,6 +240,10 @@ class Tape:
         self.recovery: Any = None  # set by a load with recover=True: what was dropped (a Recovery)
         self.error: tuple[str, str] | None = None  # the exception that ended the recording, if any
         self._plans: dict[Any, Any] = {}  # replay plans by request, valid while len(records) is unchanged
+        self._by_name: dict[str, list[int]] | None = None  # name -> ids, built at the first lookup by name
+        self.copy_inputs = False  # record(copy_inputs=True): keep a private copy of every leaf
+        self._shared: dict[int, int] = {}  # leaf id -> fingerprint of a user array the tape shares
+        self._scalar_ids: dict[tuple[Any, np.dtype[Any]], int] = {}  # (Python number, dtype) -> its const id
 
     # -- for the format package: a constructor and read accessors --
     @classmethod
@@ -251,7 +271,10 @@ class Tape:
 
     def parts(self) -> TapeParts:
         """The tape's variable table and records (internal ids), for readers such as the writer
-        and the validator: the tape's own containers, read-only by contract (not copies)."""
+        and the validator: the tape's own containers, read-only by contract (not copies).  Checks
+        first that no shared input array changed (`check_shared`)."""
+        if self._shared:
+            self.check_shared()
         return TapeParts(self._leaves, self._consts, self._records, self._values, self._avals, self._names)
 
     def source_runs(self) -> tuple[Sequence[tuple[int, Any]], Sequence[int]]:
@@ -285,23 +308,75 @@ class Tape:
         self._sink_at = count
 
     # -- building (the tracer calls these; `from_parts` uses `_add_sources`) --
-    def _add_leaf(self, vid: int, value: Any, name: str | None, const: bool) -> None:
+    def _add_leaf(self, vid: int, value: Any, name: str | None, const: bool, *, users: bool = False) -> None:
+        """Add leaf `vid` with `value`; `users`: the value is an array the user holds (see `_kept`)."""
+        if users:
+            value = self._kept(vid, value)
         self._values[vid] = value
         self._leaves.append(vid)
         if name is not None:
             self._names[vid] = name
+            if self._by_name is not None:
+                self._by_name.setdefault(name, []).append(vid)
         if const:
             self._consts.add(vid)
         if self._sink is not None:
             self._sink.leaf(vid, value, name, const)
 
+    def _kept(self, vid: int, value: Any) -> Any:
+        """What the tape stores for a user's array `value` entering as leaf `vid`.
+
+        Recording must not copy every input on every step (a training step would hold its
+        batch and parameters twice), yet later mutation of the user's array must never change
+        a recording silently.  So an array of `SHARE_BYTES` or more, C-contiguous, is shared
+        and fingerprinted (CRC-32, ~4 GB/s: no allocation): every read of the tape's values
+        through `parts()` or `value()` checks it and raises `TapegradError` naming the
+        variable if the array was changed in place.  Smaller arrays (a copy costs less than a
+        fingerprint's checks), other layouts, streamed recordings (the stream reads leaves at its
+        next flush) and `record(copy_inputs=True)` keep a private C-ordered copy.
+        """
+        if (value.nbytes < SHARE_BYTES or self.copy_inputs or self._sink is not None
+                or not value.flags.c_contiguous):
+            return np.array(value, order="C", copy=True)
+        self._shared[vid] = _fingerprint(value)
+        return value
+
+    def check_shared(self) -> None:
+        """Raise `TapegradError` if a user array the tape shares (see `_kept`) has changed since
+        it entered the recording."""
+        for vid, print_ in self._shared.items():
+            if _fingerprint(self._values[vid]) != print_:
+                name = self._names.get(vid)
+                label = f"v{self.dense_ids()[vid]}" + ("" if name is None else f" ({escape(name)!r})")
+                raise TapegradError(
+                    f"the array of input {label} was changed in place after it was recorded, so the tape no "
+                    "longer holds what was computed; record(copy_inputs=True) keeps private copies of inputs")
+
     def _set_name(self, vid: int, name: str | None) -> None:
+        old = self._names.get(vid)
         if name is None:
             self._names.pop(vid, None)
         else:
             self._names[vid] = name
+        if self._by_name is not None and old != name:
+            if old is not None:
+                ids = self._by_name[old]
+                ids.remove(vid)
+                if not ids:
+                    del self._by_name[old]
+            if name is not None:
+                self._by_name.setdefault(name, []).append(vid)
         if self._sink is not None:
             self._sink.name(vid, name)
+
+    def _ids_named(self, name: str) -> list[int]:
+        """The ids named `name` (an index built at the first call, then kept up to date)."""
+        index = self._by_name
+        if index is None:
+            index = self._by_name = {}
+            for vid, known in self._names.items():
+                index.setdefault(known, []).append(vid)
+        return index.get(name, [])
 
     def producer(self, vid: int) -> int | None:
         """Index of the record that defines internal id `vid` (None for leaves); O(log n)."""
@@ -406,16 +481,15 @@ class Tape:
         vid = self.resolve(ref)
         d = self.dense_ids()
         shape, dtype = self.shape_dtype(vid)
-        producer = None
-        kind = "const" if vid in self._consts else "input"
-        if vid not in self._leaves:
-            kind = "op"
-            producer = self.producer(vid)
+        producer = self.producer(vid)
+        kind = "op" if producer is not None else "const" if vid in self._consts else "input"
         return VarInfo(d[vid], shape, dtype, self._names.get(vid), kind, producer)
 
     def value(self, ref: Any) -> Any:
         """The recorded value of a variable, read-only view."""
         vid = self.resolve(ref)
+        if vid in self._shared:
+            self.check_shared()
         if vid not in self._values:
             raise TapegradError(f"v{self.dense_ids()[vid]} has no stored value on this tape (values={self.values_mode!r})")
         v = self._values[vid].view()
@@ -432,7 +506,7 @@ class Tape:
     def resolve(self, ref: Any) -> int:
         """Internal id of a variable given by name, dense id or Variable; TapegradError if absent."""
         if isinstance(ref, str):
-            hits = [vid for vid, name in self._names.items() if name == ref]
+            hits = self._ids_named(ref)
             if len(hits) == 1:
                 return hits[0]
             d = self.dense_ids()

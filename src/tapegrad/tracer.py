@@ -4,7 +4,8 @@ Contract:
 - Every op on Variables (or on arrays and Python scalars mixed with them) computes eagerly with
   numpy and returns a new `Variable`.  Inside `record()` it also appends one `Record` to that
   tape; leaves (Variables created or first used inside the block, constants) enter the tape as
-  copies, so later mutation of user arrays cannot change a recording.
+  copies, or, for arrays of 64 KiB or more, shared and fingerprinted (`Tape._kept`): later
+  mutation of user arrays cannot change a recording silently.
 - Outside `no_record()`, each result keeps a link to its record and input Variables (DeZero's
   "creator"), so `y.backward()` works with or without a tape.  Nothing global grows: links live
   exactly as long as the Variables that hold them.
@@ -49,11 +50,12 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import numpy as np
 
 from . import anomaly, backprop, context, engine, nesting
+from .dtypes import COMPUTABLE_KINDS, as_computable
 from .errors import ArgumentError, CopyError, DTypeError, TapegradError
 from .interrupts import held
 from .ops import NUMPY, REGISTRY, OpSpec
 from .ops.registry import add_backend, backend
-from .tape import RawRecord, Tape, describe_exception
+from .tape import Tape, describe_exception
 
 _serials = itertools.count()
 _current = context.current  # this thread's or task's recording state (read once per op)
@@ -61,7 +63,6 @@ _current = context.current  # this thread's or task's recording state (read once
 # attribute lookup (~180 machine instructions in CPython 3.11): read it once.
 _NDARRAY = np.ndarray
 NO_ATTRS = None  # the stored attributes of attribute-free records (see tape.RawRecord)
-_ALLOWED_KINDS = frozenset("biuf")
 
 
 def _emit(name: str, attrs: Any, out: Any, tape: Tape | None, in_serials: tuple[int, ...],
@@ -81,7 +82,7 @@ def _emit(name: str, attrs: Any, out: Any, tape: Tape | None, in_serials: tuple[
     s = v._tapegrad_serial = next(_serials)
     rec = (name, attrs, s, *in_serials)
     if tape is None:
-        v._link = (rec, inputs)
+        v._link = (rec, *inputs)
     else:
         v._link = None
         if tape.source:
@@ -122,7 +123,7 @@ def _unary_op(spec: OpSpec, depth: int = 1) -> Callable[[Any], Variable]:
         v._tape = tape
         s = v._tapegrad_serial = next(_serials)
         if tape is None:
-            v._link = ((name, NO_ATTRS, s, x._tapegrad_serial), (x,))
+            v._link = ((name, NO_ATTRS, s, x._tapegrad_serial), x)
             return v
         v._link = None
         if tape.source:
@@ -142,31 +143,55 @@ def _unary_op(spec: OpSpec, depth: int = 1) -> Callable[[Any], Variable]:
 
 def _binary_op(spec: OpSpec, reflected: bool = False, depth: int = 1) -> Callable[[Any, Any], Variable]:
     """`spec` applied to two arguments (swapped when `reflected`, for `__radd__` and friends):
-    a fast path for two Variables already on the active tape (if any), else `_apply`.
-    `depth`: as for `_unary_op`."""
+    a fast path for Variables already on the active tape (if any) and for constants
+    (`_fast_constant`: Python and numpy scalars, ndarrays), else `_apply`.  `depth`: as for
+    `_unary_op`."""
     forward, name = spec.forward, spec.name
 
     def op(a: Any, b: Any) -> Variable:
         state = _current()
         tape = state.tape
-        if (type(a) is not Variable or type(b) is not Variable or not state.linking or a.data is None or b.data is None
-                or (a._tape is not tape and tape is not None and a._tapegrad_serial not in tape._values)
-                or (b._tape is not tape and tape is not None and b._tapegrad_serial not in tape._values)):
+        # Each argument: a Variable with data already on this tape (if recording), or a constant
+        # the fast path can take (its serial is -1 until it gets an id below, unless the tape
+        # already holds that number).
+        if type(a) is Variable:
+            da, sa = a.data, a._tapegrad_serial
+            if da is None or (a._tape is not tape and tape is not None and sa not in tape._values):
+                return _apply(spec, (a, b), NO_ATTRS)
+        elif type(b) is Variable and b.data is not None:
+            da, sa = _fast_constant(a, b.data, tape)
+            if da is None:
+                return _apply(spec, (a, b), NO_ATTRS)
+        else:
+            return _apply(spec, (a, b), NO_ATTRS)
+        if type(b) is Variable:
+            db, sb = b.data, b._tapegrad_serial
+            if db is None or (b._tape is not tape and tape is not None and sb not in tape._values):
+                return _apply(spec, (a, b), NO_ATTRS)
+        else:
+            db, sb = _fast_constant(b, da, tape)
+            if db is None:
+                return _apply(spec, (a, b), NO_ATTRS)
+        if not state.linking:
             return _apply(spec, (a, b), NO_ATTRS)
         try:
-            out = forward(a.data, b.data)
+            out = forward(da, db)
         except (ValueError, TypeError):
             return _apply(spec, (a, b), NO_ATTRS)  # raises the library's error
         if type(out) is not _NDARRAY:
             out = np.asarray(out)
+        if sa < 0:  # a new constant gets its id before the output does (as in `_apply`)
+            sa = next(_serials) if tape is None else _recorded_constant(tape, a, da)
+        elif sb < 0:
+            sb = next(_serials) if tape is None else _recorded_constant(tape, b, db)
         v = _new_variable(Variable)
         v.data = out
         v.grad = None
         v._name = None
         v._tape = tape
         s = v._tapegrad_serial = next(_serials)
-        if tape is None:
-            v._link = ((name, NO_ATTRS, s, a._tapegrad_serial, b._tapegrad_serial), (a, b))
+        if tape is None:  # eager: link the inputs, a constant by its array
+            v._link = ((name, NO_ATTRS, s, sa, sb), a if type(a) is Variable else da, b if type(b) is Variable else db)
             return v
         v._link = None
         if tape.source:
@@ -174,7 +199,7 @@ def _binary_op(spec: OpSpec, reflected: bool = False, depth: int = 1) -> Callabl
             if f.f_code is not tape._source_last:
                 f = _source_frame(tape, f)
             tape._source_pos.append(f.f_lasti)
-        rec = (name, NO_ATTRS, s, a._tapegrad_serial, b._tapegrad_serial)
+        rec = (name, NO_ATTRS, s, sa, sb)
         tape._records.append(rec)
         tape._values[s] = out
         if tape._sink is not None and len(tape._records) >= tape._sink_at:
@@ -188,11 +213,65 @@ def _binary_op(spec: OpSpec, reflected: bool = False, depth: int = 1) -> Callabl
     return op
 
 
+def _fast_constant(c: Any, other: Any, tape: Tape | None) -> tuple[Any, int]:
+    """(the array, the id) that constant operand `c` stands for beside the array `other`, when the
+    fast path of a two-argument op can take it, else (None, -1): `_apply` then handles or rejects
+    `c`.  The id is -1 until the constant is recorded (`_recorded_constant`, after the op ran).
+
+    A Python int or float beside a float array takes the array's dtype, as numpy 2 promotion
+    gives it (`x32 * 2.0` stays float32): one small array made here, not a `result_type` call;
+    recording onto `tape`, a number it already holds in that dtype is its recorded array and id.
+    An ndarray is used as it is (what a recording keeps of it: `Tape._kept`); a numpy scalar
+    becomes a 0-d array of its dtype.  Everything else (Python scalars beside integer arrays,
+    which may overflow; bool and complex dtypes; lists) goes the general way.
+    """
+    t = type(c)
+    if t is float or t is int:
+        dtype = other.dtype
+        if dtype.kind != "f":
+            return None, -1
+        if tape is not None and c != 0 and c == c:  # (see `_recorded_constant`)
+            vid = tape._scalar_ids.get((c, dtype))
+            if vid is not None:
+                return tape._values[vid], vid
+        try:
+            return np.array(c, dtype), -1
+        except OverflowError:
+            return None, -1
+    if t is _NDARRAY:
+        return (c, -1) if c.dtype.kind in _FAST_KINDS else (None, -1)
+    if isinstance(c, np.generic) and c.dtype.kind in _FAST_KINDS:
+        return np.asarray(c), -1
+    return None, -1
+
+
+_FAST_KINDS = frozenset("iuf")  # (bool constants are rare: they take the general path)
+
+
+def _recorded_constant(tape: Tape, c: Any, arr: Any) -> int:
+    """The id on `tape` of constant operand `c`, whose array is `arr`: a new leaf, except that a
+    Python number already recorded in the same dtype reuses its leaf (a loop multiplying by 0.9
+    records one constant, not one per step: half the cost of a constant, and its memory).
+    Zeros and NaN are never reused (`-0.0 == 0.0`, `nan != nan`)."""
+    key = None
+    if (type(c) is float or type(c) is int) and c != 0 and c == c:
+        key = (c, arr.dtype)
+        vid: int | None = tape._scalar_ids.get(key)
+        if vid is not None:
+            return vid
+    vid = next(_serials)
+    tape._add_leaf(vid, arr, None, True, users=arr is c)
+    if key is not None:
+        tape._scalar_ids[key] = vid
+    return vid
+
+
 class Variable:
     """A numpy array that records the ops applied to it.  `data` must be an ndarray or None."""
 
-    # _link: (record, inputs) for eager results, None for leaves and recorded results (the tape
-    # holds their history); _tape: the tape that produced or first recorded this Variable.
+    # _link: (record, *inputs) for eager results (one flat tuple: one object fewer per op for
+    # the collector to count and free), None for leaves and recorded results (the tape holds
+    # their history); _tape: the tape that produced or first recorded this Variable.
     __slots__ = ("__weakref__", "_link", "_name", "_tape", "_tapegrad_serial", "data", "grad")
     # numpy's protocols (`__array_ufunc__`, `__array_function__`) are installed at the end of
     # this module from `numpy_dispatch`: plain `np.*` calls on Variables record registry ops.
@@ -204,7 +283,7 @@ class Variable:
         if data is not None:
             if not isinstance(data, np.ndarray):
                 raise DTypeError(f"{type(data).__name__} is not supported: Variable data must be an np.ndarray or None")
-            if data.dtype.kind not in _ALLOWED_KINDS:
+            if data.dtype.kind not in COMPUTABLE_KINDS:
                 raise DTypeError(f"dtype {data.dtype} is not supported: use bool, integer or float arrays (never cast)")
         if name is not None and not isinstance(name, str):
             raise ArgumentError(f"Variable name must be a str or None, not {type(name).__name__}")
@@ -212,7 +291,7 @@ class Variable:
         self.grad = None
         self._name = name
         self._tapegrad_serial = next(_serials)
-        self._link: tuple[RawRecord, tuple[Any, ...]] | None = None
+        self._link: tuple[Any, ...] | None = None
         self._tape: Tape | None = None
         tape = _current().tape
         if tape is not None and data is not None:
@@ -540,22 +619,11 @@ def _read_shape(v: Variable) -> None:
 
 
 def _enter(tape: Tape, v: Variable) -> None:
-    """Register Variable `v` as an input of `tape` (a private C-ordered copy of its data)."""
-    tape._add_leaf(v._tapegrad_serial, np.array(v.data, order="C", copy=True), v._name, False)
+    """Register Variable `v` as an input of `tape` (its array kept as `Tape._kept` says)."""
+    tape._add_leaf(v._tapegrad_serial, v.data, v._name, False, users=True)
     tape._leaf_vars[v._tapegrad_serial] = v
     if v._tape is None:
         v._tape = tape
-
-
-def _constant(a: Any, dtype: Any) -> Any:
-    """An ndarray for a non-Variable op argument (Python scalars get `dtype`)."""
-    try:
-        arr = np.asarray(a) if dtype is None else np.asarray(a, dtype=dtype)
-    except (OverflowError, ValueError, TypeError) as exc:
-        raise TapegradError(f"cannot use {a!r} as an array: {exc}") from None
-    if arr.dtype.kind not in _ALLOWED_KINDS:
-        raise DTypeError(f"cannot use {type(a).__name__} of dtype {arr.dtype} in an op (never cast)")
-    return arr
 
 
 def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
@@ -576,7 +644,7 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
             xs.append(d)
             ids.append(s)
         elif type(a) is np.ndarray:
-            if a.dtype.kind not in _ALLOWED_KINDS:
+            if a.dtype.kind not in COMPUTABLE_KINDS:
                 raise DTypeError(f"{spec.name}: arrays of dtype {a.dtype} are not supported (never cast)")
             xs.append(a)
             ids.append(-1)
@@ -585,12 +653,12 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
             xs.append(a)
             ids.append(-1)
         else:
-            xs.append(_constant(a, None))
+            xs.append(as_computable(a, f"{spec.name}: a {type(a).__name__} argument"))
             ids.append(-1)
     if weak:  # numpy 2 promotion: Python scalars take the dtype of the arrays they meet
         dt = np.result_type(*xs)
         for k in weak:
-            xs[k] = _constant(xs[k], dt)
+            xs[k] = as_computable(xs[k], f"{spec.name}: the argument {xs[k]!r}", dt)
     try:
         out = spec.forward(*xs, **attrs) if attrs else spec.forward(*xs)
     except (ValueError, TypeError, IndexError, ZeroDivisionError) as exc:
@@ -602,8 +670,8 @@ def _apply(spec: OpSpec, args: tuple[Any, ...], attrs: Any) -> Variable:
     for k in consts:  # a constant gets an id before the output does
         ids[k] = c = next(_serials)
         if tape is not None:
-            xs[k] = np.array(xs[k], order="C", copy=True)
-            tape._add_leaf(c, xs[k], None, True)
+            tape._add_leaf(c, xs[k], None, True, users=xs[k] is args[k])
+            xs[k] = tape._values[c]
     links: tuple[Any, ...] = ()
     if tape is None:  # eager: link the inputs, constants by their arrays
         links = tuple(xs[k] if k in consts else a for k, a in enumerate(args))
@@ -633,7 +701,8 @@ def _tape_node(tape: Tape, s: int) -> Variable:
 
 @contextmanager
 def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, flush_every: int = 256,
-           fsync: bool = False, metadata: Mapping[str, Any] | None = None, source: bool = True) -> Iterator[Tape]:
+           fsync: bool = False, metadata: Mapping[str, Any] | None = None, source: bool = True,
+           copy_inputs: bool = False) -> Iterator[Tape]:
     """Record every op inside the block onto a new `Tape` (nested blocks record to the inner tape).
 
     `values` chooses what a saved file keeps: "all", "inputs" (leaves only; replay recomputes)
@@ -645,6 +714,12 @@ def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, f
     it, for error messages, guards and the inspector.  When the block exits by raising, the
     exception's type and message are kept in `tape.error` and in the file's footer.
 
+    Input arrays (Variables' data, array constants) of 64 KiB or more are shared with the user,
+    not copied: the tape checks before each later use (saving, replay, `tape.value`, `backward`)
+    that they were not changed in place, and raises `TapegradError` naming the variable if they
+    were.  With `copy_inputs` the tape keeps a private copy of every input instead (their memory
+    again, but the arrays may then be changed freely, e.g. by an optimizer before saving).
+
     The recording belongs to this thread or asyncio task (see the module docstring).  A streamed
     file is created with its complete header before the block starts; an interrupt (Ctrl-C,
     `SystemExit` from a signal handler) never cuts a write short, and however the block ends its
@@ -654,6 +729,7 @@ def record(values: str = "all", path: str | os.PathLike[str] | None = None, *, f
     """
     tape = Tape(values, metadata)
     tape.source = source
+    tape.copy_inputs = copy_inputs
     state = context.block(tape, _current().linking, RECORDER)  # (a replay inside records onto this tape)
     try:
         if path is not None:

@@ -1,0 +1,228 @@
+"""The speed tricks of issue 12, each guarded by a test that counts or inspects, never times.
+
+- Constants (Python and numpy scalars, 0-d and other ndarrays) take the two-argument fast path
+  (`tracer._binary_op`), not `_apply`, and give the dtypes numpy 2 promotion gives.
+- Constants are not copied: an eager link holds the user's array itself.
+- The engine's two-input step takes an input of the output's shape and dtype without the
+  general step (no `sum_to`/`astype` call for it), also beside a broadcast constant.
+- Eager `backward()` walks the links once and hands the engine the same records, values and
+  constants a recorded tape gives it.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import tapegrad as tg
+from tapegrad import backprop, engine, tracer
+from tapegrad.ops import NUMPY
+
+CONSTANTS: list[tuple[str, Any]] = [
+    ("python float", 0.5),
+    ("python int", 3),
+    ("numpy float64 scalar", np.float64(0.25)),
+    ("numpy float32 scalar", np.float32(2.0)),
+    ("0-d array", np.array(1.5)),
+    ("array", np.full(3, 0.75)),
+    ("float32 array", np.full(3, 0.75, dtype=np.float32)),
+]
+OPS: list[tuple[str, Callable[[Any, Any], Any]]] = [
+    ("add", lambda a, b: a + b), ("sub", lambda a, b: a - b), ("mul", lambda a, b: a * b),
+    ("div", lambda a, b: a / b), ("pow", lambda a, b: a ** b),
+]
+
+
+@pytest.fixture
+def apply_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the ops that went through the general path, `tracer._apply`."""
+    calls: list[str] = []
+    general = tracer._apply
+
+    def counted(spec: Any, args: Any, attrs: Any) -> Any:
+        calls.append(spec.name)
+        return general(spec, args, attrs)
+
+    monkeypatch.setattr(tracer, "_apply", counted)
+    return calls
+
+
+@pytest.mark.parametrize("recording", [False, True], ids=["eager", "recorded"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(("kind", "c"), CONSTANTS, ids=[k for k, _ in CONSTANTS])
+@pytest.mark.parametrize(("op", "f"), OPS, ids=[o for o, _ in OPS])
+def test_constants_take_the_fast_path_with_numpys_promotion(apply_calls: list[str], recording: bool, dtype: Any, kind: str,
+                                                            c: Any, op: str, f: Callable[[Any, Any], Any]) -> None:
+    data = np.array([0.5, 1.0, 2.0], dtype=dtype)
+    if recording:
+        with tg.record() as tape:
+            x = tg.Variable(data.copy())
+            left, right = f(x, c), f(c, x)
+    else:
+        x = tg.Variable(data.copy())
+        left, right = f(x, c), f(c, x)
+    assert apply_calls == [], f"{op} with a {kind} went through _apply"
+    for got, want in ((left, f(data, c)), (right, f(c, data))):
+        assert got.dtype == want.dtype  # numpy 2 promotion: a Python scalar takes the array's dtype
+        np.testing.assert_array_equal(got.data, want)
+    if recording:
+        assert [r.op for r in tape.records] == [op, op]
+        consts = [tape.value(i) for r in tape.records for i in r.inputs if tape.var(i).kind == "const"]
+        # a Python scalar is recorded in the dtype it took, anything else in its own
+        expected = np.asarray(c, dtype=data.dtype) if type(c) in (int, float) else np.asarray(c)
+        assert len(consts) == 2
+        for k in consts:
+            assert k.dtype == expected.dtype
+            np.testing.assert_array_equal(k, expected)
+
+
+@pytest.mark.parametrize(("kind", "c"), [("bool", True), ("list", [1.0, 2.0, 3.0]), ("int beside int", 2)])
+def test_other_constants_take_the_general_path(apply_calls: list[str], kind: str, c: Any) -> None:
+    x = tg.Variable(np.array([1, 2, 3]) if kind == "int beside int" else np.array([1.0, 2.0, 3.0]))
+    y = x * c
+    assert apply_calls == ["mul"]
+    np.testing.assert_array_equal(y.data, x.data * np.asarray(c))
+
+
+def test_a_python_int_too_large_for_the_array_raises_the_librarys_error() -> None:
+    with pytest.raises(tg.TapegradError):
+        tg.Variable(np.ones(2)) * 2**2000
+
+
+def test_complex_constants_are_refused_on_every_path() -> None:
+    x = tg.Variable(np.ones(2))
+    for c in (1j, np.complex64(1), np.ones(2, dtype=complex), np.array(1j)):
+        with pytest.raises(tg.DTypeError, match="complex"):
+            x * c
+
+
+def test_eager_links_hold_constant_arrays_themselves() -> None:
+    c = np.full(3, 2.0)
+    x = tg.Variable(np.ones(3))
+    y = x * c
+    assert y._link is not None and y._link[2] is c  # not a copy
+    z = x * 2.0
+    assert z._link is not None and z._link[2].shape == () and z._link[2].dtype == np.float64
+    (z + y).sum().backward()
+    np.testing.assert_array_equal(x.grad, np.full(3, 4.0))
+
+
+class _Counting:
+    """A backend counting the calls of some ops (around NUMPY)."""
+
+    def __init__(self, *names: str) -> None:
+        self.calls: dict[str, int] = dict.fromkeys(names, 0)
+
+    def backend(self) -> Any:
+        def counted(name: str) -> Callable[..., Any]:
+            fn = getattr(NUMPY, name)
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                self.calls[name] += 1
+                return fn(*args, **kwargs)
+            return call
+
+        module = types.ModuleType("counting")
+        module.__dict__.update(NUMPY.__dict__)
+        module.__dict__.update({name: counted(name) for name in self.calls})
+        return module
+
+
+@pytest.mark.parametrize("c", [2.0, np.array(2.0), np.full((2, 1), 2.0)], ids=["python float", "0-d", "broadcast array"])
+def test_the_engine_checks_no_shape_for_an_input_of_the_outputs_shape(c: Any) -> None:
+    with tg.record() as tape:
+        x = tg.Variable(np.ones((2, 3)), name="x")
+        y = tg.sin(x * c) + c
+    counter = _Counting("sum_to", "astype")
+    parts = tape.parts()
+    xid, yid = tape.resolve("x"), tape.resolve(y)
+    found = engine.reverse(parts.records, parts.values, {yid: np.ones((2, 3))}, set(parts.consts), {xid}, counter.backend())
+    assert counter.calls == {"sum_to": 0, "astype": 0}
+    np.testing.assert_allclose(found[xid], np.cos(2.0 * np.ones((2, 3))) * 2.0)
+
+
+def test_the_engine_sums_back_an_input_that_was_broadcast() -> None:
+    with tg.record() as tape:
+        x = tg.Variable(np.ones((2, 1)), name="x")
+        y = x * np.full((2, 3), 2.0)
+    counter = _Counting("sum_to", "astype")
+    parts = tape.parts()
+    xid = tape.resolve("x")
+    found = engine.reverse(parts.records, parts.values, {tape.resolve(y): np.ones((2, 3))}, set(parts.consts), {xid},
+                           counter.backend())
+    assert counter.calls == {"sum_to": 1, "astype": 0}
+    np.testing.assert_array_equal(found[xid], np.full((2, 1), 6.0))
+
+
+def _chain(y: Any, c: Any, n: int) -> Any:
+    for i in range(n):
+        k = i % 4
+        if k == 0:
+            y = y + c
+        elif k == 1:
+            y = y * c
+        elif k == 2:
+            y = tg.sin(y)
+        else:
+            y = tg.exp(y)
+    return y
+
+
+@pytest.mark.parametrize("c", [0.5, "variable"], ids=["python float", "variable"])
+def test_eager_backward_hands_the_engine_what_a_recorded_tape_does(monkeypatch: pytest.MonkeyPatch, c: Any) -> None:
+    seen: list[tuple[int, int]] = []
+    reverse = engine.reverse
+
+    def counted(records: Any, values: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append((len(records), len(values)))
+        return reverse(records, values, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "reverse", counted)
+    x0 = np.linspace(0.1, 0.4, 4)
+    grads = []
+    for recording in (False, True):
+        x = tg.Variable(x0.copy())
+        cc = tg.Variable(np.full(4, 0.9)) if c == "variable" else c
+        if recording:
+            with tg.record():
+                x = tg.Variable(x0.copy())
+                cc = tg.Variable(np.full(4, 0.9)) if c == "variable" else c
+                y = _chain(x, cc, 40)
+        else:
+            y = _chain(x, cc, 40)
+        y.backward()
+        grads.append(x.grad)
+    # one pass each, every value once; eager links hold a constant array per use, a recording
+    # one constant per Python number (tracer._recorded_constant)
+    consts = (1, 1) if c == "variable" else (20, 1)
+    assert seen == [(40, 40 + 1 + consts[0]), (40, 40 + 1 + consts[1])]
+    np.testing.assert_array_equal(grads[0], grads[1])
+
+
+def test_the_eager_walk_visits_shared_inputs_once() -> None:
+    x = tg.Variable(np.ones(2))
+    y = x * x
+    z = y + y
+    graph = backprop._eager_graph(z, set(), False)
+    assert [r[0] for r in graph.records] == ["mul", "add"]
+    assert set(graph.values) == {x._tapegrad_serial, y._tapegrad_serial, z._tapegrad_serial}
+    assert list(graph.edge) == [x._tapegrad_serial] and graph.consts == set()
+
+
+def test_a_recording_keeps_one_constant_per_python_number_and_dtype() -> None:
+    with tg.record() as tape:
+        x = tg.Variable(np.ones(2))
+        x32 = tg.Variable(np.ones(2, dtype=np.float32))
+        ys = [x * 0.9, 0.9 * x, x + 0.9, x32 * 0.9, x * 2, x * 2.0, x * 0.0, x * -0.0, x * float("nan"), x * float("nan")]
+    consts = [tape.value(i) for i in range(len(tape.ids_in_order())) if tape.var(i).kind == "const"]
+    # 0.9 (f64), 0.9 (f32), 2 == 2.0 (f64), 0.0, -0.0, nan, nan
+    assert [(float(k), k.dtype.name) for k in consts[:3]] == [(0.9, "float64"), (float(np.float32(0.9)), "float32"), (2.0, "float64")]
+    assert len(consts) == 7
+    assert [np.signbit(k) for k in consts[3:5]] == [False, True]
+    np.testing.assert_array_equal(ys[7].data, np.ones(2) * -0.0)
+    (g,) = tg.replay.backward(tape, of=ys[0], wrt=[x]).values()
+    np.testing.assert_array_equal(g, np.full(2, 0.9))
