@@ -1,4 +1,4 @@
-"""The format's CRC-32 (`tape_format.checksum`): the fast implementation is the one in use when it
+"""The CRC-32 of the tape format and of shared inputs' fingerprints (`tapegrad.checksum`): the fast implementation is the one in use when it
 is installed, it computes zlib's CRC-32 exactly, and tapes written with one load with the other."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tapegrad as tg
-from tapegrad.tape_format import checksum
+from tapegrad import checksum
 
 HAVE_ISAL = importlib.util.find_spec("isal") is not None
 
@@ -59,7 +59,7 @@ def test_a_tape_saved_with_one_implementation_loads_verified_with_the_other(tmp_
         {block}
         import numpy as np
         import tapegrad as tg
-        from tapegrad.tape_format import checksum
+        from tapegrad import checksum
         assert checksum.IMPLEMENTATION == 'zlib', checksum.IMPLEMENTATION
         folder = {str(tmp_path)!r}
         got = tg.replay.backward(tg.load(folder + "/here.tape"), of="y", wrt=["x"])["x"]

@@ -20,7 +20,6 @@ Contract:
 from __future__ import annotations
 
 import os
-import zlib
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +31,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 import numpy as np
 
+from .checksum import crc32
 from .errors import TapegradError, escape, quote
 from .ops.spec import AttrValue
 
@@ -126,8 +126,8 @@ SHARE_BYTES = 1 << 16
 
 
 def _fingerprint(value: Any) -> int:
-    """CRC-32 of a C-contiguous array's bytes (zlib reads the buffer in place)."""
-    return zlib.crc32(value)
+    """CRC-32 of a C-contiguous array's bytes (read in place, by the fastest CRC installed)."""
+    return crc32(value)
 
 
 _FIRST = itemgetter(0)

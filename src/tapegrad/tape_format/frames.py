@@ -33,7 +33,7 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
-from .checksum import crc32
+from ..checksum import crc32
 
 MAGIC = b"\x89TAPE\r\n\x1a"
 MAJOR = 1

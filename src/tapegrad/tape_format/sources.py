@@ -28,8 +28,8 @@ from typing import IO, Any, cast
 
 import numpy as np
 
+from ..checksum import crc32
 from ..errors import TapeFormatError
-from .checksum import crc32
 from .frames import crc_shift, crc_shifter
 from .limits import Limits
 
