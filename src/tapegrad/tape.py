@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from collections.abc import Set as AbstractSet
 from itertools import repeat
 from operator import itemgetter
@@ -220,7 +220,7 @@ class Tape:
         self.source = False  # record() switches this on: records keep the user's file and line
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._records: list[RawRecord] = []
-        self._values: dict[int, Any] = {}  # id -> ndarray (C-contiguous)
+        self._values: MutableMapping[int, Any] = {}  # id -> ndarray (C-contiguous)
         self._avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}  # ids without a value
         self._names: dict[int, str] = {}
         self._consts: set[int] = set()
@@ -248,7 +248,7 @@ class Tape:
     # -- for the format package: a constructor and read accessors --
     @classmethod
     def from_parts(cls, values_mode: str, metadata: Mapping[str, Any] | None, *, leaves: list[int], consts: set[int],
-                   records: list[RawRecord], values: dict[int, Any],
+                   records: list[RawRecord], values: MutableMapping[int, Any],
                    avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]], names: dict[int, str],
                    sources: tuple[Sequence[str], Sequence[int]] | None = None) -> Tape:
         """A tape made of decoded parts (what a loader builds; see the class docstring for each).

@@ -61,6 +61,7 @@ from .frames import (
 )
 from .limits import DEFAULT_LIMITS, Limits
 from .sources import Source
+from .stored import StoredValues
 from .validate import Graph, locate, validate
 
 
@@ -192,9 +193,10 @@ class _Builder:
         self._op_ids: dict[str, int] = {}
         self.attrs: list[Any] = [None]  # every frame's attribute table, concatenated; 0: none
         self.ids: set[int] = set()  # the variables defined so far
-        self.leaf: dict[str, list[Any]] = {"id": [], "type": [], "const": [], "values": [], "frame": []}
-        self.rec: dict[str, list[Any]] = {"op": [], "attr": [], "nin": [], "inputs": [], "output": [], "type": [],
-                                          "values": [], "frame": []}
+        # Columns of the frames taken, per frame; stored values as "offsets" (and "copies": row -> array)
+        self.leaf: dict[str, Any] = {"id": [], "type": [], "const": [], "frame": [], "offsets": [], "copies": {}}
+        self.rec: dict[str, Any] = {"op": [], "attr": [], "nin": [], "inputs": [], "output": [], "type": [],
+                                    "frame": [], "offsets": [], "copies": {}}
         self.names: dict[int, str] = {}
         self.files: list[str] = []  # source file and line of each record, while all records have one
         self.lines: list[Ints] | None = []
@@ -376,21 +378,14 @@ class _Builder:
             raise self.error(f"entry {k} ({show(table[k])}) of the table {key!r} is used by no row "
                              f"(a table holds only the entries its frame's rows use)")
 
-    def _data(self, cols: dict[str, Any], count: int, types: Ints) -> list[Any]:
-        """The stored arrays of a VARS/RECS frame (read-only views), checked against DATA frames;
-        every byte of a bool value must be 0 or 1 (numpy would show other bytes as True but
-        compute with them as they are: `x == True` and `x.view(np.uint8)` would disagree)."""
-        arrays = self._arrays(cols, count, types)
-        avals = self.types
-        bools = {t for t in set(types.tolist()) if avals[t][1].kind == "b"}
-        if bools:
-            for row, t in enumerate(types.tolist()):
-                if t in bools and arrays[row].size and int(arrays[row].view(np.uint8).max()) > 1:
-                    raise self.error(f"row {row}: a bool value holds a byte other than 0 or 1")
-        return arrays
-
-    def _arrays(self, cols: dict[str, Any], count: int, types: Ints) -> list[Any]:
-        """The stored arrays of a VARS/RECS frame (read-only views), checked against DATA frames."""
+    def _data(self, cols: dict[str, Any], count: int, types: Ints, into: dict[str, list[Any]]) -> None:
+        """Check the data references of a VARS/RECS frame's stored values and append them to
+        `into` (its "offsets" and, keyed by row among all of `into`'s rows, its "copies"): each an
+        aligned range inside an earlier DATA frame (0 for an empty array), or pieces of several
+        (copied once into a read-only array).  No array is made for a value that is not copied
+        (`StoredValues` makes it when it is read), except to check that every byte of a bool value
+        is 0 or 1 (numpy would show other bytes as True but compute with them as they are:
+        `x == True` and `x.view(np.uint8)` would disagree)."""
         offsets = self._column(cols, "data", "<i8", count)
         chunked: dict[int, Any] = {}
         if "chunks" in cols:
@@ -403,56 +398,34 @@ class _Builder:
                     raise self.error(f"a 'chunks' entry must be [row, [offset, length, ...]] for a row marked -2, "
                                      f"got {show(item)}")
                 chunked[item[0]] = item[1]
-        sizes = self._nbytes
         if count:
-            self.limits.check("max_array_bytes", max(sizes[t] for t in set(types.tolist())),
+            self.limits.check("max_array_bytes", max(self._nbytes[t] for t in set(types.tolist())),
                               "the payload of one array in bytes")
-        buf, avals, starts, ends = self.buf, self.types, self.data_starts, self.data_ends
-        last = (starts[-1], ends[-1]) if starts else (0, -1)
-        if count > 1 and not chunked:
-            rows = self._rows(offsets, types, last)
-            if rows is not None:
-                return rows
-        arrays = []
-        for row, (off, t) in enumerate(zip(offsets.tolist(), types.tolist(), strict=True)):
-            shape, dt = avals[t]
-            nbytes = sizes[t]
-            if off > 0 and nbytes and not off % ALIGN:  # an aligned range inside an earlier DATA frame
-                if not last[0] <= off or off + nbytes > last[1]:  # usually the frame just before
-                    j = bisect.bisect_right(starts, off) - 1
-                    if j < 0 or off + nbytes > ends[j]:
-                        raise self._bad_reference(row, off, nbytes)
-                arrays.append(np.ndarray(shape, dtype=dt, buffer=buf, offset=off))
-            elif off == 0 and not nbytes:
-                empty = np.zeros(shape, dtype=dt)
-                empty.flags.writeable = False
-                arrays.append(empty)
-            elif off == CHUNKED:
-                if row not in chunked:
-                    raise self.error(f"row {row} is marked as chunked (-2) but has no 'chunks' entry")
-                arrays.append(self._array(chunked[row], shape, dt, nbytes))
-            else:
-                raise self._bad_reference(row, off, nbytes)
-        return arrays
-
-    def _rows(self, offsets: Ints, types: Ints, last: tuple[int, int]) -> list[Any] | None:
-        """The arrays of a frame whose values (of at least one dimension) all have one type and lie
-        at evenly spaced aligned offsets in the last DATA frame (what tapegrad writes for a batch of
-        one type), as the rows of one strided view; None for any other frame (`_data` then reads it
-        row by row, with the same checks)."""
-        t = int(types[0])
-        shape, dt = self.types[t]
-        nbytes = self._nbytes[t]
-        if not shape or not nbytes or np.any(types != t):
-            return None
-        first = int(offsets[0])
-        step = int(offsets[1]) - first  # (Python ints: offsets from a file may be anything)
-        if (step < nbytes or step % ALIGN or first % ALIGN or not last[0] <= first
-                or first + step * (len(offsets) - 1) + nbytes > last[1]
-                or np.any(offsets != first + step * np.arange(len(offsets)))):
-            return None
-        inner = np.ndarray(shape, dtype=dt, buffer=self.buf, offset=first).strides
-        return list(np.ndarray((len(offsets), *shape), dtype=dt, buffer=self.buf, offset=first, strides=(step, *inner)))
+        nbytes = np.array(self._nbytes, dtype=np.int64)[types]  # (each within max_array_bytes now)
+        starts, ends = np.array(self.data_starts, dtype=np.int64), np.array(self.data_ends, dtype=np.int64)
+        frame = np.searchsorted(starts, offsets, side="right") - 1  # the DATA frame an offset falls in
+        inside = (offsets > 0) & (offsets % ALIGN == 0) & (frame >= 0) & (
+            offsets <= (ends[frame] if len(ends) else 0) - nbytes)  # (no overflow: file offsets may be anything)
+        good = np.where(nbytes > 0, inside, offsets == 0)
+        if chunked:
+            good[list(chunked)] = True
+        if not good.all():
+            row = int(np.argmin(good))
+            if offsets[row] == CHUNKED:
+                raise self.error(f"row {row} is marked as chunked (-2) but has no 'chunks' entry")
+            raise self._bad_reference(row, int(offsets[row]), int(nbytes[row]))
+        first = sum(map(len, into["offsets"]))
+        for row, ref in sorted(chunked.items()):
+            shape, dt = self.types[int(types[row])]
+            into["copies"][first + row] = self._array(ref, shape, dt, int(nbytes[row]))
+        bools = [t for t in set(types.tolist()) if self.types[t][1].kind == "b"]
+        for row in np.flatnonzero(np.isin(types, bools)).tolist() if bools else ():
+            shape, dt = self.types[int(types[row])]
+            off = int(offsets[row])
+            value = into["copies"][first + row] if off < 0 else np.ndarray(shape, dtype=dt, buffer=self.buf, offset=off)
+            if value.size and int(value.view(np.uint8).max()) > 1:
+                raise self.error(f"row {row}: a bool value holds a byte other than 0 or 1")
+        into["offsets"].append(offsets)
 
     def _bad_reference(self, row: int, off: int, nbytes: int) -> TapeFormatError:
         return self.error(f"row {row}: the data reference {off} for {nbytes} bytes is not a 64-aligned range "
@@ -524,7 +497,7 @@ class _Builder:
                     or type(item[1]) is not str:
                 raise self.error(f"a 'names' entry must be [row, name], got {show(item)}")
         if stored:
-            self.leaf["values"] += self._data(cols, count, types)
+            self._data(cols, count, types, self.leaf)
         self._define(ids)
         self.leaf["id"].append(ids)
         self.leaf["frame"].append(np.full(count, self.frames, dtype=np.int64))
@@ -562,7 +535,7 @@ class _Builder:
                              f"values={self.mode!r}")
         self._sources(cols, count)
         if stored:
-            self.rec["values"] += self._data(cols, count, types)
+            self._data(cols, count, types, self.rec)
         self._define(output)
         self.records += count
         rec = self.rec
@@ -623,11 +596,12 @@ class _Builder:
         assert self.header is not None
         leaf, rec = self.leaf, self.rec
         cols = self.cols
-        for key in ("id", "type", "const", "frame"):
-            cols["leaf_" + key] = _cat(leaf[key])
+        self.ids = set()  # (only taking frames needs the set of defined ids: its memory goes now)
+        for key in ("id", "type", "const", "frame"):  # (each frame's columns go once joined, too)
+            cols["leaf_" + key] = _cat(leaf.pop(key))
         for key in ("op", "attr", "nin", "inputs", "output", "type"):
-            cols[key] = _cat(rec[key])
-        cols["rec_frame"] = _cat(rec["frame"])
+            cols[key] = _cat(rec.pop(key))
+        cols["rec_frame"] = _cat(rec.pop("frame"))
         self._leaves_before_use()
         leaves = cols["leaf_id"].tolist()
         outs = cols["output"].tolist()
@@ -635,16 +609,18 @@ class _Builder:
         if outs:
             records = _assemble(_objects(self.ops)[cols["op"]], _objects(self.attrs)[cols["attr"]], outs,
                                 cols["inputs"], cols["nin"])
-        values: dict[int, Any] = {}
         avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}
         if self.mode == "none":
             avals.update(zip(leaves, _objects(self.types)[cols["leaf_type"]].tolist(), strict=True))
-        else:
-            values.update(zip(leaves, leaf["values"], strict=True))
-        if self.mode == "all":
-            values.update(zip(outs, rec["values"], strict=True))
-        elif outs:
+        if self.mode != "all" and outs:
             avals.update(zip(outs, _objects(self.types)[cols["type"]].tolist(), strict=True))
+        # The stored values: the leaves' rows, then the records' (values="all")
+        parts = [leaf] if self.mode == "inputs" else [leaf, rec] if self.mode == "all" else []
+        ids = [cols["leaf_id"], cols["output"]][:len(parts)]
+        copies = dict(leaf["copies"])
+        copies.update((len(cols["leaf_id"]) + row, value) for row, value in rec["copies"].items())
+        values = StoredValues(_cat(ids), _cat([_cat(p["offsets"]) for p in parts]),
+                              _cat([cols["leaf_type"], cols["type"]][:len(parts)]), self.types, self.buf, copies)
         sources = None
         if self.lines is not None and self.records and len(self.files) == self.records:
             sources = self.files, _cat(self.lines).tolist()
