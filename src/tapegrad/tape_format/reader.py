@@ -603,12 +603,15 @@ class _Builder:
             cols[key] = _cat(rec.pop(key))
         cols["rec_frame"] = _cat(rec.pop("frame"))
         self._leaves_before_use()
-        leaves = cols["leaf_id"].tolist()
-        outs = cols["output"].tolist()
+        del cols["rec_frame"]
+        shared = _Interned(cols["leaf_id"], cols["output"])
+        leaves = shared.objects(cols["leaf_id"]).tolist()
+        outs = shared.objects(cols["output"]).tolist()
         records: list[RawRecord] = []
         if outs:
-            records = _assemble(_objects(self.ops)[cols["op"]], _objects(self.attrs)[cols["attr"]], outs,
-                                cols["inputs"], cols["nin"])
+            records = _assemble(_objects(self.ops)[cols["op"]], _objects(self.attrs)[cols["attr"]],
+                                shared.objects(cols["output"]), shared.objects(cols["inputs"]), cols["nin"])
+        del shared
         avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}
         if self.mode == "none":
             avals.update(zip(leaves, _objects(self.types)[cols["leaf_type"]].tolist(), strict=True))
@@ -666,25 +669,44 @@ def _objects(items: Sequence[Any]) -> Any:
     return np.fromiter(items, dtype=object, count=len(items))
 
 
-def _assemble(names: Any, attrs: Any, outs: list[int], inputs: Ints, nin: Ints) -> list[RawRecord]:
-    """Records (op, attrs, output, *inputs) from per-record columns (`names`, `attrs`: object
-    arrays) and the flat `inputs`, built by `zip` over columns, one group of equal arity at a time."""
+class _Interned:
+    """One Python int per variable id, which every record naming that id shares (a fresh int per
+    mention, as `tolist()` makes them, would cost 32 bytes each)."""
+
+    def __init__(self, leaf_ids: Ints, outputs: Ints) -> None:
+        self.ids = np.sort(np.concatenate([leaf_ids, outputs]))
+        self.ints = self.ids.astype(object)
+
+    def objects(self, column: Ints) -> Any:
+        """The ints of the ids in `column`, as an object array (an id no variable has, which
+        validation then rejects, gets an int of its own)."""
+        at, found = locate(self.ids, column)
+        out = self.ints[at]
+        if not found.all():
+            out[~found] = column[~found].astype(object)
+        return out
+
+
+def _assemble(names: Any, attrs: Any, outs: Any, inputs: Any, nin: Ints) -> list[RawRecord]:
+    """Records (op, attrs, output, *inputs) from per-record columns (object arrays `names`,
+    `attrs`, `outs`) and the flat object array `inputs`, built by `zip` over columns, one group of
+    equal arity at a time."""
     n = len(outs)
     if not n:
         return []
     widest = int(nin.max())
     if int(nin.min()) == widest:  # the usual case for a frame of one op kind, or of all-unary ops
-        return list(zip(names.tolist(), attrs.tolist(), outs, *inputs.reshape(n, widest).T.tolist(), strict=True))
+        return list(zip(names.tolist(), attrs.tolist(), outs.tolist(), *inputs.reshape(n, widest).T.tolist(),
+                        strict=True))
     starts = np.cumsum(nin) - nin
     order = np.argsort(nin.astype(np.uint16) if widest < 1 << 16 else nin, kind="stable")  # a radix sort
     arity = nin[order]
     edges = [0, *(np.flatnonzero(arity[1:] != arity[:-1]) + 1).tolist(), n]
-    out_objects = _objects(outs)
     records = np.empty(n, dtype=object)
     for lo, hi in pairwise(edges):
         rows = order[lo:hi]
         block = inputs[starts[rows, None] + np.arange(int(arity[lo]))]  # one row of input ids per record
-        records[rows] = np.fromiter(zip(names[rows].tolist(), attrs[rows].tolist(), out_objects[rows].tolist(),
+        records[rows] = np.fromiter(zip(names[rows].tolist(), attrs[rows].tolist(), outs[rows].tolist(),
                                         *block.T.tolist(), strict=True), dtype=object, count=hi - lo)
     return records.tolist()  # type: ignore[no-any-return]
 
