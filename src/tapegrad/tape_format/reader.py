@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress, pairwise
+from operator import itemgetter
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
@@ -40,7 +41,7 @@ import numpy as np
 from ..collector import no_gc
 from ..dtypes import DTYPES
 from ..errors import LimitError, TapeFormatError, TapegradError, TruncatedTapeError, escape, show
-from ..tape import ERROR_MESSAGE_BYTES, ERROR_TYPE_BYTES, VALUE_MODES, RawRecord, Tape
+from ..tape import ERROR_MESSAGE_BYTES, ERROR_TYPE_BYTES, OUTPUT, VALUE_MODES, RawRecord, Tape
 from .common import AvalTable, Ints, check_plain
 from .frames import (
     ALIGN,
@@ -62,7 +63,7 @@ from .frames import (
 from .limits import DEFAULT_LIMITS, Limits
 from .sources import Source
 from .stored import StoredValues
-from .validate import Graph, locate, validate
+from .validate import Graph, Locator, locate, validated
 
 
 class TapeRecoveryWarning(UserWarning):
@@ -119,8 +120,7 @@ def _read(source: Source, *, recover: bool, verify: bool, limits: Limits) -> Tap
         # (no stop: the scanner ended just after the footer, which `builder.take` accepted)
     finally:
         source.close()
-    tape = builder.build()
-    validate(tape, limits, graph=builder.graph())
+    tape = validated(builder.graph(), builder.build, limits)
     tape.recovery = recovery
     tape.error = builder.raised
     if recovery is not None:
@@ -591,37 +591,40 @@ class _Builder:
                 self.names[vid] = name
 
     # -- the tape --
-    def build(self) -> Tape:
-        """The tape of the frames taken (not validated yet)."""
+    def graph(self) -> Graph:
+        """The graph of the frames taken, as columns (what `validate.check` checks before `build`
+        makes the tape); raises `TapeFormatError` for a leaf a record uses before its VARS frame."""
         assert self.header is not None
-        leaf, rec = self.leaf, self.rec
-        cols = self.cols
+        leaf, rec, cols = self.leaf, self.rec, self.cols
         self.ids = set()  # (only taking frames needs the set of defined ids: its memory goes now)
         for key in ("id", "type", "const", "frame"):  # (each frame's columns go once joined, too)
             cols["leaf_" + key] = _cat(leaf.pop(key))
-        for key in ("op", "attr", "nin", "inputs", "output", "type"):
+        for key in ("op", "attr", "nin", "inputs", "output", "type", "frame"):
             cols[key] = _cat(rec.pop(key))
-        cols["rec_frame"] = _cat(rec.pop("frame"))
         self._leaves_before_use()
-        del cols["rec_frame"]
-        shared = _Interned(cols["leaf_id"], cols["output"])
-        leaves = shared.objects(cols["leaf_id"]).tolist()
-        outs = shared.objects(cols["output"]).tolist()
-        records: list[RawRecord] = []
-        if outs:
-            records = _assemble(_objects(self.ops)[cols["op"]], _objects(self.attrs)[cols["attr"]],
-                                shared.objects(cols["output"]), shared.objects(cols["inputs"]), cols["nin"])
-        del shared
+        del cols["leaf_frame"], cols["frame"]
+        return Graph(types=self.types, leaf_ids=cols["leaf_id"], leaf_type=cols["leaf_type"], ops=self.ops,
+                     op=cols["op"], attrs=self.attrs, attr=cols["attr"], nin=cols["nin"], inputs=cols["inputs"],
+                     output=cols["output"], out_type=cols["type"])
+
+    def build(self) -> Tape:
+        """The tape of the graph `graph()` joined (not validated here: `validate.validated` calls
+        this)."""
+        assert self.header is not None
+        cols = self.cols
+        interned = _Interned(cols["leaf_id"], cols["output"])
+        leaves = interned.ints(cols["leaf_id"]).tolist()
+        records = _assemble(_objects(self.ops), _objects(self.attrs), cols, interned)
         avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}
         if self.mode == "none":
             avals.update(zip(leaves, _objects(self.types)[cols["leaf_type"]].tolist(), strict=True))
-        if self.mode != "all" and outs:
-            avals.update(zip(outs, _objects(self.types)[cols["type"]].tolist(), strict=True))
+        if self.mode != "all" and records:
+            avals.update(zip(map(itemgetter(OUTPUT), records), _objects(self.types)[cols["type"]].tolist(), strict=True))
         # The stored values: the leaves' rows, then the records' (values="all")
-        parts = [leaf] if self.mode == "inputs" else [leaf, rec] if self.mode == "all" else []
+        parts = [self.leaf] if self.mode == "inputs" else [self.leaf, self.rec] if self.mode == "all" else []
         ids = [cols["leaf_id"], cols["output"]][:len(parts)]
-        copies = dict(leaf["copies"])
-        copies.update((len(cols["leaf_id"]) + row, value) for row, value in rec["copies"].items())
+        copies = dict(self.leaf["copies"])
+        copies.update((len(cols["leaf_id"]) + row, value) for row, value in self.rec["copies"].items())
         values = StoredValues(_cat(ids), _cat([_cat(p["offsets"]) for p in parts]),
                               _cat([cols["leaf_type"], cols["type"]][:len(parts)]), self.types, self.buf, copies)
         sources = None
@@ -640,7 +643,7 @@ class _Builder:
             return
         order = np.argsort(leaf_ids, kind="stable")
         at, found = locate(leaf_ids[order], inputs)
-        late = found & (c["leaf_frame"][order][at] > np.repeat(c["rec_frame"], c["nin"]))
+        late = found & (c["leaf_frame"][order][at] > np.repeat(c["frame"], c["nin"]))
         if late.any():
             k = int(np.argmax(late))
             n = int(np.searchsorted(np.cumsum(c["nin"]), k, side="right"))
@@ -648,13 +651,6 @@ class _Builder:
             raise TapeFormatError(f"record {n} ({escape(self.ops[int(c['op'][n])], 60)}) uses leaf v{vid}, which a later "
                                   f"VARS frame (frame {int(c['leaf_frame'][order][at[k]]) - 1}) defines: a leaf must "
                                   f"be defined before any RECS row uses it")
-
-    def graph(self) -> Graph:
-        """The graph of the tape `build` made, as columns."""
-        c = self.cols
-        return Graph(types=self.types, leaf_ids=c["leaf_id"], leaf_type=c["leaf_type"], ops=self.ops, op=c["op"],
-                     attrs=self.attrs, attr=c["attr"], nin=c["nin"], inputs=c["inputs"], output=c["output"],
-                     out_type=c["type"])
 
 
 def _cat(parts: list[Ints]) -> Ints:
@@ -670,30 +666,46 @@ def _objects(items: Sequence[Any]) -> Any:
 
 
 class _Interned:
-    """One Python int per variable id, which every record naming that id shares (a fresh int per
+    """One Python int per variable id, shared by every record that names the id (a fresh int per
     mention, as `tolist()` makes them, would cost 32 bytes each)."""
 
     def __init__(self, leaf_ids: Ints, outputs: Ints) -> None:
-        self.ids = np.sort(np.concatenate([leaf_ids, outputs]))
-        self.ints = self.ids.astype(object)
+        ids = np.sort(np.concatenate([leaf_ids, outputs]))
+        self.locate = Locator(ids)
+        self.objects = ids.astype(object)
 
-    def objects(self, column: Ints) -> Any:
+    def ints(self, column: Ints) -> Any:
         """The ints of the ids in `column`, as an object array (an id no variable has, which
-        validation then rejects, gets an int of its own)."""
-        at, found = locate(self.ids, column)
-        out = self.ints[at]
+        validation rejects, gets an int of its own)."""
+        at, found = self.locate(column)
+        out = self.objects[at]
         if not found.all():
             out[~found] = column[~found].astype(object)
         return out
 
 
-def _assemble(names: Any, attrs: Any, outs: Any, inputs: Any, nin: Ints) -> list[RawRecord]:
-    """Records (op, attrs, output, *inputs) from per-record columns (object arrays `names`,
-    `attrs`, `outs`) and the flat object array `inputs`, built by `zip` over columns, one group of
-    equal arity at a time."""
+_CHUNK = 1 << 15  # records assembled at a time: the work arrays of `_assemble` stay small
+
+
+def _assemble(ops: Any, attrs: Any, cols: dict[str, Ints], interned: _Interned) -> list[RawRecord]:
+    """Records (op, attrs, output, *inputs) from the record columns `cols` ("op" and "attr" index
+    the object arrays `ops` and `attrs`), their ids `interned`; built by `zip` over columns, a
+    chunk of records and in it one group of equal arity at a time."""
+    nin = cols["nin"]
+    ends = np.cumsum(nin)
+    records: list[RawRecord] = []
+    for lo in range(0, len(nin), _CHUNK):
+        hi = min(lo + _CHUNK, len(nin))
+        first = int(ends[lo - 1]) if lo else 0
+        records += _chunk(ops[cols["op"][lo:hi]], attrs[cols["attr"][lo:hi]], interned.ints(cols["output"][lo:hi]),
+                          interned.ints(cols["inputs"][first:int(ends[hi - 1])]), nin[lo:hi])
+    return records
+
+
+def _chunk(names: Any, attrs: Any, outs: Any, inputs: Any, nin: Ints) -> list[RawRecord]:
+    """`_assemble` for one chunk: object arrays of per-record `names`, `attrs`, `outs` and the
+    flat `inputs`."""
     n = len(outs)
-    if not n:
-        return []
     widest = int(nin.max())
     if int(nin.min()) == widest:  # the usual case for a frame of one op kind, or of all-unary ops
         return list(zip(names.tolist(), attrs.tolist(), outs.tolist(), *inputs.reshape(n, widest).T.tolist(),
