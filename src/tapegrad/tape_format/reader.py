@@ -120,7 +120,7 @@ def _read(source: Source, *, recover: bool, verify: bool, limits: Limits) -> Tap
         # (no stop: the scanner ended just after the footer, which `builder.take` accepted)
     finally:
         source.close()
-    tape = validated(builder.graph(), builder.build, limits)
+    tape = validated(builder.records + builder.variables, builder.graph, builder.build, limits)
     tape.recovery = recovery
     tape.error = builder.raised
     if recovery is not None:
@@ -200,7 +200,7 @@ class _Builder:
         self.names: dict[int, str] = {}
         self.files: list[str] = []  # source file and line of each record, while all records have one
         self.lines: list[Ints] | None = []
-        self.cols: dict[str, Ints] = {}
+        self.cols: dict[str, Any] = {}  # the frames' columns joined (`_join`), narrow
         self._frame: Frame | None = None
 
     # -- errors --
@@ -499,9 +499,9 @@ class _Builder:
         if stored:
             self._data(cols, count, types, self.leaf)
         self._define(ids)
-        self.leaf["id"].append(ids)
-        self.leaf["frame"].append(np.full(count, self.frames, dtype=np.int64))
-        self.leaf["type"].append(types)
+        self.leaf["id"].append(_narrow(ids))
+        self.leaf["frame"].append(np.full(count, self.frames, dtype=_NARROW))
+        self.leaf["type"].append(_narrow(types))
         self.leaf["const"].append(np.frombuffer(const, dtype=np.uint8))
         self.names.update((int(ids[row]), name) for row, name in names)
 
@@ -539,14 +539,14 @@ class _Builder:
         self._define(output)
         self.records += count
         rec = self.rec
-        rec["op"].append(op)
-        rec["attr"].append(attr)
+        rec["op"].append(_narrow(op))
+        rec["attr"].append(_narrow(attr))
         self.attrs += table
-        rec["nin"].append(nin)
-        rec["inputs"].append(inputs)
-        rec["output"].append(output)
-        rec["type"].append(types)
-        rec["frame"].append(np.full(count, self.frames, dtype=np.int64))
+        rec["nin"].append(_narrow(nin))
+        rec["inputs"].append(_narrow(inputs))
+        rec["output"].append(_narrow(output))
+        rec["type"].append(_narrow(types))
+        rec["frame"].append(np.full(count, self.frames, dtype=_NARROW))
 
     def _op_id(self, name: str) -> int:
         """The tape-wide index of an op name (names are only ever keys; `validate` looks them up)."""
@@ -572,7 +572,7 @@ class _Builder:
         lines = self._column(cols, "line", "<u4", count)
         if self.lines is not None:
             self.files += names.tolist()
-            self.lines.append(lines)
+            self.lines.append(_narrow(lines))
 
     def _names(self, obj: Any) -> None:
         if type(obj) is not tuple:
@@ -591,27 +591,33 @@ class _Builder:
                 self.names[vid] = name
 
     # -- the tape --
-    def graph(self) -> Graph:
-        """The graph of the frames taken, as columns (what `validate.check` checks before `build`
-        makes the tape); raises `TapeFormatError` for a leaf a record uses before its VARS frame."""
+    def _join(self) -> dict[str, Any]:
+        """The columns of all frames taken, each joined into one (narrow) array, once; raises
+        `TapeFormatError` for a leaf that a record uses before its VARS frame."""
         assert self.header is not None
         leaf, rec, cols = self.leaf, self.rec, self.cols
-        self.ids = set()  # (only taking frames needs the set of defined ids: its memory goes now)
-        for key in ("id", "type", "const", "frame"):  # (each frame's columns go once joined, too)
-            cols["leaf_" + key] = _cat(leaf.pop(key))
-        for key in ("op", "attr", "nin", "inputs", "output", "type", "frame"):
-            cols[key] = _cat(rec.pop(key))
-        self._leaves_before_use()
-        del cols["leaf_frame"], cols["frame"]
-        return Graph(types=self.types, leaf_ids=cols["leaf_id"], leaf_type=cols["leaf_type"], ops=self.ops,
-                     op=cols["op"], attrs=self.attrs, attr=cols["attr"], nin=cols["nin"], inputs=cols["inputs"],
-                     output=cols["output"], out_type=cols["type"])
+        if not cols:
+            self.ids = set()  # (only taking frames needs the set of defined ids: its memory goes now)
+            for key in ("id", "type", "const", "frame"):  # (each frame's columns go once joined, too)
+                cols["leaf_" + key] = _cat(leaf.pop(key))
+            for key in ("op", "attr", "nin", "inputs", "output", "type", "frame"):
+                cols[key] = _cat(rec.pop(key))
+            self._leaves_before_use()
+            del cols["leaf_frame"], cols["frame"]
+        return cols
+
+    def graph(self) -> Graph:
+        """The graph of the frames taken, as int64 columns (new arrays: `validate.check` reads
+        them before `build` makes the tape, and they go when it is done)."""
+        c = {key: column.astype(np.int64) for key, column in self._join().items()}
+        return Graph(types=self.types, leaf_ids=c["leaf_id"], leaf_type=c["leaf_type"], ops=self.ops, op=c["op"],
+                     attrs=self.attrs, attr=c["attr"], nin=c["nin"], inputs=c["inputs"], output=c["output"],
+                     out_type=c["type"])
 
     def build(self) -> Tape:
-        """The tape of the graph `graph()` joined (not validated here: `validate.validated` calls
-        this)."""
+        """The tape of the frames taken (not validated here: `validate.validated` calls this)."""
         assert self.header is not None
-        cols = self.cols
+        cols = self._join()
         interned = _Interned(cols["leaf_id"], cols["output"])
         leaves = interned.ints(cols["leaf_id"]).tolist()
         records = _assemble(_objects(self.ops), _objects(self.attrs), cols, interned)
@@ -637,7 +643,7 @@ class _Builder:
     def _leaves_before_use(self) -> None:
         """A leaf is defined by a VARS frame before any RECS row uses it (docs/FORMAT.md 3):
         checked here, where frame order is known, for every way of loading alike."""
-        c = self.cols
+        c = {key: self.cols[key].astype(np.int64) for key in ("leaf_id", "leaf_frame", "inputs", "nin", "frame")}
         leaf_ids, inputs = c["leaf_id"], c["inputs"]
         if not len(leaf_ids) or not len(inputs):
             return
@@ -648,9 +654,9 @@ class _Builder:
             k = int(np.argmax(late))
             n = int(np.searchsorted(np.cumsum(c["nin"]), k, side="right"))
             vid = int(inputs[k])
-            raise TapeFormatError(f"record {n} ({escape(self.ops[int(c['op'][n])], 60)}) uses leaf v{vid}, which a later "
-                                  f"VARS frame (frame {int(c['leaf_frame'][order][at[k]]) - 1}) defines: a leaf must "
-                                  f"be defined before any RECS row uses it")
+            raise TapeFormatError(f"record {n} ({escape(self.ops[int(self.cols['op'][n])], 60)}) uses leaf v{vid}, which "
+                                  f"a later VARS frame (frame {int(c['leaf_frame'][order][at[k]]) - 1}) defines: a leaf "
+                                  f"must be defined before any RECS row uses it")
 
 
 def _cat(parts: list[Ints]) -> Ints:
@@ -658,6 +664,14 @@ def _cat(parts: list[Ints]) -> Ints:
 
 
 _NONE: Ints = np.zeros(0, dtype=np.int64)
+
+_NARROW = np.uint32
+"""The type of the columns a builder keeps (ids, counts, table indices, frame numbers, lines: all
+below 2**32), half the width of the int64 columns it checks them with."""
+
+
+def _narrow(column: Ints) -> Any:
+    return column.astype(_NARROW)
 
 
 def _objects(items: Sequence[Any]) -> Any:
@@ -677,6 +691,7 @@ class _Interned:
     def ints(self, column: Ints) -> Any:
         """The ints of the ids in `column`, as an object array (an id no variable has, which
         validation rejects, gets an int of its own)."""
+        column = column.astype(np.int64)
         at, found = self.locate(column)
         out = self.objects[at]
         if not found.all():
@@ -684,7 +699,7 @@ class _Interned:
         return out
 
 
-_CHUNK = 1 << 15  # records assembled at a time: the work arrays of `_assemble` stay small
+_CHUNK = 1 << 12  # records assembled at a time: the work arrays of `_assemble` stay small
 
 
 def _assemble(ops: Any, attrs: Any, cols: dict[str, Ints], interned: _Interned) -> list[RawRecord]:
@@ -692,13 +707,13 @@ def _assemble(ops: Any, attrs: Any, cols: dict[str, Ints], interned: _Interned) 
     the object arrays `ops` and `attrs`), their ids `interned`; built by `zip` over columns, a
     chunk of records and in it one group of equal arity at a time."""
     nin = cols["nin"]
-    ends = np.cumsum(nin)
+    ends = np.cumsum(nin, dtype=np.int64)
     records: list[RawRecord] = []
     for lo in range(0, len(nin), _CHUNK):
         hi = min(lo + _CHUNK, len(nin))
         first = int(ends[lo - 1]) if lo else 0
         records += _chunk(ops[cols["op"][lo:hi]], attrs[cols["attr"][lo:hi]], interned.ints(cols["output"][lo:hi]),
-                          interned.ints(cols["inputs"][first:int(ends[hi - 1])]), nin[lo:hi])
+                          interned.ints(cols["inputs"][first:int(ends[hi - 1])]), nin[lo:hi].astype(np.int64))
     return records
 
 

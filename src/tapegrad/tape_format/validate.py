@@ -88,21 +88,22 @@ def validate(tape: Tape, limits: Limits | None = None) -> None:
             raise TapeFormatError("the tape is inconsistent") from None  # explain() should have raised
 
 
-def validated(graph: Graph, build: Callable[[], Tape], limits: Limits) -> Tape:
-    """`build()`, the tape a loader makes from the columns `graph`, once `validate` would pass it.
+def validated(size: int, graph: Callable[[], Graph], build: Callable[[], Tape], limits: Limits) -> Tape:
+    """`build()`, the tape a loader makes from the columns `graph()`, once `validate` would pass it
+    (`size`: its records plus its variables).
 
-    The bulk pass is `check(graph)` alone (the loader vouches for the variable table), run
+    The bulk pass is `check(graph())` alone (the loader vouches for the variable table), run
     before `build()` makes the tape's records, so that a load never holds the check's work
-    arrays and the records at once.  `build` is called once; the reference pass runs on its tape
-    for small tapes and to name the problem the bulk pass found.
+    arrays (nor the graph's columns) and the records at once.  `build` is called once; the
+    reference pass runs on its tape for small tapes and to name the problem the bulk pass found.
     """
-    if 2 * len(graph.output) + len(graph.leaf_ids) < _SMALL:  # (records + variables, as `validate` counts)
+    if size < _SMALL:
         tape = build()
         explain(tape, limits)
         return tape
     with no_gc():
         try:
-            limits.check("max_total_elements", check(graph, limits), "the elements of all variables together")
+            limits.check("max_total_elements", check(graph(), limits), "the elements of all variables together")
         except Reject:
             explain(build(), limits)
             raise TapeFormatError("the tape is inconsistent") from None  # explain() should have raised
