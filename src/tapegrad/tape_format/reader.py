@@ -32,7 +32,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress, pairwise
-from operator import itemgetter
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
@@ -41,7 +40,7 @@ import numpy as np
 from ..collector import no_gc
 from ..dtypes import DTYPES
 from ..errors import LimitError, TapeFormatError, TapegradError, TruncatedTapeError, escape, show
-from ..tape import ERROR_MESSAGE_BYTES, ERROR_TYPE_BYTES, OUTPUT, VALUE_MODES, RawRecord, Tape
+from ..tape import ERROR_MESSAGE_BYTES, ERROR_TYPE_BYTES, VALUE_MODES, RawRecord, Tape
 from .common import AvalTable, Ints, check_plain
 from .frames import (
     ALIGN,
@@ -615,30 +614,39 @@ class _Builder:
                      out_type=c["type"])
 
     def build(self) -> Tape:
-        """The tape of the frames taken (not validated here: `validate.validated` calls this)."""
+        """The tape of the frames taken (not validated here: `validate.validated` calls this).
+        Columns go as soon as what they make is made, so that they and the records share the
+        peak memory of a load as little as possible."""
         assert self.header is not None
         cols = self._join()
+        values = self._values(cols)
+        types = _objects(self.types)
         interned = _Interned(cols["leaf_id"], cols["output"])
         leaves = interned.ints(cols["leaf_id"]).tolist()
-        records = _assemble(_objects(self.ops), _objects(self.attrs), cols, interned)
         avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}
         if self.mode == "none":
-            avals.update(zip(leaves, _objects(self.types)[cols["leaf_type"]].tolist(), strict=True))
-        if self.mode != "all" and records:
-            avals.update(zip(map(itemgetter(OUTPUT), records), _objects(self.types)[cols["type"]].tolist(), strict=True))
-        # The stored values: the leaves' rows, then the records' (values="all")
-        parts = [self.leaf] if self.mode == "inputs" else [self.leaf, self.rec] if self.mode == "all" else []
-        ids = [cols["leaf_id"], cols["output"]][:len(parts)]
-        copies = dict(self.leaf["copies"])
-        copies.update((len(cols["leaf_id"]) + row, value) for row, value in self.rec["copies"].items())
-        values = StoredValues(_cat(ids), _cat([_cat(p["offsets"]) for p in parts]),
-                              _cat([cols["leaf_type"], cols["type"]][:len(parts)]), self.types, self.buf, copies)
+            avals.update(zip(leaves, types[cols["leaf_type"]].tolist(), strict=True))
+        if self.mode != "all" and len(cols["output"]):
+            avals.update(zip(interned.ints(cols["output"]).tolist(), types[cols["type"]].tolist(), strict=True))
+        del cols["leaf_type"], cols["type"]
+        records = _assemble(_objects(self.ops), _objects(self.attrs), cols, interned)
+        del interned, cols["op"], cols["attr"], cols["nin"], cols["inputs"]
         sources = None
         if self.lines is not None and self.records and len(self.files) == self.records:
             sources = self.files, _cat(self.lines).tolist()
         return Tape.from_parts(self.mode, self.header["metadata"], leaves=leaves,
                                consts=set(compress(leaves, cols["leaf_const"].tolist())), records=records,
                                values=values, avals=avals, names=self.names, sources=sources)
+
+    def _values(self, cols: dict[str, Any]) -> StoredValues:
+        """The stored values: the leaves' rows, then the records' (values="all")."""
+        parts = [self.leaf] if self.mode == "inputs" else [self.leaf, self.rec] if self.mode == "all" else []
+        ids = [cols["leaf_id"], cols["output"]][:len(parts)]
+        copies = dict(self.leaf["copies"])
+        copies.update((len(cols["leaf_id"]) + row, value) for row, value in self.rec["copies"].items())
+        offsets = _cat([_cat(p.pop("offsets")) for p in parts])
+        return StoredValues(_cat(ids), offsets, _cat([cols["leaf_type"], cols["type"]][:len(parts)]), self.types,
+                            self.buf, copies)
 
     def _leaves_before_use(self) -> None:
         """A leaf is defined by a VARS frame before any RECS row uses it (docs/FORMAT.md 3):

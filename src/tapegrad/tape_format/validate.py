@@ -322,19 +322,20 @@ class Locator:
     """`locate` with `ids` fixed: the table (or sorted ids) is made once for any number of calls."""
 
     def __init__(self, ids: Ints) -> None:
-        self.ids = ids
+        self.count = len(ids)
         self.table: Ints | None = None
         self.low = int(ids[0]) if len(ids) else 0
         span = int(ids[-1]) - self.low + 1 if len(ids) else 0
         if len(ids) and span <= 4 * len(ids) + 1024:
             self.table = np.full(span, -1, dtype=np.int64)
             self.table[ids - self.low] = np.arange(len(ids))
+        self.ids = ids if self.table is None else None  # (the table path does not need them)
 
     def __call__(self, values: Ints) -> tuple[Ints, Any]:
         ids, table, low = self.ids, self.table, self.low
-        if not len(ids):
+        if not self.count:
             return np.zeros(len(values), dtype=np.int64), np.zeros(len(values), dtype=bool)
-        if table is None:
+        if ids is not None:
             at = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
             return at, ids[at] == values
         span = len(table)
