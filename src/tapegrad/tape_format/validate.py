@@ -335,7 +335,8 @@ class Locator:
         ids, table, low = self.ids, self.table, self.low
         if not self.count:
             return np.zeros(len(values), dtype=np.int64), np.zeros(len(values), dtype=bool)
-        if ids is not None:
+        if table is None:
+            assert ids is not None
             at = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
             return at, ids[at] == values
         span = len(table)
