@@ -152,6 +152,13 @@ class TapeSink(Protocol):
     def close(self) -> None: ...
 
 
+class TypedValues(Protocol):
+    """What a loaded tape's values mapping (`tape_format.stored.StoredValues`, the only `_values`
+    that is not a dict) adds: a value's shape and dtype without making its array."""
+
+    def shape_dtype(self, vid: int) -> tuple[tuple[int, ...], np.dtype[Any]] | None: ...
+
+
 class TapeParts(NamedTuple):
     """A tape's variable table and records as the tape holds them: internal ids, the tape's own
     containers (not copies; read them, never modify them).  See `Tape` for what each holds."""
@@ -420,8 +427,13 @@ class Tape:
         return where.co_filename, line
 
     def shape_dtype(self, vid: int) -> tuple[tuple[int, ...], np.dtype[Any]]:
-        """Shape and dtype of internal id `vid` (from its value, or the stored table)."""
-        value = self._values.get(vid)
+        """Shape and dtype of internal id `vid` (from its value, or the stored table); a loaded
+        tape's values (`TypedValues`) give them without making the value's array."""
+        values = self._values
+        if type(values) is not dict:
+            found = cast("TypedValues", values).shape_dtype(vid)
+            return self._avals[vid] if found is None else found
+        value = values.get(vid)
         if value is None:
             return self._avals[vid]
         return tuple(value.shape), value.dtype
@@ -569,14 +581,13 @@ class Tape:
         order, dense = self._ids()
         lo = dense[records[start - 1][OUTPUT]] + 1 if start > 0 else 0
         hi = len(order) if stop == count else dense[records[stop - 1][OUTPUT]] + 1 if stop > 0 else 0
-        values, avals, names, consts = self._values, self._avals, self._names, self._consts
+        values, names, consts = self._values, self._names, self._consts
         shown = short_paths(self.source_files())
         sources = self._sources_from(start)
         types: dict[Any, str] = {}
 
         def head(vid: int) -> str:
-            value = values.get(vid)
-            key = avals[vid] if value is None else (value.shape, value.dtype)
+            key = self.shape_dtype(vid)
             typ = types.get(key)
             if typ is None:
                 typ = types[key] = aval(*key)

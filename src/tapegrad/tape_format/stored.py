@@ -92,6 +92,12 @@ class StoredValues(MutableMapping[int, Any]):
         for start in range(0, len(ids), 4096):  # a block at a time: no list of every id at once
             yield from ids[start:start + 4096].tolist()
 
+    def shape_dtype(self, vid: int) -> tuple[tuple[int, ...], np.dtype[Any]] | None:
+        """(shape, dtype) of the value of `vid` without making its array; None if it has none
+        (`tape.TypedValues`)."""
+        row = self._row(vid)
+        return None if row < 0 else self._table[self._types.item(row)]
+
     def __setitem__(self, vid: int, value: Any) -> None:
         raise TapegradError("a loaded tape's values are read-only")
 
