@@ -502,9 +502,13 @@ class Tape:
         vid = self.resolve(ref)
         if vid in self._shared:
             self.check_shared()
-        if vid not in self._values:
+        values = self._values
+        value = values.get(vid)
+        if value is None:
             raise TapegradError(f"v{self.dense_ids()[vid]} has no stored value on this tape (values={self.values_mode!r})")
-        v = self._values[vid].view()
+        if type(values) is not dict:
+            return value  # a loaded tape's (`TypedValues`): made for this read, read-only already
+        v = value.view()
         v.flags.writeable = False
         return v
 

@@ -455,9 +455,8 @@ class _Builder:
             off, n = ref[k], ref[k + 1]
             flat[pos:pos + n] = np.frombuffer(self.buf, dtype=np.uint8, count=n, offset=off)
             pos += n
-        arr = flat.view(dt).reshape(shape)
-        arr.flags.writeable = False
-        return arr
+        flat.flags.writeable = False  # (so that no view of it can be made writeable again)
+        return flat.view(dt).reshape(shape)
 
     def _define(self, ids: Ints) -> None:
         """Record the variables a frame defines: each exactly once (single assignment)."""
