@@ -228,6 +228,7 @@ class Tape:
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._records: list[RawRecord] = []
         self._values: MutableMapping[int, Any] = {}  # id -> ndarray (C-contiguous)
+        self._typed: TypedValues | None = None  # `_values` again when it is a loaded tape's (not a dict)
         self._avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}  # ids without a value
         self._names: dict[int, str] = {}
         self._consts: set[int] = set()
@@ -270,6 +271,7 @@ class Tape:
         tape._consts = consts
         tape._records = records
         tape._values = values
+        tape._typed = None if type(values) is dict else cast("TypedValues", values)
         tape._avals = avals
         tape._names = names
         if sources is not None:
@@ -429,11 +431,11 @@ class Tape:
     def shape_dtype(self, vid: int) -> tuple[tuple[int, ...], np.dtype[Any]]:
         """Shape and dtype of internal id `vid` (from its value, or the stored table); a loaded
         tape's values (`TypedValues`) give them without making the value's array."""
-        values = self._values
-        if type(values) is not dict:
-            found = cast("TypedValues", values).shape_dtype(vid)
+        typed = self._typed
+        if typed is not None:
+            found = typed.shape_dtype(vid)
             return self._avals[vid] if found is None else found
-        value = values.get(vid)
+        value = self._values.get(vid)
         if value is None:
             return self._avals[vid]
         return tuple(value.shape), value.dtype
@@ -506,7 +508,7 @@ class Tape:
         value = values.get(vid)
         if value is None:
             raise TapegradError(f"v{self.dense_ids()[vid]} has no stored value on this tape (values={self.values_mode!r})")
-        if type(values) is not dict:
+        if self._typed is not None:
             return value  # a loaded tape's (`TypedValues`): made for this read, read-only already
         v = value.view()
         v.flags.writeable = False

@@ -64,10 +64,11 @@ class StoredValues(MutableMapping[int, Any]):
     def _row(self, vid: Any) -> int:
         """The row of id `vid`, or -1 if it has no value here."""
         rows = self._rows
-        if type(vid) is not int:
-            if not isinstance(vid, np.integer):
-                return -1
-            vid = int(vid)
+        if type(vid) is int and type(rows) is array:  # the usual case, first (replay plans ask per id)
+            return rows[vid] if 0 <= vid < len(rows) else -1
+        if not isinstance(vid, (int, np.integer)):
+            return -1
+        vid = int(vid)
         if type(rows) is dict:
             return rows.get(vid, -1)
         return rows[vid] if 0 <= vid < len(rows) else -1
@@ -76,13 +77,14 @@ class StoredValues(MutableMapping[int, Any]):
         row = self._row(vid)
         if row < 0:
             raise KeyError(vid)
-        slot = self._slots[row]
-        return self._copies[row][...] if slot < 0 else self._views[self._types[row]][slot, ...]
+        return self._array(row)
 
     def get(self, vid: Any, default: Any = None) -> Any:
         row = self._row(vid)
-        if row < 0:
-            return default
+        return default if row < 0 else self._array(row)
+
+    def _array(self, row: int) -> Any:
+        """A new read-only array of the value in `row`."""
         slot = self._slots[row]
         return self._copies[row][...] if slot < 0 else self._views[self._types[row]][slot, ...]
 
