@@ -194,7 +194,9 @@ class Tape:
     - `_records`: `RawRecord`s `(op, attrs, output, *inputs)` in tape order, a topological
       order: every input is a leaf or the output of an earlier record, every output is assigned
       once and is no leaf, and outputs increase in tape order.
-    - `_values`: id -> value (a C-contiguous ndarray); `_avals`: id -> (shape, dtype) for the ids
+    - `_values`: id -> value (a C-contiguous ndarray): a dict while recording; a loaded tape's
+      is a read-only `TypedValues` mapping (`tape_format.stored.StoredValues`, also kept as
+      `_typed`) that makes each array when it is read; `_avals`: id -> (shape, dtype) for the ids
       without a value.  Every leaf and every output has exactly one of the two, and no other id
       has either.  A recording holds every value (`_avals` is empty).
     - `_names`: id -> name, for variables of the tape only.  Names need not be unique (lookup by

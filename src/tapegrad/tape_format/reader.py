@@ -2,8 +2,8 @@
 
 Contract:
 - `read(source, recover=, verify=, limits=)` parses the container (`frames`), decodes
-  every frame with msgpack under strict limits, builds a `Tape` (`Tape.from_parts`) and runs
-  `validate.validate` on it before returning it; nothing unvalidated ever leaves this module.  Frames are decoded into
+  every frame with msgpack under strict limits, checks the graph's columns (`validate.validated`)
+  and builds a `Tape` (`Tape.from_parts`); nothing unvalidated ever leaves this module.  Frames are decoded into
   numpy columns (ids, op, attribute and type codes into tape-wide tables), from which the records
   are built a group of equal arity at a time and which `validate.check` validates in bulk.
 - Only `TapegradError` subclasses escape for bad content: `TruncatedTapeError` for a tape that
@@ -13,11 +13,15 @@ Contract:
 - Nothing from the file is executed or used as an attribute name: op names are looked up in
   `REGISTRY` (by `validate`), dtypes are matched as exact strings against `DTYPES` before any
   `np.dtype` call, no pickle, no eval.
-- Memory: the tape's bytes are read once into one buffer (or mapped); stored arrays are read-only
-  zero-copy views into it, except arrays split over several chunks (arrays over 4 GiB, or files of
-  older writers), which are copied once.  Every length and count is checked against the bytes
-  present and the limits before use, so memory is bounded by about 2x the file size plus a few
-  hundred bytes per record.
+- Memory: the tape's bytes are read once into one buffer (or mapped); the tape's values are a
+  `stored.StoredValues` over it (offsets and types in columns: each value's read-only zero-copy
+  view is made when it is read), except arrays split over several chunks (arrays over 4 GiB, or
+  files of older writers), which are copied once.  Frames' columns are kept narrow (uint32); the
+  bulk validation runs on int64 copies before the records are built (`validate.validated`), and
+  the records (sharing one int per variable id) are built a chunk at a time, each column let go
+  once used.  Every length and count is checked against the bytes present and the limits before
+  use, so memory is bounded by the file size plus the largest chunked array plus about 200 bytes
+  per record: under 3x the file size for a tape of tiny values (`tests/test_format_stored.py`).
 - Recover mode returns the tape made of the whole frames before the first damaged one (a crash
   leaves whole records) and reports what it dropped in `tape.recovery` (a `Recovery`) and with a
   `TapeRecoveryWarning`; a strict load of a complete tape sets `tape.recovery = None`.
