@@ -65,6 +65,8 @@ def test_values_made_on_read_are_read_only_views_equal_to_the_recording(how: str
         assert a is not b and not a.flags.writeable and not b.flags.writeable
         with pytest.raises(ValueError):
             a[...] = 0
+        with pytest.raises(ValueError):
+            a.flags.writeable = True
         np.testing.assert_array_equal(a, recorded.value(vid))
         assert loaded.shape_dtype(vid) == (a.shape, a.dtype)
     with pytest.raises(tg.TapegradError, match="read-only"):
