@@ -10,7 +10,8 @@ with stdout going to /dev/null:
 - `nan FILE`: the forward scan of the stored values and a checked reverse pass.
 For each: wall time (the median of --repeat runs), and the child's peak resident memory
 (VmHWM, else `ru_maxrss`) above what it held after importing tapegrad and numpy, against the
-file size.
+file size.  Then `load` once more under tracemalloc: the peak of the Python and numpy
+allocations alone (what tests/test_format_stored.py bounds), against the same file size.
 Targets: show and stats under 10 s, nan under 20 s; memory under 3x the file size (the loader's
 own share shows in `load`).
 
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 
 
 def build(path: str, records: int, values: str) -> None:
@@ -66,6 +68,7 @@ def child(command: str, path: str) -> None:
     from tapegrad.cli import main
 
     base = peak_rss()
+    traced = 0
     out = sys.stdout
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (kept open until the process ends)
     start = time.perf_counter()
@@ -76,11 +79,17 @@ def child(command: str, path: str) -> None:
     elif command == "load":
         tg.load(path)
         code = 0
+    elif command == "traced":
+        tracemalloc.start()
+        tg.load(path)
+        traced = tracemalloc.get_traced_memory()[1]
+        code = 0
     else:
         code = main([command, path])
     sys.stdout.flush()
     seconds = time.perf_counter() - start
-    out.write(json.dumps({"seconds": seconds, "rss_bytes": peak_rss() - base, "code": code}) + "\n")
+    memory = traced if command == "traced" else peak_rss() - base  # (traced: the allocations alone)
+    out.write(json.dumps({"seconds": seconds, "rss_bytes": memory, "code": code}) + "\n")
 
 
 def measure(command: str, path: str, repeat: int) -> tuple[float, int]:
@@ -116,6 +125,8 @@ def main() -> None:
         for command in ("load", "show", "stats", "nan"):
             seconds, rss = measure(command, path, args.repeat)
             print(f"{command:5s}  {seconds:6.2f} s   peak memory +{rss / 1e6:7.1f} MB = {rss / size:4.1f}x the file")
+        seconds, traced = measure("traced", path, 1)
+        print(f"load under tracemalloc: {seconds:6.2f} s, traced peak {traced / 1e6:7.1f} MB = {traced / size:4.2f}x the file")
 
 
 if __name__ == "__main__":

@@ -713,7 +713,7 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
         found = comp.reverse(sub, {slot_of[of]: seed_slot}, skip, {slot_of[w] for w in wrt}, noted)
         grads = {w: found.get(slot_of[w]) for w in wrt}
 
-    initial: dict[int, Any] = {slot_of[v]: stored[v] for v in needed if v in stored and v not in dirty}
+    initial: dict[int, Any] = {slot_of[v]: value for v in needed if v not in dirty and (value := stored.get(v)) is not None}
     initial.update((slot_of[v], value) for v, value in new.consts.items())
     initial.update(comp.consts)
     checks: list[StepCheck | None] | None = None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from collections.abc import Set as AbstractSet
 from itertools import repeat
 from operator import itemgetter
@@ -152,6 +152,13 @@ class TapeSink(Protocol):
     def close(self) -> None: ...
 
 
+class TypedValues(Protocol):
+    """What a loaded tape's values mapping (`tape_format.stored.StoredValues`, the only `_values`
+    that is not a dict) adds: a value's shape and dtype without making its array."""
+
+    def shape_dtype(self, vid: int) -> tuple[tuple[int, ...], np.dtype[Any]] | None: ...
+
+
 class TapeParts(NamedTuple):
     """A tape's variable table and records as the tape holds them: internal ids, the tape's own
     containers (not copies; read them, never modify them).  See `Tape` for what each holds."""
@@ -187,7 +194,9 @@ class Tape:
     - `_records`: `RawRecord`s `(op, attrs, output, *inputs)` in tape order, a topological
       order: every input is a leaf or the output of an earlier record, every output is assigned
       once and is no leaf, and outputs increase in tape order.
-    - `_values`: id -> value (a C-contiguous ndarray); `_avals`: id -> (shape, dtype) for the ids
+    - `_values`: id -> value (a C-contiguous ndarray): a dict while recording; a loaded tape's
+      is a read-only `TypedValues` mapping (`tape_format.stored.StoredValues`, also kept as
+      `_typed`) that makes each array when it is read; `_avals`: id -> (shape, dtype) for the ids
       without a value.  Every leaf and every output has exactly one of the two, and no other id
       has either.  A recording holds every value (`_avals` is empty).
     - `_names`: id -> name, for variables of the tape only.  Names need not be unique (lookup by
@@ -220,7 +229,8 @@ class Tape:
         self.source = False  # record() switches this on: records keep the user's file and line
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._records: list[RawRecord] = []
-        self._values: dict[int, Any] = {}  # id -> ndarray (C-contiguous)
+        self._values: MutableMapping[int, Any] = {}  # id -> ndarray (C-contiguous)
+        self._typed: TypedValues | None = None  # `_values` again when it is a loaded tape's (not a dict)
         self._avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}  # ids without a value
         self._names: dict[int, str] = {}
         self._consts: set[int] = set()
@@ -248,7 +258,7 @@ class Tape:
     # -- for the format package: a constructor and read accessors --
     @classmethod
     def from_parts(cls, values_mode: str, metadata: Mapping[str, Any] | None, *, leaves: list[int], consts: set[int],
-                   records: list[RawRecord], values: dict[int, Any],
+                   records: list[RawRecord], values: MutableMapping[int, Any],
                    avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]], names: dict[int, str],
                    sources: tuple[Sequence[str], Sequence[int]] | None = None) -> Tape:
         """A tape made of decoded parts (what a loader builds; see the class docstring for each).
@@ -263,6 +273,7 @@ class Tape:
         tape._consts = consts
         tape._records = records
         tape._values = values
+        tape._typed = None if type(values) is dict else cast("TypedValues", values)
         tape._avals = avals
         tape._names = names
         if sources is not None:
@@ -420,7 +431,12 @@ class Tape:
         return where.co_filename, line
 
     def shape_dtype(self, vid: int) -> tuple[tuple[int, ...], np.dtype[Any]]:
-        """Shape and dtype of internal id `vid` (from its value, or the stored table)."""
+        """Shape and dtype of internal id `vid` (from its value, or the stored table); a loaded
+        tape's values (`TypedValues`) give them without making the value's array."""
+        typed = self._typed
+        if typed is not None:
+            found = typed.shape_dtype(vid)
+            return self._avals[vid] if found is None else found
         value = self._values.get(vid)
         if value is None:
             return self._avals[vid]
@@ -490,9 +506,13 @@ class Tape:
         vid = self.resolve(ref)
         if vid in self._shared:
             self.check_shared()
-        if vid not in self._values:
+        values = self._values
+        value = values.get(vid)
+        if value is None:
             raise TapegradError(f"v{self.dense_ids()[vid]} has no stored value on this tape (values={self.values_mode!r})")
-        v = self._values[vid].view()
+        if self._typed is not None:
+            return value  # a loaded tape's (`TypedValues`): made for this read, read-only already
+        v = value.view()
         v.flags.writeable = False
         return v
 
@@ -569,14 +589,13 @@ class Tape:
         order, dense = self._ids()
         lo = dense[records[start - 1][OUTPUT]] + 1 if start > 0 else 0
         hi = len(order) if stop == count else dense[records[stop - 1][OUTPUT]] + 1 if stop > 0 else 0
-        values, avals, names, consts = self._values, self._avals, self._names, self._consts
+        values, names, consts = self._values, self._names, self._consts
         shown = short_paths(self.source_files())
         sources = self._sources_from(start)
         types: dict[Any, str] = {}
 
         def head(vid: int) -> str:
-            value = values.get(vid)
-            key = avals[vid] if value is None else (value.shape, value.dtype)
+            key = self.shape_dtype(vid)
             typ = types.get(key)
             if typ is None:
                 typ = types[key] = aval(*key)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -93,12 +94,11 @@ def stats(tape: Tape, *, values: bool = False, top: int = 20, max_plan_records: 
           progress: Progress | None = None) -> TapeStats:
     """The `TapeStats` of `tape` (see the module docstring)."""
     parts = tape.parts()
-    records, stored, avals = parts.records, parts.values, parts.avals
+    records, stored = parts.records, parts.values
     total = len(records)
 
     def shape(vid: int) -> tuple[int, ...]:
-        value = stored.get(vid)
-        return avals[vid][0] if value is None else value.shape
+        return tape.shape_dtype(vid)[0]
 
     ops: Counter[str] = Counter()
     flops = 0
@@ -108,10 +108,10 @@ def stats(tape: Tape, *, values: bool = False, top: int = 20, max_plan_records: 
         ops[rec[OP]] += 1
         flops += record_flops(rec[OP], [shape(i) for i in rec[INPUTS:]], shape(rec[OUTPUT]), rec[ATTRS])
     by_dtype: dict[str, dict[str, int]] = {}
-    for value in stored.values():
-        row = by_dtype.setdefault(value.dtype.name, {"values": 0, "bytes": 0})
-        row["values"] += 1
-        row["bytes"] += int(value.nbytes)
+    for (shape_, dtype), count in Counter(map(tape.shape_dtype, stored)).items():  # (no array made)
+        row = by_dtype.setdefault(dtype.name, {"values": 0, "bytes": 0})
+        row["values"] += count
+        row["bytes"] += count * math.prod(shape_) * dtype.itemsize
     inputs = [v for v in parts.leaves if v not in parts.consts]
     outputs = sorted(v for v in parts.names if tape.producer(v) is not None)
     if total and tape.last_output() not in outputs:

@@ -9,9 +9,10 @@ Public API (this module only re-exports it; byte layout and versioning rules: do
   Writing raises `TapegradError` for tapes it cannot represent (a dtype outside `DTYPES`,
   attributes or metadata that are not plain data) and `OSError` from the file.
 - `load(fileobj)`, `loads(data)` and `load_path(path, mmap=False)` read a tape, validate it fully
-  (`validate.validate`) and return it; stored arrays are read-only zero-copy views of the bytes
-  read (or of the mapped file).  Options: `recover=True` returns the whole-record prefix of a
-  damaged or cut-off tape and reports what was dropped (`tape.recovery`, a `Recovery`, plus a
+  (`validate.validated`, which `validate.validate` would pass) and return it; stored arrays are
+  read-only zero-copy views of the bytes read (or of the mapped file), each made when it is read
+  (`stored.StoredValues`).  Options: `recover=True` returns the whole-record prefix of a damaged
+  or cut-off tape and reports what was dropped (`tape.recovery`, a `Recovery`, plus a
   `TapeRecoveryWarning`); `verify=False` skips the checksums of array payloads (structure is
   always checked), and so does `mmap=True`, which never touches the payload pages when opening;
   `limits=Limits(...)` changes the safety limits.  Only `TapegradError`
@@ -28,6 +29,7 @@ Modules, each stating its own contract:
 - `frames`: the container: preamble, frames, CRC chain (`FrameWriter`, `FrameScanner`).
 - `sources`: where the bytes come from (memory, file objects, paths, read or mapped).
 - `reader`: decoding frames into a `Tape` (`read`), then validating it; `Recovery`.
+- `stored`: `StoredValues`, a loaded tape's values: id -> array over the bytes, made on read.
 - `validate`: the graph checks every loaded tape passes (bulk pass and reference pass).
 - `limits`: `Limits` and `DEFAULT_LIMITS`, the safety bounds of loading.
 - `common`: what the writer, reader and validator share (plain-data checks, attribute keys,

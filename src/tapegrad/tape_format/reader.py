@@ -2,8 +2,8 @@
 
 Contract:
 - `read(source, recover=, verify=, limits=)` parses the container (`frames`), decodes
-  every frame with msgpack under strict limits, builds a `Tape` (`Tape.from_parts`) and runs
-  `validate.validate` on it before returning it; nothing unvalidated ever leaves this module.  Frames are decoded into
+  every frame with msgpack under strict limits, checks the graph's columns (`validate.validated`)
+  and builds a `Tape` (`Tape.from_parts`); nothing unvalidated ever leaves this module.  Frames are decoded into
   numpy columns (ids, op, attribute and type codes into tape-wide tables), from which the records
   are built a group of equal arity at a time and which `validate.check` validates in bulk.
 - Only `TapegradError` subclasses escape for bad content: `TruncatedTapeError` for a tape that
@@ -13,11 +13,15 @@ Contract:
 - Nothing from the file is executed or used as an attribute name: op names are looked up in
   `REGISTRY` (by `validate`), dtypes are matched as exact strings against `DTYPES` before any
   `np.dtype` call, no pickle, no eval.
-- Memory: the tape's bytes are read once into one buffer (or mapped); stored arrays are read-only
-  zero-copy views into it, except arrays split over several chunks (arrays over 4 GiB, or files of
-  older writers), which are copied once.  Every length and count is checked against the bytes
-  present and the limits before use, so memory is bounded by about 2x the file size plus a few
-  hundred bytes per record.
+- Memory: the tape's bytes are read once into one buffer (or mapped); the tape's values are a
+  `stored.StoredValues` over it (offsets and types in columns: each value's read-only zero-copy
+  view is made when it is read), except arrays split over several chunks (arrays over 4 GiB, or
+  files of older writers), which are copied once.  Frames' columns are kept narrow (uint32); the
+  bulk validation runs on int64 copies before the records are built (`validate.validated`), and
+  the records (sharing one int per variable id) are built a chunk at a time, each column let go
+  once used.  Every length and count is checked against the bytes present and the limits before
+  use, so memory is bounded by the file size plus the largest chunked array plus about 200 bytes
+  per record: under 3x the file size for a tape of tiny values (`tests/test_format_stored.py`).
 - Recover mode returns the tape made of the whole frames before the first damaged one (a crash
   leaves whole records) and reports what it dropped in `tape.recovery` (a `Recovery`) and with a
   `TapeRecoveryWarning`; a strict load of a complete tape sets `tape.recovery = None`.
@@ -61,7 +65,8 @@ from .frames import (
 )
 from .limits import DEFAULT_LIMITS, Limits
 from .sources import Source
-from .validate import Graph, locate, validate
+from .stored import StoredValues
+from .validate import Graph, Locator, locate, validated
 
 
 class TapeRecoveryWarning(UserWarning):
@@ -118,8 +123,7 @@ def _read(source: Source, *, recover: bool, verify: bool, limits: Limits) -> Tap
         # (no stop: the scanner ended just after the footer, which `builder.take` accepted)
     finally:
         source.close()
-    tape = builder.build()
-    validate(tape, limits, graph=builder.graph())
+    tape = validated(builder.records + builder.variables, builder.graph, builder.build, limits)
     tape.recovery = recovery
     tape.error = builder.raised
     if recovery is not None:
@@ -192,13 +196,14 @@ class _Builder:
         self._op_ids: dict[str, int] = {}
         self.attrs: list[Any] = [None]  # every frame's attribute table, concatenated; 0: none
         self.ids: set[int] = set()  # the variables defined so far
-        self.leaf: dict[str, list[Any]] = {"id": [], "type": [], "const": [], "values": [], "frame": []}
-        self.rec: dict[str, list[Any]] = {"op": [], "attr": [], "nin": [], "inputs": [], "output": [], "type": [],
-                                          "values": [], "frame": []}
+        # Columns of the frames taken, per frame; stored values as "offsets" (and "copies": row -> array)
+        self.leaf: dict[str, Any] = {"id": [], "type": [], "const": [], "frame": [], "offsets": [], "copies": {}}
+        self.rec: dict[str, Any] = {"op": [], "attr": [], "nin": [], "inputs": [], "output": [], "type": [],
+                                    "frame": [], "offsets": [], "copies": {}}
         self.names: dict[int, str] = {}
         self.files: list[str] = []  # source file and line of each record, while all records have one
         self.lines: list[Ints] | None = []
-        self.cols: dict[str, Ints] = {}
+        self.cols: dict[str, Any] = {}  # the frames' columns joined (`_join`), narrow
         self._frame: Frame | None = None
 
     # -- errors --
@@ -376,21 +381,14 @@ class _Builder:
             raise self.error(f"entry {k} ({show(table[k])}) of the table {key!r} is used by no row "
                              f"(a table holds only the entries its frame's rows use)")
 
-    def _data(self, cols: dict[str, Any], count: int, types: Ints) -> list[Any]:
-        """The stored arrays of a VARS/RECS frame (read-only views), checked against DATA frames;
-        every byte of a bool value must be 0 or 1 (numpy would show other bytes as True but
-        compute with them as they are: `x == True` and `x.view(np.uint8)` would disagree)."""
-        arrays = self._arrays(cols, count, types)
-        avals = self.types
-        bools = {t for t in set(types.tolist()) if avals[t][1].kind == "b"}
-        if bools:
-            for row, t in enumerate(types.tolist()):
-                if t in bools and arrays[row].size and int(arrays[row].view(np.uint8).max()) > 1:
-                    raise self.error(f"row {row}: a bool value holds a byte other than 0 or 1")
-        return arrays
-
-    def _arrays(self, cols: dict[str, Any], count: int, types: Ints) -> list[Any]:
-        """The stored arrays of a VARS/RECS frame (read-only views), checked against DATA frames."""
+    def _data(self, cols: dict[str, Any], count: int, types: Ints, into: dict[str, list[Any]]) -> None:
+        """Check the data references of a VARS/RECS frame's stored values and append them to
+        `into` (its "offsets" and, keyed by row among all of `into`'s rows, its "copies"): each an
+        aligned range inside an earlier DATA frame (0 for an empty array), or pieces of several
+        (copied once into a read-only array).  No array is made for a value that is not copied
+        (`StoredValues` makes it when it is read), except to check that every byte of a bool value
+        is 0 or 1 (numpy would show other bytes as True but compute with them as they are:
+        `x == True` and `x.view(np.uint8)` would disagree)."""
         offsets = self._column(cols, "data", "<i8", count)
         chunked: dict[int, Any] = {}
         if "chunks" in cols:
@@ -403,56 +401,34 @@ class _Builder:
                     raise self.error(f"a 'chunks' entry must be [row, [offset, length, ...]] for a row marked -2, "
                                      f"got {show(item)}")
                 chunked[item[0]] = item[1]
-        sizes = self._nbytes
         if count:
-            self.limits.check("max_array_bytes", max(sizes[t] for t in set(types.tolist())),
+            self.limits.check("max_array_bytes", max(self._nbytes[t] for t in set(types.tolist())),
                               "the payload of one array in bytes")
-        buf, avals, starts, ends = self.buf, self.types, self.data_starts, self.data_ends
-        last = (starts[-1], ends[-1]) if starts else (0, -1)
-        if count > 1 and not chunked:
-            rows = self._rows(offsets, types, last)
-            if rows is not None:
-                return rows
-        arrays = []
-        for row, (off, t) in enumerate(zip(offsets.tolist(), types.tolist(), strict=True)):
-            shape, dt = avals[t]
-            nbytes = sizes[t]
-            if off > 0 and nbytes and not off % ALIGN:  # an aligned range inside an earlier DATA frame
-                if not last[0] <= off or off + nbytes > last[1]:  # usually the frame just before
-                    j = bisect.bisect_right(starts, off) - 1
-                    if j < 0 or off + nbytes > ends[j]:
-                        raise self._bad_reference(row, off, nbytes)
-                arrays.append(np.ndarray(shape, dtype=dt, buffer=buf, offset=off))
-            elif off == 0 and not nbytes:
-                empty = np.zeros(shape, dtype=dt)
-                empty.flags.writeable = False
-                arrays.append(empty)
-            elif off == CHUNKED:
-                if row not in chunked:
-                    raise self.error(f"row {row} is marked as chunked (-2) but has no 'chunks' entry")
-                arrays.append(self._array(chunked[row], shape, dt, nbytes))
-            else:
-                raise self._bad_reference(row, off, nbytes)
-        return arrays
-
-    def _rows(self, offsets: Ints, types: Ints, last: tuple[int, int]) -> list[Any] | None:
-        """The arrays of a frame whose values (of at least one dimension) all have one type and lie
-        at evenly spaced aligned offsets in the last DATA frame (what tapegrad writes for a batch of
-        one type), as the rows of one strided view; None for any other frame (`_data` then reads it
-        row by row, with the same checks)."""
-        t = int(types[0])
-        shape, dt = self.types[t]
-        nbytes = self._nbytes[t]
-        if not shape or not nbytes or np.any(types != t):
-            return None
-        first = int(offsets[0])
-        step = int(offsets[1]) - first  # (Python ints: offsets from a file may be anything)
-        if (step < nbytes or step % ALIGN or first % ALIGN or not last[0] <= first
-                or first + step * (len(offsets) - 1) + nbytes > last[1]
-                or np.any(offsets != first + step * np.arange(len(offsets)))):
-            return None
-        inner = np.ndarray(shape, dtype=dt, buffer=self.buf, offset=first).strides
-        return list(np.ndarray((len(offsets), *shape), dtype=dt, buffer=self.buf, offset=first, strides=(step, *inner)))
+        nbytes = np.array(self._nbytes, dtype=np.int64)[types]  # (each within max_array_bytes now)
+        starts, ends = np.array(self.data_starts, dtype=np.int64), np.array(self.data_ends, dtype=np.int64)
+        frame = np.searchsorted(starts, offsets, side="right") - 1  # the DATA frame an offset falls in
+        inside = (offsets > 0) & (offsets % ALIGN == 0) & (frame >= 0) & (
+            offsets <= (ends[frame] if len(ends) else 0) - nbytes)  # (no overflow: file offsets may be anything)
+        good = np.where(nbytes > 0, inside, offsets == 0)
+        if chunked:
+            good[list(chunked)] = True
+        if not good.all():
+            row = int(np.argmin(good))
+            if offsets[row] == CHUNKED:
+                raise self.error(f"row {row} is marked as chunked (-2) but has no 'chunks' entry")
+            raise self._bad_reference(row, int(offsets[row]), int(nbytes[row]))
+        first = sum(map(len, into["offsets"]))
+        for row, ref in sorted(chunked.items()):
+            shape, dt = self.types[int(types[row])]
+            into["copies"][first + row] = self._array(ref, shape, dt, int(nbytes[row]))
+        bools = [t for t in set(types.tolist()) if self.types[t][1].kind == "b"]
+        for row in np.flatnonzero(np.isin(types, bools)).tolist() if bools else ():
+            shape, dt = self.types[int(types[row])]
+            off = int(offsets[row])
+            value = into["copies"][first + row] if off < 0 else np.ndarray(shape, dtype=dt, buffer=self.buf, offset=off)
+            if value.size and int(value.view(np.uint8).max()) > 1:
+                raise self.error(f"row {row}: a bool value holds a byte other than 0 or 1")
+        into["offsets"].append(offsets)
 
     def _bad_reference(self, row: int, off: int, nbytes: int) -> TapeFormatError:
         return self.error(f"row {row}: the data reference {off} for {nbytes} bytes is not a 64-aligned range "
@@ -483,9 +459,8 @@ class _Builder:
             off, n = ref[k], ref[k + 1]
             flat[pos:pos + n] = np.frombuffer(self.buf, dtype=np.uint8, count=n, offset=off)
             pos += n
-        arr = flat.view(dt).reshape(shape)
-        arr.flags.writeable = False
-        return arr
+        flat.flags.writeable = False  # (so that no view of it can be made writeable again)
+        return flat.view(dt).reshape(shape)
 
     def _define(self, ids: Ints) -> None:
         """Record the variables a frame defines: each exactly once (single assignment)."""
@@ -524,11 +499,11 @@ class _Builder:
                     or type(item[1]) is not str:
                 raise self.error(f"a 'names' entry must be [row, name], got {show(item)}")
         if stored:
-            self.leaf["values"] += self._data(cols, count, types)
+            self._data(cols, count, types, self.leaf)
         self._define(ids)
-        self.leaf["id"].append(ids)
-        self.leaf["frame"].append(np.full(count, self.frames, dtype=np.int64))
-        self.leaf["type"].append(types)
+        self.leaf["id"].append(_narrow(ids))
+        self.leaf["frame"].append(np.full(count, self.frames, dtype=_NARROW))
+        self.leaf["type"].append(_narrow(types))
         self.leaf["const"].append(np.frombuffer(const, dtype=np.uint8))
         self.names.update((int(ids[row]), name) for row, name in names)
 
@@ -562,18 +537,18 @@ class _Builder:
                              f"values={self.mode!r}")
         self._sources(cols, count)
         if stored:
-            self.rec["values"] += self._data(cols, count, types)
+            self._data(cols, count, types, self.rec)
         self._define(output)
         self.records += count
         rec = self.rec
-        rec["op"].append(op)
-        rec["attr"].append(attr)
+        rec["op"].append(_narrow(op))
+        rec["attr"].append(_narrow(attr))
         self.attrs += table
-        rec["nin"].append(nin)
-        rec["inputs"].append(inputs)
-        rec["output"].append(output)
-        rec["type"].append(types)
-        rec["frame"].append(np.full(count, self.frames, dtype=np.int64))
+        rec["nin"].append(_narrow(nin))
+        rec["inputs"].append(_narrow(inputs))
+        rec["output"].append(_narrow(output))
+        rec["type"].append(_narrow(types))
+        rec["frame"].append(np.full(count, self.frames, dtype=_NARROW))
 
     def _op_id(self, name: str) -> int:
         """The tape-wide index of an op name (names are only ever keys; `validate` looks them up)."""
@@ -599,7 +574,7 @@ class _Builder:
         lines = self._column(cols, "line", "<u4", count)
         if self.lines is not None:
             self.files += names.tolist()
-            self.lines.append(lines)
+            self.lines.append(_narrow(lines))
 
     def _names(self, obj: Any) -> None:
         if type(obj) is not tuple:
@@ -618,33 +593,47 @@ class _Builder:
                 self.names[vid] = name
 
     # -- the tape --
-    def build(self) -> Tape:
-        """The tape of the frames taken (not validated yet)."""
+    def _join(self) -> dict[str, Any]:
+        """The columns of all frames taken, each joined into one (narrow) array, once; raises
+        `TapeFormatError` for a leaf that a record uses before its VARS frame."""
         assert self.header is not None
-        leaf, rec = self.leaf, self.rec
-        cols = self.cols
-        for key in ("id", "type", "const", "frame"):
-            cols["leaf_" + key] = _cat(leaf[key])
-        for key in ("op", "attr", "nin", "inputs", "output", "type"):
-            cols[key] = _cat(rec[key])
-        cols["rec_frame"] = _cat(rec["frame"])
-        self._leaves_before_use()
-        leaves = cols["leaf_id"].tolist()
-        outs = cols["output"].tolist()
-        records: list[RawRecord] = []
-        if outs:
-            records = _assemble(_objects(self.ops)[cols["op"]], _objects(self.attrs)[cols["attr"]], outs,
-                                cols["inputs"], cols["nin"])
-        values: dict[int, Any] = {}
+        leaf, rec, cols = self.leaf, self.rec, self.cols
+        if not cols:
+            self.ids = set()  # (only taking frames needs the set of defined ids: its memory goes now)
+            for key in ("id", "type", "const", "frame"):  # (each frame's columns go once joined, too)
+                cols["leaf_" + key] = _cat(leaf.pop(key))
+            for key in ("op", "attr", "nin", "inputs", "output", "type", "frame"):
+                cols[key] = _cat(rec.pop(key))
+            self._leaves_before_use()
+            del cols["leaf_frame"], cols["frame"]
+        return cols
+
+    def graph(self) -> Graph:
+        """The graph of the frames taken, as int64 columns (new arrays: `validate.check` reads
+        them before `build` makes the tape, and they go when it is done)."""
+        c = {key: column.astype(np.int64) for key, column in self._join().items()}
+        return Graph(types=self.types, leaf_ids=c["leaf_id"], leaf_type=c["leaf_type"], ops=self.ops, op=c["op"],
+                     attrs=self.attrs, attr=c["attr"], nin=c["nin"], inputs=c["inputs"], output=c["output"],
+                     out_type=c["type"])
+
+    def build(self) -> Tape:
+        """The tape of the frames taken (not validated here: `validate.validated` calls this).
+        Columns go as soon as what they make is made, so that they and the records share the
+        peak memory of a load as little as possible."""
+        assert self.header is not None
+        cols = self._join()
+        values = self._values(cols)
+        types = _objects(self.types)
+        interned = _Interned(cols["leaf_id"], cols["output"])
+        leaves = interned.ints(cols["leaf_id"]).tolist()
         avals: dict[int, tuple[tuple[int, ...], np.dtype[Any]]] = {}
         if self.mode == "none":
-            avals.update(zip(leaves, _objects(self.types)[cols["leaf_type"]].tolist(), strict=True))
-        else:
-            values.update(zip(leaves, leaf["values"], strict=True))
-        if self.mode == "all":
-            values.update(zip(outs, rec["values"], strict=True))
-        elif outs:
-            avals.update(zip(outs, _objects(self.types)[cols["type"]].tolist(), strict=True))
+            avals.update(zip(leaves, types[cols["leaf_type"]].tolist(), strict=True))
+        if self.mode != "all" and len(cols["output"]):
+            avals.update(zip(interned.ints(cols["output"]).tolist(), types[cols["type"]].tolist(), strict=True))
+        del cols["leaf_type"], cols["type"]
+        records = _assemble(_objects(self.ops), _objects(self.attrs), cols, interned)
+        del interned, cols["op"], cols["attr"], cols["nin"], cols["inputs"]
         sources = None
         if self.lines is not None and self.records and len(self.files) == self.records:
             sources = self.files, _cat(self.lines).tolist()
@@ -652,30 +641,33 @@ class _Builder:
                                consts=set(compress(leaves, cols["leaf_const"].tolist())), records=records,
                                values=values, avals=avals, names=self.names, sources=sources)
 
+    def _values(self, cols: dict[str, Any]) -> StoredValues:
+        """The stored values: the leaves' rows, then the records' (values="all")."""
+        parts = [self.leaf] if self.mode == "inputs" else [self.leaf, self.rec] if self.mode == "all" else []
+        ids = [cols["leaf_id"], cols["output"]][:len(parts)]
+        copies = dict(self.leaf["copies"])
+        copies.update((len(cols["leaf_id"]) + row, value) for row, value in self.rec["copies"].items())
+        offsets = _cat([_cat(p.pop("offsets")) for p in parts])
+        return StoredValues(_cat(ids), offsets, _cat([cols["leaf_type"], cols["type"]][:len(parts)]), self.types,
+                            self.buf, copies)
+
     def _leaves_before_use(self) -> None:
         """A leaf is defined by a VARS frame before any RECS row uses it (docs/FORMAT.md 3):
         checked here, where frame order is known, for every way of loading alike."""
-        c = self.cols
+        c = {key: self.cols[key].astype(np.int64) for key in ("leaf_id", "leaf_frame", "inputs", "nin", "frame")}
         leaf_ids, inputs = c["leaf_id"], c["inputs"]
         if not len(leaf_ids) or not len(inputs):
             return
         order = np.argsort(leaf_ids, kind="stable")
         at, found = locate(leaf_ids[order], inputs)
-        late = found & (c["leaf_frame"][order][at] > np.repeat(c["rec_frame"], c["nin"]))
+        late = found & (c["leaf_frame"][order][at] > np.repeat(c["frame"], c["nin"]))
         if late.any():
             k = int(np.argmax(late))
             n = int(np.searchsorted(np.cumsum(c["nin"]), k, side="right"))
             vid = int(inputs[k])
-            raise TapeFormatError(f"record {n} ({escape(self.ops[int(c['op'][n])], 60)}) uses leaf v{vid}, which a later "
-                                  f"VARS frame (frame {int(c['leaf_frame'][order][at[k]]) - 1}) defines: a leaf must "
-                                  f"be defined before any RECS row uses it")
-
-    def graph(self) -> Graph:
-        """The graph of the tape `build` made, as columns."""
-        c = self.cols
-        return Graph(types=self.types, leaf_ids=c["leaf_id"], leaf_type=c["leaf_type"], ops=self.ops, op=c["op"],
-                     attrs=self.attrs, attr=c["attr"], nin=c["nin"], inputs=c["inputs"], output=c["output"],
-                     out_type=c["type"])
+            raise TapeFormatError(f"record {n} ({escape(self.ops[int(self.cols['op'][n])], 60)}) uses leaf v{vid}, which "
+                                  f"a later VARS frame (frame {int(c['leaf_frame'][order][at[k]]) - 1}) defines: a leaf "
+                                  f"must be defined before any RECS row uses it")
 
 
 def _cat(parts: list[Ints]) -> Ints:
@@ -684,31 +676,75 @@ def _cat(parts: list[Ints]) -> Ints:
 
 _NONE: Ints = np.zeros(0, dtype=np.int64)
 
+_NARROW = np.uint32
+"""The type of the columns a builder keeps (ids, counts, table indices, frame numbers, lines: all
+below 2**32), half the width of the int64 columns it checks them with."""
+
+
+def _narrow(column: Ints) -> Any:
+    return column.astype(_NARROW)
+
 
 def _objects(items: Sequence[Any]) -> Any:
     """A numpy object array holding the items themselves (gathering from it is fast)."""
     return np.fromiter(items, dtype=object, count=len(items))
 
 
-def _assemble(names: Any, attrs: Any, outs: list[int], inputs: Ints, nin: Ints) -> list[RawRecord]:
-    """Records (op, attrs, output, *inputs) from per-record columns (`names`, `attrs`: object
-    arrays) and the flat `inputs`, built by `zip` over columns, one group of equal arity at a time."""
+class _Interned:
+    """One Python int per variable id, shared by every record that names the id (a fresh int per
+    mention, as `tolist()` makes them, would cost 32 bytes each)."""
+
+    def __init__(self, leaf_ids: Ints, outputs: Ints) -> None:
+        ids = np.sort(np.concatenate([leaf_ids, outputs]))
+        self.locate = Locator(ids)
+        self.objects = ids.astype(object)
+
+    def ints(self, column: Ints) -> Any:
+        """The ints of the ids in `column`, as an object array (an id no variable has, which
+        validation rejects, gets an int of its own)."""
+        column = column.astype(np.int64)
+        at, found = self.locate(column)
+        out = self.objects[at]
+        if not found.all():
+            out[~found] = column[~found].astype(object)
+        return out
+
+
+_CHUNK = 1 << 12  # records assembled at a time: the work arrays of `_assemble` stay small
+
+
+def _assemble(ops: Any, attrs: Any, cols: dict[str, Ints], interned: _Interned) -> list[RawRecord]:
+    """Records (op, attrs, output, *inputs) from the record columns `cols` ("op" and "attr" index
+    the object arrays `ops` and `attrs`), their ids `interned`; built by `zip` over columns, a
+    chunk of records and in it one group of equal arity at a time."""
+    nin = cols["nin"]
+    ends = np.cumsum(nin, dtype=np.int64)
+    records: list[RawRecord] = []
+    for lo in range(0, len(nin), _CHUNK):
+        hi = min(lo + _CHUNK, len(nin))
+        first = int(ends[lo - 1]) if lo else 0
+        records += _chunk(ops[cols["op"][lo:hi]], attrs[cols["attr"][lo:hi]], interned.ints(cols["output"][lo:hi]),
+                          interned.ints(cols["inputs"][first:int(ends[hi - 1])]), nin[lo:hi].astype(np.int64))
+    return records
+
+
+def _chunk(names: Any, attrs: Any, outs: Any, inputs: Any, nin: Ints) -> list[RawRecord]:
+    """`_assemble` for one chunk: object arrays of per-record `names`, `attrs`, `outs` and the
+    flat `inputs`."""
     n = len(outs)
-    if not n:
-        return []
     widest = int(nin.max())
     if int(nin.min()) == widest:  # the usual case for a frame of one op kind, or of all-unary ops
-        return list(zip(names.tolist(), attrs.tolist(), outs, *inputs.reshape(n, widest).T.tolist(), strict=True))
+        return list(zip(names.tolist(), attrs.tolist(), outs.tolist(), *inputs.reshape(n, widest).T.tolist(),
+                        strict=True))
     starts = np.cumsum(nin) - nin
     order = np.argsort(nin.astype(np.uint16) if widest < 1 << 16 else nin, kind="stable")  # a radix sort
     arity = nin[order]
     edges = [0, *(np.flatnonzero(arity[1:] != arity[:-1]) + 1).tolist(), n]
-    out_objects = _objects(outs)
     records = np.empty(n, dtype=object)
     for lo, hi in pairwise(edges):
         rows = order[lo:hi]
         block = inputs[starts[rows, None] + np.arange(int(arity[lo]))]  # one row of input ids per record
-        records[rows] = np.fromiter(zip(names[rows].tolist(), attrs[rows].tolist(), out_objects[rows].tolist(),
+        records[rows] = np.fromiter(zip(names[rows].tolist(), attrs[rows].tolist(), outs[rows].tolist(),
                                         *block.T.tolist(), strict=True), dtype=object, count=hi - lo)
     return records.tolist()  # type: ignore[no-any-return]
 

@@ -14,7 +14,8 @@ Contract:
   codes) and `check(graph, limits)` does the graph checks above on it in bulk, raising `Reject`
   (no message) or `LimitError`.  The loader builds a `Graph` straight from a file's columns,
   whose decoding already guarantees the rest (exact Python types, the values the mode stores,
-  names of defined variables); `validate` runs `check` on `graph_of(tape)` plus those checks.
+  names of defined variables), and `validated(graph, build, limits)` checks it before `build()`
+  makes the tape; `validate` runs `check` on `graph_of(tape)` plus those checks.
   When a bulk check rejects, `explain`, the sequential reference pass, names the first problem.
 - Time is linear in the number of records and variables: attributes are checked and output types
   inferred once per distinct signature (op, attributes, input types), found by sorting integer
@@ -26,7 +27,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain
 from operator import attrgetter, itemgetter
 from types import MappingProxyType
@@ -43,7 +44,7 @@ from ..tape import ATTRS, INPUTS, OP, OUTPUT, VALUE_MODES, Tape
 from .common import AvalTable, Ints, Reject, allowed_dtype_name, attr_codes
 from .limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["Graph", "check", "explain", "graph_of", "group_rows", "locate", "validate"]
+__all__ = ["Graph", "Locator", "check", "explain", "graph_of", "group_rows", "locate", "validate", "validated"]
 
 _SHAPE_DTYPE = attrgetter("shape", "dtype")
 _FIRST = itemgetter(0)
@@ -67,13 +68,12 @@ def _fail(n: int, op: Any, message: str) -> TapeFormatError:
 _SMALL = 64  # records + variables below which `explain` alone is faster
 
 
-def validate(tape: Tape, limits: Limits | None = None, *, graph: Graph | None = None) -> None:
+def validate(tape: Tape, limits: Limits | None = None) -> None:
     """Raise `TapeFormatError` unless `tape` is a consistent tape within `limits` (see module doc).
 
     The bulk pass checks everything; only when it finds a problem does the sequential reference
     pass (`explain`) run to name the first offending record.  Small tapes go straight to the
-    reference pass.  A loader passes the columns it built `tape` from as `graph`: the bulk pass
-    is then `check(graph)` alone, the loader vouching for the variable table.
+    reference pass.
     """
     lim = DEFAULT_LIMITS if limits is None else limits
     parts = tape.parts()
@@ -82,13 +82,32 @@ def validate(tape: Tape, limits: Limits | None = None, *, graph: Graph | None = 
         return
     with no_gc():
         try:
-            if graph is None:
-                _fast(tape, lim)
-            else:
-                lim.check("max_total_elements", check(graph, lim), "the elements of all variables together")
+            _fast(tape, lim)
         except Reject:
             explain(tape, lim)
             raise TapeFormatError("the tape is inconsistent") from None  # explain() should have raised
+
+
+def validated(size: int, graph: Callable[[], Graph], build: Callable[[], Tape], limits: Limits) -> Tape:
+    """`build()`, the tape a loader makes from the columns `graph()`, once `validate` would pass it
+    (`size`: its records plus its variables).
+
+    The bulk pass is `check(graph())` alone (the loader vouches for the variable table), run
+    before `build()` makes the tape's records, so that a load never holds the check's work
+    arrays (nor the graph's columns) and the records at once.  `build` is called once; the
+    reference pass runs on its tape for small tapes and to name the problem the bulk pass found.
+    """
+    if size < _SMALL:
+        tape = build()
+        explain(tape, limits)
+        return tape
+    with no_gc():
+        try:
+            limits.check("max_total_elements", check(graph(), limits), "the elements of all variables together")
+        except Reject:
+            explain(build(), limits)
+            raise TapeFormatError("the tape is inconsistent") from None  # explain() should have raised
+    return build()
 
 
 def explain(tape: Tape, limits: Limits | None = None) -> None:
@@ -296,17 +315,34 @@ def locate(ids: Ints, values: Ints) -> tuple[Ints, Any]:
 
     Ids of a small range (like a file's dense ids) are looked up in a table, others by bisection.
     """
-    if not len(ids):
-        return np.zeros(len(values), dtype=np.int64), np.zeros(len(values), dtype=bool)
-    low, span = int(ids[0]), int(ids[-1]) - int(ids[0]) + 1
-    if span > 4 * len(ids) + 1024:
-        at = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
-        return at, ids[at] == values
-    table = np.full(span, -1, dtype=np.int64)
-    table[ids - low] = np.arange(len(ids))
-    at = table[np.clip(values - low, 0, span - 1)]
-    found = (at >= 0) & (values >= low) & (values < low + span)
-    return np.maximum(at, 0), found
+    return Locator(ids)(values)
+
+
+class Locator:
+    """`locate` with `ids` fixed: the table (or sorted ids) is made once for any number of calls."""
+
+    def __init__(self, ids: Ints) -> None:
+        self.count = len(ids)
+        self.table: Ints | None = None
+        self.low = int(ids[0]) if len(ids) else 0
+        span = int(ids[-1]) - self.low + 1 if len(ids) else 0
+        if len(ids) and span <= 4 * len(ids) + 1024:
+            self.table = np.full(span, -1, dtype=np.int64)
+            self.table[ids - self.low] = np.arange(len(ids))
+        self.ids = ids if self.table is None else None  # (the table path does not need them)
+
+    def __call__(self, values: Ints) -> tuple[Ints, Any]:
+        ids, table, low = self.ids, self.table, self.low
+        if not self.count:
+            return np.zeros(len(values), dtype=np.int64), np.zeros(len(values), dtype=bool)
+        if table is None:
+            assert ids is not None
+            at = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
+            return at, ids[at] == values
+        span = len(table)
+        at = table[np.clip(values - low, 0, span - 1)]
+        found = (at >= 0) & (values >= low) & (values < low + span)
+        return np.maximum(at, 0), found
 
 
 def _gather(column: Ints, at: Ints) -> Ints:
