@@ -27,15 +27,15 @@ X0 = np.linspace(0.1, 0.4, 4)
 C = np.full(4, 0.9)
 
 
-def numpy_chain_fair(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hand-written forward + backward; the forward keeps exactly what the backward needs."""
-    c = C
-    y = X0
+def numpy_chain(x: np.ndarray, a: Any, c: Any, n: int, const_grads: bool) -> list[np.ndarray]:
+    """The hand-written baseline: the chain's forward, keeping exactly what the backward needs, and
+    its backward; d/dx, and with `const_grads` also d/da and d/dc."""
+    y = x
     saved: list[np.ndarray] = []
     for i in range(n):
         k = i % 4
         if k == 0:
-            y = y + c
+            y = y + a
         elif k == 1:
             saved.append(y)
             y = y * c
@@ -46,33 +46,44 @@ def numpy_chain_fair(n: int) -> tuple[np.ndarray, np.ndarray]:
             y = np.exp(y)
             saved.append(y)
     g = np.ones_like(y)
-    gc_ = np.zeros_like(c)
+    ga = gc_ = np.zeros_like(y)
     for i in reversed(range(n)):
         k = i % 4
         if k == 0:
-            gc_ = gc_ + g
+            if const_grads:
+                ga = ga + g
         elif k == 1:
-            gc_ = gc_ + g * saved.pop()
+            s = saved.pop()
+            if const_grads:
+                gc_ = gc_ + g * s
             g = g * c
         elif k == 2:
             g = g * np.cos(saved.pop())
         else:
             g = g * saved.pop()
-    return g, gc_
+    return [g, ga, gc_] if const_grads else [g]
 
 
-def chain(y: tg.Variable, c: tg.Variable, n: int) -> tg.Variable:
-    """The chain itself on Variables: add, mul, sin, exp, repeated."""
+def numpy_chain_fair(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline of this benchmark: the chain with one parameter `c` (`y + c`, `y * c`), and
+    the gradients of x and c."""
+    g, ga, gc_ = numpy_chain(X0, C, C, n, True)
+    return g, ga + gc_
+
+
+def chain(y: Any, a: Any, c: Any, n: int, sin: Callable[[Any], Any] = tg.sin,
+          exp: Callable[[Any], Any] = tg.exp) -> Any:
+    """The chain itself on any array type with these `sin` and `exp`: y + a, y * c, sin, exp, repeated."""
     for i in range(n):
         k = i % 4
         if k == 0:
-            y = y + c
+            y = y + a
         elif k == 1:
             y = y * c
         elif k == 2:
-            y = tg.sin(y)
+            y = sin(y)
         else:
-            y = tg.exp(y)
+            y = exp(y)
     return y
 
 
@@ -106,7 +117,7 @@ def tapegrad_chain(n: int) -> tuple[np.ndarray, np.ndarray]:
     with tg.record():
         x = tg.Variable(X0)
         c = tg.Variable(C)
-        y = chain(x, c, n)
+        y = chain(x, c, c, n)
     y.backward()
     return x.grad, c.grad
 

@@ -178,7 +178,8 @@ CHAIN = 10_000
 
 def record_chain(n: int) -> tg.Tape:
     with tg.record(values="inputs") as tape:
-        y = chain(tg.Variable(X0, name="x"), tg.Variable(C, name="c"), n)
+        c = tg.Variable(C, name="c")
+        y = chain(tg.Variable(X0, name="x"), c, c, n)
         y.name = "y"
     return tape
 

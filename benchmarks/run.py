@@ -71,6 +71,9 @@ import numpy as np  # noqa: E402  (after the thread settings above)
 
 import tapegrad as tg  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from overhead import chain, numpy_chain  # noqa: E402  (the tiny chain and its hand-written baseline)
+
 ROOT = Path(__file__).resolve().parents[1]
 A, C = 0.3, 0.9  # the chain's constants
 X_TINY = np.linspace(0.1, 0.4, 4)
@@ -184,58 +187,6 @@ def measure(cases: list[Case], repeat: int, warmup: int) -> None:
 
 # ---- the tiny-op chain and the large elementwise chain ----------------------------------------
 
-def numpy_chain(x: np.ndarray, n: int, const_grads: bool) -> list[np.ndarray]:
-    """Hand-written forward + backward of the chain; with `const_grads` also d/da and d/dc."""
-    a, c = A, C
-    y = x
-    saved: list[np.ndarray] = []
-    for i in range(n):
-        k = i % 4
-        if k == 0:
-            y = y + a
-        elif k == 1:
-            saved.append(y)
-            y = y * c
-        elif k == 2:
-            saved.append(y)
-            y = np.sin(y)
-        else:
-            y = np.exp(y)
-            saved.append(y)
-    g = np.ones_like(y)
-    ga = gc_ = np.zeros_like(y)
-    for i in reversed(range(n)):
-        k = i % 4
-        if k == 0:
-            if const_grads:
-                ga = ga + g
-        elif k == 1:
-            s = saved.pop()
-            if const_grads:
-                gc_ = gc_ + g * s
-            g = g * c
-        elif k == 2:
-            g = g * np.cos(saved.pop())
-        else:
-            g = g * saved.pop()
-    return [g, ga, gc_] if const_grads else [g]
-
-
-def chain(y: Any, a: Any, c: Any, n: int, sin: Callable[[Any], Any], exp: Callable[[Any], Any]) -> Any:
-    """The chain on any array type with these `sin` and `exp`."""
-    for i in range(n):
-        k = i % 4
-        if k == 0:
-            y = y + a
-        elif k == 1:
-            y = y * c
-        elif k == 2:
-            y = sin(y)
-        else:
-            y = exp(y)
-    return y
-
-
 def tapegrad_chain(x0: np.ndarray, n: int, recording: bool, variables: bool, numpy_calls: bool = False) -> list[Any]:
     """The chain in one tapegrad mode: eager or recorded, constants as floats or Variables."""
     sin, exp = (np.sin, np.exp) if numpy_calls else (tg.sin, tg.exp)
@@ -296,11 +247,11 @@ def chain_peers(peers: dict[str, Peer], x0: np.ndarray, n: int) -> dict[str, Cal
 
 def tiny_cases(sizes: Sizes, peers: dict[str, Peer]) -> list[Case]:
     n = sizes.chain
-    want_f = numpy_chain(X_TINY, n, False)
-    want_v = numpy_chain(X_TINY, n, True)
-    cases = [Case("tiny", "chain", "numpy", lambda: numpy_chain(X_TINY, n, False), baseline="numpy",
+    want_f = numpy_chain(X_TINY, A, C, n, False)
+    want_v = numpy_chain(X_TINY, A, C, n, True)
+    cases = [Case("tiny", "chain", "numpy", lambda: numpy_chain(X_TINY, A, C, n, False), baseline="numpy",
                   note="hand-written forward + backward, d/dx only"),
-             Case("tiny", "chain", "numpy, constants differentiated", lambda: numpy_chain(X_TINY, n, True),
+             Case("tiny", "chain", "numpy, constants differentiated", lambda: numpy_chain(X_TINY, A, C, n, True),
                   baseline="numpy, constants differentiated", note="also d/da and d/dc")]
     modes = [("tapegrad eager, constants Python floats", False, False),
              ("tapegrad record(), constants Python floats", True, False),
@@ -336,8 +287,8 @@ def tiny_cases(sizes: Sizes, peers: dict[str, Peer]) -> list[Case]:
 def large_cases(sizes: Sizes, peers: dict[str, Peer]) -> list[Case]:
     x0 = np.linspace(0.1, 0.4, sizes.large)
     n = 8
-    want = numpy_chain(x0, n, False)
-    cases = [Case("large", "chain", "numpy", lambda: numpy_chain(x0, n, False), note="hand-written")]
+    want = numpy_chain(x0, A, C, n, False)
+    cases = [Case("large", "chain", "numpy", lambda: numpy_chain(x0, A, C, n, False), note="hand-written")]
     for label, recording in (("tapegrad eager", False), ("tapegrad record()", True)):
         def run(recording: bool = recording) -> Any:
             return tapegrad_chain(x0, n, recording, False)
