@@ -119,3 +119,19 @@ def test_a_plan_runs_after_its_tape_is_dropped_and_says_so_when_asked_for_it(sav
         _ = plan.tape
     with pytest.raises(tg.TapegradError, match=r"^record 0: ValueError"):  # (only the index: the tape is gone)
         plan.run({x_id: np.ones(3)}, seed=np.ones(()))
+
+
+def test_a_dropped_recording_and_its_variables_are_freed_at_once(collector_off: None) -> None:
+    # a recorded tape refers to the Variables that entered it as inputs only weakly (they refer to
+    # it): dropping the tape and the Variables frees all of them without the collector
+    with tg.record() as tape:
+        x = tg.Variable(np.linspace(0.0, 1.0, 64), name="x")
+        y = tg.sum(tg.sin(x) * x)
+        y.name = "y"
+    y.backward()
+    tg.replay.backward(tape, of="y", wrt=["x"])
+    freed = weakref.ref(tape), weakref.ref(x), weakref.ref(y)
+    del tape, x, y
+    assert [r() for r in freed] == [None, None, None]
+    assert gc.collect() == 0
+

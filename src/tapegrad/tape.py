@@ -20,6 +20,7 @@ Contract:
 from __future__ import annotations
 
 import os
+import weakref
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
@@ -217,7 +218,8 @@ class Tape:
 
     Caches and links, owned by their users: `_dense_cache` (for `_ids()`, valid while the
     record and leaf counts are unchanged), `_plans` (replay plans, likewise), `_leaf_vars`
-    (id -> the Variable that entered as an input; tracer), `_shape_guarded` (ids a shape guard
+    (id -> the Variable that entered as an input, while it lives: a weak mapping, since the
+    Variable refers to the tape; tracer), `_shape_guarded` (ids a shape guard
     checks; tracer), `_sink` and `_sink_at` (a streaming
     `TapeSink` and the record count at which the tracer calls its `due()`).
     """
@@ -238,7 +240,8 @@ class Tape:
         self._dense_cache: tuple[int, int, list[int], dict[int, int]] | None = None
         self._sink: TapeSink | None = None
         self._sink_at = 0  # the record count at which the tracer calls `_sink.due()`
-        self._leaf_vars: dict[int, Any] = {}  # id -> the Variable that entered as an input
+        # id -> the Variable that entered as an input, held weakly: it holds the tape (`_tape`)
+        self._leaf_vars: MutableMapping[int, Any] = weakref.WeakValueDictionary()
         self._shape_guarded: set[int] = set()  # (tracer) ids whose shape a shape guard already checks
         # Where the user's code made each record: a bytecode offset per record in the code
         # object of its run, while recording, or a line per record in the file named by its run,
