@@ -14,12 +14,16 @@ Contract:
   that ran while they were being restored raised), the ones left in place behave as the
   originals they stand for.
 - Cost: about 2 microseconds per block on the main thread.
+- `Worker(fn)` runs `fn()` on a bare `_thread` thread and `join()` waits for it: the library's
+  background threads (checksumming a write, reading a file) are such workers, never
+  `threading.Thread`s (see below).
 - This module imports nothing from tapegrad.
 
 Why: an exception raised in the middle of a write leaves half a frame in a file; one raised
 inside a finalizer or weakref callback (Python runs some in the middle of other code: importlib
-frees a lock per imported module through one, `threading` one per `Thread` object) is printed as
-"Exception ignored" and dropped, so the interrupt is lost and the program goes on.
+frees a lock per imported module through one, `threading` one per `Thread` object when it is
+freed, on whichever thread frees it) is printed as "Exception ignored" and dropped, so the
+interrupt is lost and the program goes on.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 # `signal.getsignal` and `signal.signal`, whose wrappers also turn every handler into an enum
 # member (or fail to, through an exception): 20 times the cost of the call.
 import _signal  # type: ignore[import-not-found]
+import _thread
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -93,3 +98,26 @@ class held:  # (named like the function it is used as: `with held():`)
                 handler(signum, frame)
         finally:
             self._deliver(rest)
+
+
+class Worker:
+    """`fn()` on a bare thread (`_thread`, which registers no weakref callback: see the module
+    docstring); `join()` returns once `fn` has returned or raised.  `fn` should hand its own
+    exceptions to whoever waits for its work: one escaping it is printed by `_thread`."""
+
+    __slots__ = ("_done",)
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+        _thread.start_new_thread(self._run, (fn,))
+
+    def _run(self, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        finally:
+            self._done.release()
+
+    def join(self) -> None:
+        with self._done:
+            pass

@@ -10,7 +10,7 @@ Contract (byte layout in docs/FORMAT.md):
   tape's first byte) and the CRC chain; buffers under `_BATCH` bytes are gathered into
   writes of about that size, larger ones are written straight from the caller's memory (arrays
   that are not C-contiguous are copied into C order).  A payload of `_BIG` bytes or more is
-  checksummed in `_PIECE`-byte pieces by a (bare `_thread`) worker thread and by the writing thread, and each
+  checksummed in `_PIECE`-byte pieces by a worker thread (`interrupts.Worker`) and by the writing thread, and each
   piece is written right after its checksum, while its bytes are still in the cache; the pieces'
   CRCs are combined (`crc_shift`).  It raises only what the file object raises (`OSError`).
 - `FrameScanner` walks the frames of a byte buffer (possibly still being filled by reader
@@ -24,7 +24,6 @@ Contract (byte layout in docs/FORMAT.md):
 
 from __future__ import annotations
 
-import _thread
 import functools
 import struct
 import threading
@@ -34,6 +33,7 @@ from typing import IO, Any, NamedTuple
 import numpy as np
 
 from ..checksum import crc32
+from ..interrupts import Worker
 
 MAGIC = b"\x89TAPE\r\n\x1a"
 MAJOR = 1
@@ -161,12 +161,7 @@ class _PieceCRCs:
         self._stop = False
         self._error: BaseException | None = None
         self._cond = threading.Condition()
-        # A bare thread, not a threading.Thread: freeing one of those runs a weakref callback of
-        # the threading module on this thread, and Python prints and drops an exception raised in
-        # a callback; a Ctrl-C landing there would be lost and the program would go on writing.
-        self._done = _thread.allocate_lock()
-        self._done.acquire()
-        _thread.start_new_thread(self._run, ())
+        self._worker = Worker(self._run)  # (not a threading.Thread: see `interrupts`)
 
     def _take(self) -> bool:
         """Checksum the next piece nobody has taken; False if there is none (or after close)."""
@@ -189,8 +184,6 @@ class _PieceCRCs:
             with self._cond:
                 self._error = exc
                 self._cond.notify_all()
-        finally:
-            self._done.release()
 
     def get(self, k: int) -> int:
         """The CRC of piece `k`."""
@@ -206,8 +199,7 @@ class _PieceCRCs:
     def close(self) -> None:
         with self._cond:
             self._stop = True
-        with self._done:  # the worker has finished
-            pass
+        self._worker.join()
 
 
 class FrameWriter:

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..checksum import crc32
 from ..errors import TapeFormatError
+from ..interrupts import Worker
 from .frames import crc_shift, crc_shifter
 from .limits import Limits
 
@@ -119,10 +120,9 @@ class FileSource(Source):
         self._wanted = 0  # what the parser waits for
         self._error: BaseException | None = None
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._worker: Worker | None = None  # (not a threading.Thread: see `interrupts`)
         if len(self._pieces) > 2 and (verify or self._pread is not None):  # work for a second thread
-            self._thread = threading.Thread(target=self._run, name="tapegrad-read", daemon=True)
-            self._thread.start()
+            self._worker = Worker(self._run)
 
     def _run(self) -> None:
         try:
@@ -219,8 +219,8 @@ class FileSource(Source):
     def close(self) -> None:
         with self._cond:
             self._stopped = True
-        if self._thread is not None:
-            self._thread.join()
+        if self._worker is not None:
+            self._worker.join()
         lock(self._array)  # nothing reads into it any more (a recovered prefix may stop early)
         if self._owned:
             self._f.close()
