@@ -2,7 +2,7 @@
 
 - Constants (Python and numpy scalars, 0-d and other ndarrays) take the two-argument fast path
   (`tracer._binary_op`), not `_apply`, and give the dtypes numpy 2 promotion gives.
-- Constants are not copied: an eager link holds the user's array itself.
+- Constants are not copied: an eager segment holds the user's array itself.
 - The engine's two-input step takes an input of the output's shape and dtype without the
   general step (no `sum_to`/`astype` call for it), also beside a broadcast constant.
 - Eager `backward()` walks the links once and hands the engine the same records, values and
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
-from tapegrad import backprop, engine, tracer
+from tapegrad import engine, segment, tracer
 from tapegrad.ops import NUMPY
 
 CONSTANTS: list[tuple[str, Any]] = [
@@ -100,13 +100,19 @@ def test_complex_constants_are_refused_on_every_path() -> None:
             x * c
 
 
-def test_eager_links_hold_constant_arrays_themselves() -> None:
+def test_eager_segments_hold_constant_arrays_themselves() -> None:
     c = np.full(3, 2.0)
     x = tg.Variable(np.ones(3))
     y = x * c
-    assert y._link is not None and y._link[2] is c  # not a copy
+    assert y._link is not None
+    (rec,) = y._link.records
+    assert y._link.values[rec[4]] is c  # not a copy
     z = x * 2.0
-    assert z._link is not None and z._link[2].shape == () and z._link[2].dtype == np.float64
+    w = x * 2.0
+    held = [z._link.values[z._link.records[0][4]], w._link.values[w._link.records[0][4]]]
+    # A Python number is one read-only 0-d array of the operand's dtype, shared by its uses.
+    assert held[0] is held[1] and held[0].shape == () and held[0].dtype == np.float64
+    assert not held[0].flags.writeable
     (z + y).sum().backward()
     np.testing.assert_array_equal(x.grad, np.full(3, 4.0))
 
@@ -196,21 +202,20 @@ def test_eager_backward_hands_the_engine_what_a_recorded_tape_does(monkeypatch: 
             y = _chain(x, cc, 40)
         y.backward()
         grads.append(x.grad)
-    # one pass each, every value once; eager links hold a constant array per use, a recording
-    # one constant per Python number (tracer._recorded_constant)
-    consts = (1, 1) if c == "variable" else (20, 1)
-    assert seen == [(40, 40 + 1 + consts[0]), (40, 40 + 1 + consts[1])]
+    # one pass each, every value once; one constant per Python number, eager
+    # (tracer._EAGER_SCALARS) as recorded (tracer._recorded_constant)
+    assert seen == [(40, 40 + 1 + 1), (40, 40 + 1 + 1)]
     np.testing.assert_array_equal(grads[0], grads[1])
 
 
-def test_the_eager_walk_visits_shared_inputs_once() -> None:
+def test_the_eager_history_holds_each_record_and_value_once() -> None:
     x = tg.Variable(np.ones(2))
     y = x * x
     z = y + y
-    graph = backprop._eager_graph(z, set(), False)
-    assert [r[0] for r in graph.records] == ["mul", "add"]
-    assert set(graph.values) == {x._tapegrad_serial, y._tapegrad_serial, z._tapegrad_serial}
-    assert list(graph.edge) == [x._tapegrad_serial] and graph.consts == set()
+    found = segment.history(z, set())
+    assert [r[0] for r in found.records] == ["mul", "add"]
+    assert set(found.values) == {x._tapegrad_serial, y._tapegrad_serial, z._tapegrad_serial}
+    assert list(found.edge) == [x._tapegrad_serial] and found.consts == set()
 
 
 def test_a_recording_keeps_one_constant_per_python_number_and_dtype() -> None:

@@ -1,4 +1,4 @@
-"""Eager use never leaks: without record(), graph links live only as long as the Variables."""
+"""Eager use never leaks: without record(), eager history (segments) lives only as long as the Variables."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from hypothesis.extra import numpy as hnp
 
 import tapegrad as tg
 from op_cases import BROADCAST_PAIRS, CASES, COMPARISONS, Case, away_from_zero, normal, on_grid, positive
+from tapegrad import segment
 from tapegrad.ops import REGISTRY
 from tapegrad.ops.spec import encode_index
 from tapegrad.testing import check_grads
@@ -32,6 +33,14 @@ def _run(cases: list[Case], order: int) -> None:
     assert not failures, "\n".join(failures)
 
 
+@pytest.fixture(params=["shared segments", "a segment per op"])
+def segments(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eager ops on one segment, or each on its own (every input then crosses a segment's edge)."""
+    if request.param == "a segment per op":
+        monkeypatch.setattr(segment, "ROOM", 0)
+
+
+@pytest.mark.usefixtures("segments")
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_op_gradient(name: str) -> None:
     if not CASES.get(name):
@@ -44,6 +53,7 @@ def test_op_gradient(name: str) -> None:
 SECOND_ORDER = sorted(name for name in REGISTRY if REGISTRY[name].vjp is not None)
 
 
+@pytest.mark.usefixtures("segments")
 @pytest.mark.parametrize("name", SECOND_ORDER)
 def test_op_second_derivative(name: str) -> None:
     cases = [c for c in CASES.get(name, []) if c.order2]

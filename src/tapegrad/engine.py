@@ -145,8 +145,16 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
                         prev = get(j)
                         cot[j] = gi if prev is None else F.add(prev, gi)
                 continue
-            # One input broadcast or promoted (often a constant, in `skip`): each input on its own.
             shape = out.shape
+            if j in skip and a.shape == shape and a.dtype is dtype:
+                # The second input a constant (`y * 0.9`), the first like the output: as above.
+                if i not in skip:
+                    gi = g if vjp is pass_on else vjp(F, g, xs, out, attrs, 0)
+                    if gi is not None:
+                        prev = get(i)
+                        cot[i] = gi if prev is None else F.add(prev, gi)
+                continue
+            # One input broadcast or promoted (often a constant, in `skip`): each input on its own.
             for k, n in ((0, i), (1, j)):
                 if n in skip:
                     continue

@@ -213,8 +213,8 @@ class Tape:
     Input arrays (`_kept`): `_shared`, the fingerprint of each leaf whose array the user also
     holds, checked by `check_shared`; `copy_inputs`, set by `record(copy_inputs=True)`, copies
     them all instead.  `_by_name`: name -> ids, the index behind lookups by name, built at the
-    first one and kept up to date.  `_scalar_ids`: (Python number, dtype) -> the const leaf
-    recording made for it, reused by later uses of the same number (tracer).
+    first one and kept up to date.  `_scalar_ids`: (Python number, dtype) -> (array, id) of the
+    const leaf recording made for it, reused by later uses of the same number (tracer).
 
     Caches and links, owned by their users: `_dense_cache` (for `_ids()`, valid while the
     record and leaf counts are unchanged), `_plans` (replay plans, likewise), `_leaf_vars`
@@ -256,7 +256,7 @@ class Tape:
         self._by_name: dict[str, list[int]] | None = None  # name -> ids, built at the first lookup by name
         self.copy_inputs = False  # record(copy_inputs=True): keep a private copy of every leaf
         self._shared: dict[int, int] = {}  # leaf id -> fingerprint of a user array the tape shares
-        self._scalar_ids: dict[tuple[Any, np.dtype[Any]], int] = {}  # (Python number, dtype) -> its const id
+        self._scalar_ids: dict[tuple[Any, np.dtype[Any]], tuple[Any, int]] = {}  # (Python number, dtype) -> (array, id)
 
     # -- for the format package: a constructor and read accessors --
     @classmethod

@@ -6,9 +6,9 @@ Contract:
   tape; leaves (Variables created or first used inside the block, constants) enter the tape as
   copies, or, for arrays of 64 KiB or more, shared and fingerprinted (`Tape._kept`): later
   mutation of user arrays cannot change a recording silently.
-- Outside `no_record()`, each result keeps a link to its record and input Variables (DeZero's
-  "creator"), so `y.backward()` works with or without a tape.  Nothing global grows: links live
-  exactly as long as the Variables that hold them.
+- Outside `no_record()` and `record()`, each result is appended to an eager segment (`segment`:
+  a short implicit tape, freed with the last Variable made on it), so `y.backward()` works with
+  or without a tape, as one reverse pass over records in either case.  Nothing global grows.
 - Python scalars follow numpy 2 promotion (`x32 * 2.0` stays float32) and are recorded as
   constants of the promoted dtype.  Invalid arguments raise `TapegradError` naming the op and
   the shapes, never a bare numpy error.
@@ -55,6 +55,7 @@ from .errors import ArgumentError, CopyError, DTypeError, TapegradError
 from .interrupts import held
 from .ops import NUMPY, REGISTRY, OpSpec
 from .ops.registry import add_backend, backend
+from .segment import RECORD_BYTES, Segment, fresh, join
 from .tape import Tape, describe_exception
 
 _serials = itertools.count()
@@ -67,10 +68,9 @@ NO_ATTRS = None  # the stored attributes of attribute-free records (see tape.Raw
 
 def _emit(name: str, attrs: Any, out: Any, tape: Tape | None, in_serials: tuple[int, ...],
           inputs: tuple[Any, ...]) -> Variable:
-    """Wrap op result `out` in a new Variable and record it on `tape`, or link it (eager).
-
-    `inputs` (the Variables, and constants' arrays) are kept as the eager link; a recorded
-    result keeps no link, its history is the tape.
+    """Wrap op result `out` in a new Variable and record it on `tape`, or (eager) append it to
+    the segment its `inputs` (the Variables, and constants' arrays) join (`segment.join`); a
+    recorded result has no segment, its history is the tape.
     """
     if type(out) is not _NDARRAY:
         out = np.asarray(out)
@@ -82,7 +82,8 @@ def _emit(name: str, attrs: Any, out: Any, tape: Tape | None, in_serials: tuple[
     s = v._tapegrad_serial = next(_serials)
     rec = (name, attrs, s, *in_serials)
     if tape is None:
-        v._link = (rec, *inputs)
+        seg = v._link = join(inputs, in_serials)
+        seg.append(rec, out)
     else:
         v._link = None
         if tape.source:
@@ -122,8 +123,16 @@ def _unary_op(spec: OpSpec, depth: int = 1) -> Callable[[Any], Variable]:
         v._name = None
         v._tape = tape
         s = v._tapegrad_serial = next(_serials)
-        if tape is None:
-            v._link = ((name, NO_ATTRS, s, x._tapegrad_serial), x)
+        if tape is None:  # eager: x's segment, unless it has none or that one is full
+            seg = x._link
+            if seg is None or seg.room <= 0:
+                seg = fresh(seg)
+                if x._tapegrad_serial not in seg.values:
+                    seg.enter(x._tapegrad_serial, x)
+            v._link = seg
+            seg.records.append((name, NO_ATTRS, s, x._tapegrad_serial))
+            seg.values[s] = out
+            seg.room -= out.nbytes + RECORD_BYTES
             return v
         v._link = None
         if tape.source:
@@ -168,8 +177,9 @@ def _binary_op(spec: OpSpec, reflected: bool = False, depth: int = 1) -> Callabl
             db, sb = b.data, b._tapegrad_serial
             if db is None or (b._tape is not tape and tape is not None and sb not in tape._values):
                 return _apply(spec, (a, b), NO_ATTRS)
-        else:
-            db, sb = _fast_constant(b, da, tape)
+        else:  # (a Python float seen before: `_fast_constant`'s first lookup, inlined)
+            hit = (_EAGER_SCALARS if tape is None else tape._scalar_ids).get((b, da.dtype)) if type(b) is float else None
+            db, sb = hit if hit is not None else _fast_constant(b, da, tape)
             if db is None:
                 return _apply(spec, (a, b), NO_ATTRS)
         if not state.linking:
@@ -190,8 +200,22 @@ def _binary_op(spec: OpSpec, reflected: bool = False, depth: int = 1) -> Callabl
         v._name = None
         v._tape = tape
         s = v._tapegrad_serial = next(_serials)
-        if tape is None:  # eager: link the inputs, a constant by its array
-            v._link = ((name, NO_ATTRS, s, sa, sb), a if type(a) is Variable else da, b if type(b) is Variable else db)
+        if tape is None:  # eager: the newer of the inputs' segments (`segment.join`), or a new one
+            seg = a._link if type(a) is Variable else None
+            other = b._link if type(b) is Variable else None
+            if other is not seg and other is not None and (seg is None or other.seq > seg.seq):
+                seg = other
+            if seg is None or seg.room <= 0:
+                seg = fresh(seg)
+            known = seg.values
+            if sa not in known:
+                seg.enter(sa, a if type(a) is Variable else da)
+            if sb not in known:
+                seg.enter(sb, b if type(b) is Variable else db)
+            v._link = seg
+            seg.records.append((name, NO_ATTRS, s, sa, sb))
+            known[s] = out
+            seg.room -= out.nbytes + RECORD_BYTES
             return v
         v._link = None
         if tape.source:
@@ -219,8 +243,9 @@ def _fast_constant(c: Any, other: Any, tape: Tape | None) -> tuple[Any, int]:
     `c`.  The id is -1 until the constant is recorded (`_recorded_constant`, after the op ran).
 
     A Python int or float beside a float array takes the array's dtype, as numpy 2 promotion
-    gives it (`x32 * 2.0` stays float32): one small array made here, not a `result_type` call;
-    recording onto `tape`, a number it already holds in that dtype is its recorded array and id.
+    gives it (`x32 * 2.0` stays float32), as a 0-d array (which numpy also combines faster than
+    a Python float): a number already seen in that dtype is the array and id made for it before,
+    by `tape` (`_recorded_constant`) or, eager, in `_EAGER_SCALARS`; else one is made here.
     An ndarray is used as it is (what a recording keeps of it: `Tape._kept`); a numpy scalar
     becomes a 0-d array of its dtype.  Everything else (Python scalars beside integer arrays,
     which may overflow; bool and complex dtypes; lists) goes the general way.
@@ -230,14 +255,21 @@ def _fast_constant(c: Any, other: Any, tape: Tape | None) -> tuple[Any, int]:
         dtype = other.dtype
         if dtype.kind != "f":
             return None, -1
-        if tape is not None and c != 0 and c == c:  # (see `_recorded_constant`)
-            vid = tape._scalar_ids.get((c, dtype))
-            if vid is not None:
-                return tape._values[vid], vid
+        known = _EAGER_SCALARS if tape is None else tape._scalar_ids
+        hit = known.get((c, dtype))  # (zeros and NaN are never kept: see `_recorded_constant`)
+        if hit is not None:
+            return hit
         try:
-            return np.array(c, dtype), -1
+            arr = np.array(c, dtype)
         except OverflowError:
             return None, -1
+        if tape is None and c != 0 and c == c:
+            arr.flags.writeable = False  # (shared by every eager use of the number)
+            if len(_EAGER_SCALARS) >= _EAGER_SCALARS_KEPT:
+                _EAGER_SCALARS.clear()
+            hit = _EAGER_SCALARS[(c, dtype)] = (arr, next(_serials))
+            return hit
+        return arr, -1
     if t is _NDARRAY:
         return (c, -1) if c.dtype.kind in _FAST_KINDS else (None, -1)
     if isinstance(c, np.generic) and c.dtype.kind in _FAST_KINDS:
@@ -246,6 +278,10 @@ def _fast_constant(c: Any, other: Any, tape: Tape | None) -> tuple[Any, int]:
 
 
 _FAST_KINDS = frozenset("iuf")  # (bool constants are rare: they take the general path)
+_EAGER_SCALARS: dict[tuple[Any, np.dtype[Any]], tuple[Any, int]] = {}
+"""(Python number, float dtype) -> (its read-only 0-d array, its id), for eager ops: a loop that
+multiplies by 0.9 makes one constant, not one per step (segments hold it like any constant)."""
+_EAGER_SCALARS_KEPT = 256  # (cleared when full: a bound, not a cache policy that needs tuning)
 
 
 def _recorded_constant(tape: Tape, c: Any, arr: Any) -> int:
@@ -256,22 +292,21 @@ def _recorded_constant(tape: Tape, c: Any, arr: Any) -> int:
     key = None
     if (type(c) is float or type(c) is int) and c != 0 and c == c:
         key = (c, arr.dtype)
-        vid: int | None = tape._scalar_ids.get(key)
-        if vid is not None:
-            return vid
+        hit = tape._scalar_ids.get(key)
+        if hit is not None:
+            return hit[1]
     vid = next(_serials)
     tape._add_leaf(vid, arr, None, True, users=arr is c)
     if key is not None:
-        tape._scalar_ids[key] = vid
+        tape._scalar_ids[key] = (tape._values[vid], vid)
     return vid
 
 
 class Variable:
     """A numpy array that records the ops applied to it.  `data` must be an ndarray or None."""
 
-    # _link: (record, *inputs) for eager results (one flat tuple: one object fewer per op for
-    # the collector to count and free), None for leaves and recorded results (the tape holds
-    # their history); _tape: the tape that produced or first recorded this Variable.
+    # _link: the `Segment` an eager result was appended to, None for leaves and recorded results
+    # (the tape holds their history); _tape: the tape that produced or first recorded this Variable.
     __slots__ = ("__weakref__", "_link", "_name", "_tape", "_tapegrad_serial", "data", "grad")
     # numpy's protocols (`__array_ufunc__`, `__array_function__`) are installed at the end of
     # this module from `numpy_dispatch`: plain `np.*` calls on Variables record registry ops.
@@ -291,7 +326,7 @@ class Variable:
         self.grad = None
         self._name = name
         self._tapegrad_serial = next(_serials)
-        self._link: tuple[Any, ...] | None = None
+        self._link: Segment | None = None
         self._tape: Tape | None = None
         tape = _current().tape
         if tape is not None and data is not None:
@@ -683,13 +718,20 @@ def reverse_pass(y: Variable, seed: Any, targets: dict[int, Variable] | None, tr
     """`backprop.pull` from `y`: on numpy arrays, or `traced` on Variables (so that the reverse
     pass is itself recorded and differentiable); `check`: anomaly mode."""
     if traced:
-        return backprop.pull(y, seed, targets, OPS, _tape_node, check=check)
+        return backprop.pull(y, seed, targets, OPS, _node, check=check)
     return backprop.pull(y, seed, targets, NUMPY, check=check)
 
 
-def _tape_node(tape: Tape, s: int) -> Variable:
-    """The Variable standing for value `s` of `tape` in a traced reverse pass: the Variable that
-    entered the tape as an input, else a new one holding the recorded value."""
+def _node(owner: Tape | Segment, s: int) -> Variable:
+    """The Variable standing for value `s` of a tape or an eager segment in a traced reverse
+    pass: for a tape, the Variable that entered it as an input, else a new Variable holding the
+    recorded value, whose history is the tape (or the segment)."""
+    v: Variable | None
+    if type(owner) is Segment:
+        v = _new_variable(Variable)
+        v.data, v.grad, v._name, v._tapegrad_serial, v._link, v._tape = owner.values[s], None, None, s, owner, None
+        return v
+    tape = cast("Tape", owner)
     v = tape._leaf_vars.get(s)
     if v is None:
         v = _new_variable(Variable)
