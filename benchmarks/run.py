@@ -20,6 +20,8 @@ so that slow drift of a shared machine hits all alike; tables give the median an
   `a` and `c` Python floats (only `x` differentiated) or differentiated Variables; plus `np.sin(y)`
   style calls once Variables take numpy's dispatch, and a replay of the loaded tape.  The numpy
   baseline computes the same gradients (with Variable constants, theirs too).  Target: <= 2.0x.
+  Also `backward()` alone (the forward run untimed before each sample), eager against over a
+  recorded tape.  Target: eager <= 1.0x recorded.
 - mlp: one training step, batch 256, 784-512-10, tanh, softmax cross-entropy, float32 and float64:
   eager, and replayed from a loaded tape with a new batch.  Targets: eager <= 1.2x, replay <= 1.1x.
 - memory: peak traced memory (tracemalloc) of that step, float64: inside `record()` (plus its
@@ -152,10 +154,11 @@ class Case:
     section: str
     workload: str
     impl: str
-    run: Callable[[], Any]
+    run: Callable[..., Any]
     baseline: str = "numpy"  # the impl of the same workload this one is compared with
     samples: list[float] = field(default_factory=list)
     note: str = ""
+    setup: Callable[[], Any] | None = None  # if given, run untimed before each run; run gets its result
 
     @property
     def median(self) -> float:
@@ -177,11 +180,16 @@ def measure(cases: list[Case], repeat: int, warmup: int) -> None:
     """Round-robin: every repeat runs each case once, in turn, after `warmup` untimed rounds."""
     for _ in range(warmup):
         for case in cases:
-            case.run()
+            case.run() if case.setup is None else case.run(case.setup())
     for _ in range(repeat):
         for case in cases:
-            t0 = time.perf_counter()
-            case.run()
+            if case.setup is None:
+                t0 = time.perf_counter()
+                case.run()
+            else:
+                prepared = case.setup()
+                t0 = time.perf_counter()
+                case.run(prepared)
             case.samples.append(time.perf_counter() - t0)
 
 
@@ -206,6 +214,16 @@ def tapegrad_chain(x0: np.ndarray, n: int, recording: bool, variables: bool, num
         y = chain(x, a, c, n, sin, exp)
     y.backward()
     return [x.grad, a.grad, c.grad] if variables else [x.grad]
+
+
+def tapegrad_forward(x0: np.ndarray, n: int, recording: bool) -> tuple[Any, Any]:
+    """(x, y): the chain's forward only, eager or recorded, constants Python floats."""
+    if recording:
+        with tg.record():
+            x = tg.Variable(x0)
+            return x, chain(x, A, C, n)
+    x = tg.Variable(x0)
+    return x, chain(x, A, C, n)
 
 
 def chain_peers(peers: dict[str, Peer], x0: np.ndarray, n: int) -> dict[str, Callable[[], Any]]:
@@ -268,6 +286,16 @@ def tiny_cases(sizes: Sizes, peers: dict[str, Peer]) -> list[Case]:
             return tapegrad_chain(X_TINY, n, False, False, numpy_calls=True)
         check("np.sin style", run_np(), want_f, 1e-10)
         cases.append(Case("tiny", "chain", "tapegrad eager, np.sin(y) style calls", run_np))
+    for label, recording in (("tapegrad record()", True), ("tapegrad eager", False)):
+        def forward(recording: bool = recording) -> tuple[Any, Any]:
+            return tapegrad_forward(X_TINY, n, recording)
+
+        def backward(xy: tuple[Any, Any]) -> Any:
+            xy[1].backward()
+            return xy[0].grad
+        check(f"{label}, backward() only", backward(forward()), want_f, 1e-10)
+        cases.append(Case("tiny", "chain, backward() only", label, backward, baseline="tapegrad record()", setup=forward,
+                          note="constants Python floats; the forward is run untimed before each sample"))
     with tg.record() as tape:
         x = tg.Variable(X_TINY, name="x")
         y = chain(x, A, C, n, tg.sin, tg.exp)
@@ -592,6 +620,7 @@ TARGETS = [  # (section, workload prefix, impl, limit): ratio of the median to t
     ("tiny", "chain", "tapegrad record(), constants Python floats", 2.0),
     ("tiny", "chain", "tapegrad eager, constants Variables", 2.0),
     ("tiny", "chain", "tapegrad record(), constants Variables", 2.0),
+    ("tiny", "chain, backward() only", "tapegrad eager", 1.0),
     ("mlp", "MLP step float32", "tapegrad eager", 1.2),
     ("mlp", "MLP step float64", "tapegrad eager", 1.2),
     ("mlp", "MLP step float32", "tapegrad replay of the loaded tape", 1.1),

@@ -213,9 +213,10 @@ def test_the_eager_history_holds_each_record_and_value_once() -> None:
     y = x * x
     z = y + y
     found = segment.history(z, set())
-    assert [r[0] for r in found.records] == ["mul", "add"]
-    assert set(found.values) == {x._tapegrad_serial, y._tapegrad_serial, z._tapegrad_serial}
-    assert list(found.edge) == [x._tapegrad_serial] and found.consts == set()
+    ((records, values),) = found.stretches  # one segment
+    assert [r[0] for r in records] == ["mul", "add"]
+    assert set(values) == {x._tapegrad_serial, y._tapegrad_serial, z._tapegrad_serial}
+    assert list(found.edge) == [x._tapegrad_serial] and found.consts == set() and found.crossing == set()
 
 
 def test_a_recording_keeps_one_constant_per_python_number_and_dtype() -> None:

@@ -22,10 +22,11 @@ Contract:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from . import anomaly, engine, segment
-from .tape import RawRecord, Tape
+from .tape import OUTPUT, RawRecord, Tape
 
 Node = Callable[[Any, int], Any]
 
@@ -64,36 +65,41 @@ def pull(y: Any, seed: Any, targets: dict[int, Any] | None, backend: Any, node: 
                 prev = result.get(me)
                 result[me] = (v, g if prev is None else backend.add(prev[1], g))
             continue
-        records: Sequence[RawRecord]
         on_tape: Tape | None = None
+        stretches: list[tuple[Sequence[RawRecord], Any]]  # (records, values), newest first
+        crossing: AbstractSet[int] = frozenset()
         if v._link is not None:
             found = segment.history(v, stop)
-            records, data, edge, consts = found.records, found.values, found.edge, found.consts
-            values = segment.Nodes(found, node) if node is not None else data
+            edge, consts, crossing = found.edge, found.consts, found.crossing
+            nodes = segment.Nodes(found, node) if node is not None else None
+            stretches = [(records, nodes if nodes is not None else values) for records, values in found.stretches]
+            holds = found.holds
         else:
             tape = on_tape = v._tape
             assert tape is not None and n is not None
             parts = tape.parts()
-            records = parts.records[: n + 1]
-            data = parts.values
-            values = _TapeNodes(tape, node) if node is not None else data
+            stretches = [(parts.records[: n + 1], _TapeNodes(tape, node) if node is not None else parts.values)]
             edge = tape.input_variables()
             consts = parts.consts
-        edge.update((s, t) for s, t in (targets or {}).items() if s in data)
+            holds = parts.values.__contains__
+        edge.update((s, t) for s, t in (targets or {}).items() if holds(s))
         edge.pop(me, None)
-        sources = {s for s, u in edge.items() if data[s].dtype.kind == "f"}
+        sources = {s for s, u in edge.items() if u.data.dtype.kind == "f"}
         if targets is None:  # every leaf wanted: skip only what cannot carry a gradient
             skip = {s for s in edge if s not in sources} | consts
         else:
-            active = engine.active_set(records, sources)
-            skip = {s for s in data if s not in active}
-        if check:
-            cots = engine.reverse_checked(records, values, {me: g}, skip, sources, backend,
-                                          _checker(on_tape, records), outputs_wanted=targets is not None)
-        else:
-            cots = engine.reverse(records, values, {me: g}, skip, sources, backend,
-                                  outputs_wanted=targets is not None)  # else only leaves are wanted
-        work.extend((edge[s], gs) for s, gs in cots.items())
+            active = engine.active_set([rec for records, _ in reversed(stretches) for rec in records], sources)
+            skip = {s for records, _ in stretches for rec in records for s in rec[OUTPUT:] if s not in active}
+        want = sources | crossing if crossing else sources
+        cots = {me: g}
+        for records, values in stretches:  # cotangents of crossing ids carried to the older stretches
+            if check:
+                cots = engine.reverse_checked(records, values, cots, skip, want, backend, _checker(on_tape, records),
+                                              outputs_wanted=targets is not None)
+            else:
+                cots = engine.reverse(records, values, cots, skip, want, backend,
+                                      outputs_wanted=targets is not None)  # else only leaves are wanted
+        work.extend((edge[s], gs) for s, gs in cots.items() if s in edge)
     return result
 
 

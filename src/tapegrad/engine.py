@@ -123,8 +123,18 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
             # the output) reads as few as it can and is unrolled (the general step costs ~400 more
             # machine instructions per op of the tiny chain, of ~23k).
             i, j = rec[3], rec[4]
-            a, b = xs = (values[i], values[j])
+            a = values[i]
             dtype = out.dtype
+            if j in skip and i not in skip and a.dtype is dtype and a.shape == out.shape:
+                # The second input a constant (`y * 0.9`), the first like the output: only the
+                # first takes a cotangent, of the output's shape and dtype.
+                gi = g if vjp is pass_on else vjp(F, g, (a, values[j]), out, attrs, 0)
+                if gi is not None:
+                    prev = get(i)
+                    cot[i] = gi if prev is None else F.add(prev, gi)
+                continue
+            b = values[j]
+            xs = (a, b)
             if a.shape == b.shape and a.dtype is b.dtype is dtype:
                 if vjp is pass_on:  # (`add`: a call saved per input)
                     if i not in skip:
@@ -146,14 +156,6 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
                         cot[j] = gi if prev is None else F.add(prev, gi)
                 continue
             shape = out.shape
-            if j in skip and a.shape == shape and a.dtype is dtype:
-                # The second input a constant (`y * 0.9`), the first like the output: as above.
-                if i not in skip:
-                    gi = g if vjp is pass_on else vjp(F, g, xs, out, attrs, 0)
-                    if gi is not None:
-                        prev = get(i)
-                        cot[i] = gi if prev is None else F.add(prev, gi)
-                continue
             # One input broadcast or promoted (often a constant, in `skip`): each input on its own.
             for k, n in ((0, i), (1, j)):
                 if n in skip:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections.abc import Callable, Set
-from operator import itemgetter
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -45,7 +45,7 @@ RECORD_BYTES = 256
 
 _NDARRAY = np.ndarray
 _seqs = itertools.count()
-_by_output = itemgetter(OUTPUT)
+_by_seq = attrgetter("seq")
 
 
 class Segment:
@@ -121,48 +121,52 @@ def join(inputs: tuple[Any, ...], ids: tuple[int, ...]) -> Segment:
 class History(NamedTuple):
     """The eager history of a Variable (see `history`), by serial."""
 
-    segments: list[Segment]
-    records: list[RawRecord]  # in a topological order
-    values: dict[int, Any]  # every id the records mention -> its array
+    segments: list[Segment]  # older first
+    stretches: list[tuple[list[RawRecord], dict[int, Any]]]  # (records, values) of each, newest first
     edge: dict[int, Any]  # where the history stops: leaves, recorded results, serials in `stop`
-    consts: set[int]  # constants (their arrays are in `values`)
+    crossing: set[int]  # ids one segment made and a newer one used (their cotangents cross over)
+    consts: set[int]  # constants (their arrays are in the segments' values)
+
+    def holds(self, s: int) -> bool:
+        """Whether id `s` is a value of this history."""
+        return any(s in seg.values for seg in self.segments)
 
 
 def history(y: Any, stop: Set[int]) -> History:
     """The segments eager result `y` depends on, gathered from its own through their edges (not
-    past Variables whose serials are in `stop`), with their records in a topological order
-    (one segment's as they are; several merged by serial, which grows along every path)."""
+    past Variables whose serials are in `stop`).
+
+    A reverse pass goes through the stretches newest first, each on its own segment's values (which
+    hold what its records read), carrying cotangents from one to the next: a record only uses
+    values of its own segment's earlier records and of older segments, so that is a topological
+    order, and nothing is merged or sorted.  Targets (`stop`) made on these segments keep their
+    cotangents: their records are left out of the stretches."""
     first: Segment = y._link
     segments = [first]
     seen = {id(first)}
     edge: dict[int, Any] = {}
+    crossing: set[int] = set()
     k = 0
     while k < len(segments):
         for s, u in segments[k].edge.items():
             link = u._link
             if link is None or s in stop:
                 edge[s] = u
-            elif id(link) not in seen:
+                continue
+            crossing.add(s)
+            if id(link) not in seen:
                 seen.add(id(link))
                 segments.append(link)
         k += 1
-    if len(segments) == 1:
-        records = first.records[:]  # (a snapshot: a traced reverse pass appends to the segment)
-        values = first.values
-        consts = first.consts
-    else:
-        records = [rec for seg in segments for rec in seg.records]
-        records.sort(key=_by_output)
-        values = {}
-        consts = set()
-        for seg in segments:
-            values.update(seg.values)
-            consts |= seg.consts
-    if stop:  # a target made inside these segments: its cotangent is wanted, not pulled further
-        inside = {s for s in stop if s in values and s not in edge and s not in consts}
-        if inside:
-            records = [rec for rec in records if rec[OUTPUT] not in inside]
-    return History(segments, records, values, edge, consts)
+    segments.sort(key=_by_seq)
+    consts = first.consts if len(segments) == 1 else set().union(*(seg.consts for seg in segments))
+    inside = {s for s in stop if s not in edge and any(s in seg.values for seg in segments)} if stop else ()
+    stretches = []
+    for seg in reversed(segments):
+        # (a snapshot of the records: a traced reverse pass appends to the segment)
+        records = [rec for rec in seg.records if rec[OUTPUT] not in inside] if inside else seg.records[:]
+        stretches.append((records, seg.values))
+    return History(segments, stretches, edge, crossing, consts)
 
 
 Node = Callable[[Any, int], Any]
@@ -177,16 +181,10 @@ class Nodes(dict[int, Any]):
         self.found, self.node = found, node
 
     def __missing__(self, s: int) -> Any:
-        for seg in self.found.segments:
-            u = seg.edge.get(s)
-            if u is not None:
-                self[s] = u
-                return u
-        if s in self.found.consts:
-            v = self[s] = self.found.values[s]
-            return v
-        for seg in self.found.segments:
-            if s in seg.values:
-                v = self[s] = self.node(seg, s)
-                return v
-        raise KeyError(s)
+        segments = self.found.segments
+        v = next((seg.edge[s] for seg in segments if s in seg.edge), None)
+        if v is None:
+            seg = next(seg for seg in segments if s in seg.values)
+            v = seg.values[s] if s in self.found.consts else self.node(seg, s)
+        self[s] = v
+        return v
