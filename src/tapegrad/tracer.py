@@ -161,27 +161,32 @@ def _binary_op(spec: OpSpec, reflected: bool = False, depth: int = 1) -> Callabl
         state = _current()
         tape = state.tape
         # Each argument: a Variable with data already on this tape (if recording), or a constant
-        # the fast path can take (its serial is -1 until it gets an id below, unless the tape
-        # already holds that number).
+        # the fast path can take (its serial is -1 until it gets an id below, unless it was seen
+        # before); `seg`: eager, the newer of the inputs' segments (`segment.join`), if any.
         if type(a) is Variable:
-            da, sa = a.data, a._tapegrad_serial
-            if da is None or (a._tape is not tape and tape is not None and sa not in tape._values):
+            da, sa, seg = a.data, a._tapegrad_serial, a._link
+            if da is None or (tape is not None and a._tape is not tape and sa not in tape._values):
                 return _apply(spec, (a, b), NO_ATTRS)
-        elif type(b) is Variable and b.data is not None:
-            da, sa = _fast_constant(a, b.data, tape)
+            if type(b) is Variable:
+                db, sb, other = b.data, b._tapegrad_serial, b._link
+                if db is None or (tape is not None and b._tape is not tape and sb not in tape._values):
+                    return _apply(spec, (a, b), NO_ATTRS)
+                if other is not seg and other is not None and (seg is None or other.seq > seg.seq):
+                    seg = other
+            else:  # (a Python float seen before: `_fast_constant`'s first lookup, inlined)
+                hit = (_EAGER_SCALARS if tape is None else tape._scalar_ids).get((b, da.dtype)) if type(b) is float else None
+                db, sb = hit if hit is not None else _fast_constant(b, da, tape)
+                if db is None:
+                    return _apply(spec, (a, b), NO_ATTRS)
+        elif type(b) is Variable:
+            db, sb, seg = b.data, b._tapegrad_serial, b._link
+            if db is None or (tape is not None and b._tape is not tape and sb not in tape._values):
+                return _apply(spec, (a, b), NO_ATTRS)
+            da, sa = _fast_constant(a, db, tape)
             if da is None:
                 return _apply(spec, (a, b), NO_ATTRS)
         else:
             return _apply(spec, (a, b), NO_ATTRS)
-        if type(b) is Variable:
-            db, sb = b.data, b._tapegrad_serial
-            if db is None or (b._tape is not tape and tape is not None and sb not in tape._values):
-                return _apply(spec, (a, b), NO_ATTRS)
-        else:  # (a Python float seen before: `_fast_constant`'s first lookup, inlined)
-            hit = (_EAGER_SCALARS if tape is None else tape._scalar_ids).get((b, da.dtype)) if type(b) is float else None
-            db, sb = hit if hit is not None else _fast_constant(b, da, tape)
-            if db is None:
-                return _apply(spec, (a, b), NO_ATTRS)
         if not state.linking:
             return _apply(spec, (a, b), NO_ATTRS)
         try:
@@ -200,11 +205,7 @@ def _binary_op(spec: OpSpec, reflected: bool = False, depth: int = 1) -> Callabl
         v._name = None
         v._tape = tape
         s = v._tapegrad_serial = next(_serials)
-        if tape is None:  # eager: the newer of the inputs' segments (`segment.join`), or a new one
-            seg = a._link if type(a) is Variable else None
-            other = b._link if type(b) is Variable else None
-            if other is not seg and other is not None and (seg is None or other.seq > seg.seq):
-                seg = other
+        if tape is None:  # eager: `seg`, or a new segment if it is None or full
             if seg is None or seg.room <= 0:
                 seg = fresh(seg)
             known = seg.values
