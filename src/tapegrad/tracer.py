@@ -111,10 +111,12 @@ def _unary_op(spec: OpSpec, depth: int = 1) -> Callable[[Any], Variable]:
     def op(x: Any) -> Variable:
         state = _current()
         tape = state.tape
-        if type(x) is not Variable or not state.linking or x.data is None or (
-                x._tape is not tape and tape is not None and x._tapegrad_serial not in tape._values):
+        if type(x) is not Variable or not state.linking:
             return _apply(spec, (x,), NO_ATTRS)
-        out = forward(x.data)
+        dx, sx = x.data, x._tapegrad_serial
+        if dx is None or (tape is not None and x._tape is not tape and sx not in tape._values):
+            return _apply(spec, (x,), NO_ATTRS)
+        out = forward(dx)
         if type(out) is not _NDARRAY:
             out = np.asarray(out)
         v = _new_variable(Variable)
@@ -127,10 +129,10 @@ def _unary_op(spec: OpSpec, depth: int = 1) -> Callable[[Any], Variable]:
             seg = x._link
             if seg is None or seg.room <= 0:
                 seg = fresh(seg)
-                if x._tapegrad_serial not in seg.values:
-                    seg.enter(x._tapegrad_serial, x)
+                if sx not in seg.values:
+                    seg.enter(sx, x)
             v._link = seg
-            seg.records.append((name, NO_ATTRS, s, x._tapegrad_serial))
+            seg.records.append((name, NO_ATTRS, s, sx))
             seg.values[s] = out
             seg.room -= out.nbytes + RECORD_BYTES
             return v
@@ -140,7 +142,7 @@ def _unary_op(spec: OpSpec, depth: int = 1) -> Callable[[Any], Variable]:
             if f.f_code is not tape._source_last:
                 f = _source_frame(tape, f)
             tape._source_pos.append(f.f_lasti)
-        rec = (name, NO_ATTRS, s, x._tapegrad_serial)
+        rec = (name, NO_ATTRS, s, sx)
         tape._records.append(rec)
         tape._values[s] = out
         if tape._sink is not None and len(tape._records) >= tape._sink_at:
