@@ -100,8 +100,9 @@ class Compiler:
     for every record with that signature.
     """
 
-    def __init__(self, avals: list[Aval]) -> None:
+    def __init__(self, avals: list[Aval], sizes: list[int] | None = None) -> None:
         self.avals = avals  # slot -> (shape, dtype); grows as temporaries are created
+        self.sizes = _slot_bytes(avals) if sizes is None else sizes  # slot -> bytes of its value, as `avals` grows
         self.steps: list[RawRecord] = []
         self.consts: dict[int, Any] = {}
         self.templates: dict[Hashable, Template] = {}
@@ -121,6 +122,7 @@ class Compiler:
 
     def new(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Sym:
         self.avals.append((shape, dtype))
+        self.sizes.append(_nbytes((shape, dtype)))
         return Sym(len(self.avals) - 1, shape, dtype)
 
     def const(self, value: Any) -> Sym:
@@ -173,16 +175,19 @@ class Compiler:
         variable.  So each signature's steps are compiled once, by running the engine on that
         record alone (`_template`), and stamped out for every record that has it.
         """
-        cot = dict(seeds)
+        cot: list[int | None] = [None] * len(self.avals)  # slot -> its cotangent's slot, while it has one
+        for slot, seed in seeds.items():
+            cot[slot] = seed
         found: dict[int, int] = {}
-        avals, steps, consts, templates = self.avals, self.steps, self.consts, self.templates
-        get, pop, add_step = cot.get, cot.pop, steps.append
+        avals, sizes, steps, consts, templates = self.avals, self.sizes, self.steps, self.consts, self.templates
+        add_step = steps.append
         for k in range(len(records) - 1, -1, -1):
             rec = records[k]
             out = rec[OUTPUT]
-            g = pop(out, None)
+            g = cot[out]
             if g is None:
                 continue
+            cot[out] = None
             if out in want:
                 found[out] = g
             attrs = rec[ATTRS]
@@ -194,16 +199,16 @@ class Compiler:
             key: tuple[Any, ...]
             if len(rec) == 5:  # (the signature spelt out for two inputs and one: a third of the loop's time)
                 i, j = rec[INPUTS], rec[INPUTS + 1]
-                frame = [g, out, i, j, p := get(i), q := get(j)]
+                frame = [g, out, i, j, p := cot[i], q := cot[j]]
                 key = (rec[OP], attrs, avals[g], avals[out], avals[i], avals[j], i in skip, j in skip,
                        p is not None and avals[p], q is not None and avals[q], i == j)
             elif len(rec) == 4:
                 i = rec[INPUTS]
-                frame = [g, out, i, p := get(i)]
+                frame = [g, out, i, p := cot[i]]
                 key = (rec[OP], attrs, avals[g], avals[out], avals[i], i in skip, p is not None and avals[p])
             else:  # (no comprehensions in this function: their closures would make its variables cells, slower)
                 ins = rec[INPUTS:]
-                prevs = list(map(get, ins))
+                prevs = list(map(cot.__getitem__, ins))
                 frame = [g, out, *ins, *prevs]
                 key = (rec[OP], attrs, avals[g], avals[out], tuple(map(ins.index, ins)), *map(avals.__getitem__, ins),
                        *map(skip.__contains__, ins), *_held(avals, prevs))
@@ -213,6 +218,7 @@ class Compiler:
             base = len(avals)
             frame += range(base, base + len(template.avals))
             avals += template.avals
+            sizes += template.sizes
             for op_attrs, slots in template.steps:
                 add_step(op_attrs + slots(frame))
             if template.consts:
@@ -224,8 +230,8 @@ class Compiler:
                 for n, local in template.notes:
                     noted(k, frame[n], frame[local])
         for i in want:
-            if i in cot:
-                found[i] = cot[i]
+            if (got := cot[i]) is not None:
+                found[i] = got
         return found
 
     def _template(self, rec: RawRecord, g: int, prevs: Sequence[int | None], skip: Collection[int],
@@ -251,7 +257,7 @@ class Compiler:
             found = engine.reverse([record], values, seeds, local_skip, set(first), local.ops, outputs_wanted=False)
         fixed = 2 + 2 * n
         return Template(steps=tuple(((op, attrs), operator.itemgetter(*slots)) for op, attrs, *slots in local.steps),
-                        avals=tuple(local.avals[fixed:]),
+                        avals=tuple(local.avals[fixed:]), sizes=tuple(local.sizes[fixed:]),
                         consts=tuple((s - fixed, value) for s, value in local.consts.items()),
                         cots=tuple((s, sym.slot) for s, sym in found.items()), notes=tuple(notes))
 
@@ -276,6 +282,7 @@ class Template(NamedTuple):
 
     steps: tuple[tuple[tuple[str, Any], Callable[[Sequence[int | None]], tuple[int, ...]]], ...]
     avals: tuple[Aval, ...]
+    sizes: tuple[int, ...]  # (bytes of each of `avals`)
     consts: tuple[tuple[int, Any], ...]
     cots: tuple[tuple[int, int], ...]
     notes: tuple[tuple[int, int], ...]
@@ -342,6 +349,7 @@ class Program:
 
     tape: Tape
     avals: list[Aval]  # slot -> (shape, dtype)
+    sizes: list[int]  # slot -> bytes of its value
     initial: dict[int, Any]
     records: list[RawRecord]
     origins: list[int]  # tape record index of each record (_REVERSE: compiled reverse pass)
@@ -680,7 +688,9 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
 
     # Which records the backward pass walks: those `of` depends on.
     needed = engine.needed_ids(records, [*outputs, *([] if of is None else [of])])
-    live_records = [n for n, rec in enumerate(records) if rec[OUTPUT] in needed]
+    every = len(needed) == len(avals)  # (every variable is needed, so every record)
+    live_records: Sequence[int] = range(len(records)) if every else [n for n, rec in enumerate(records)
+                                                                      if rec[OUTPUT] in needed]
 
     # New input shapes: every record they reach is re-inferred (and recomputed, below).
     new = reshaped(tape, shapes, live_records, avals.__getitem__ if dense else None) if shapes else Reshaped({}, {}, {})
@@ -688,7 +698,10 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
         avals[slot_of[vid]] = aval
 
     # The live records in slot form (with generalised attributes at new shapes).
-    sub = [records[n] for n in live_records] if dense else [_slotted(records[n], slot_of) for n in live_records]
+    if dense:
+        sub = list(records) if every else [records[n] for n in live_records]
+    else:
+        sub = [_slotted(records[n], slot_of) for n in live_records]
     if new.attrs:
         for k, n in enumerate(live_records):
             if n in new.attrs:
@@ -731,7 +744,7 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     if checked:
         checks = [StepCheck(False, n, records[n][OUTPUT]) for n in forward]
         checks += [made.get(step[OUTPUT]) for step in comp.steps]
-    return Program(tape, comp.avals, initial, forward_sub + comp.steps,
+    return Program(tape, comp.avals, comp.sizes, initial, forward_sub + comp.steps,
                    forward + [_REVERSE] * len(comp.steps), {v: slot_of[v] for v in replaced},
                    {v: slot_of[v] for v in outputs}, grads, seed_slot, checks=checks, resized=new.avals)
 
@@ -772,7 +785,7 @@ def _jvp_program(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence
     seed_slot = base.seed_slot
     n_fwd = base.n_forward
     program = base.records[n_fwd:]
-    comp = Compiler(list(base.avals))
+    comp = Compiler(list(base.avals), list(base.sizes))
     tangents = [comp.new(*base.avals[base.inputs[w]] if w in base.inputs else tape.shape_dtype(w)) for w in wrt]
     seeds: dict[int, Sym] = {}
     for w, t in zip(wrt, tangents, strict=True):
@@ -787,7 +800,7 @@ def _jvp_program(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence
     keep = [rec for rec in program if rec[OUTPUT] not in linear]
     records = base.records[:n_fwd] + keep + comp.steps
     origins = base.origins[:n_fwd] + [_REVERSE] * (len(keep) + len(comp.steps))
-    return Program(tape, comp.avals, {**base.initial, **comp.consts}, records, origins, base.inputs,
+    return Program(tape, comp.avals, comp.sizes, {**base.initial, **comp.consts}, records, origins, base.inputs,
                    {out_id: out_slot}, {}, tangent_slots=[t.slot for t in tangents], resized=base.resized)
 
 
@@ -864,7 +877,7 @@ def _lower(prog: Program) -> Plan:
     """
     avals, records = prog.avals, prog.records
     n_slots, end = len(avals), len(records)
-    nbytes = [*_slot_bytes(avals), 0]  # slot -> bytes of its value; [-1] (no buffer) is 0
+    nbytes = [*prog.sizes, 0]  # slot -> bytes of its value; [-1] (no buffer) is 0
     last = [-1] * n_slots  # slot -> index of the step that reads it last (-1: none; `end`: a result)
     for k, rec in enumerate(records):
         if len(rec) == 5:  # (two inputs, the usual step of a reverse pass: spelt out)
