@@ -44,6 +44,13 @@ Contract:
 - Compiling (`compile_plan`, `compile_jvp`) pauses the cyclic garbage collector
   (`collector.no_gc`): its tens of thousands of small tuples otherwise trigger collections that
   cost about a tenth of the compile (`benchmarks/replay.py` (d)).
+- Compiling costs a few list and dict operations per record and step (the first replay of a
+  freshly loaded tape pays it in full): a loaded tape's dense ids are recognised without
+  sorting them (`_dense`), the shapes of its ids without a stored value come from its table
+  (`_avals`; `reshaped` is given the compile's table), what to recompute is decided against a
+  set of the unstored ids (`_recomputed`), slot sizes are kept as slots are made
+  (`Compiler.sizes`), and the loops that run per record or step (`Compiler.reverse`,
+  `_recomputed`, `_lower`) read only fast locals.  tests/test_plan_compile.py checks each.
 """
 
 from __future__ import annotations
@@ -97,7 +104,8 @@ class Compiler:
     `reverse` compiles a reverse pass with it: each record's share of the pass (its VJP rule,
     the unbroadcasting, the sums of reused cotangents) is compiled once per signature into a
     `Template`, by running the engine on that one record, and the template is then stamped out
-    for every record with that signature.
+    for every record with that signature.  Each slot's shape and dtype (`avals`) and the bytes of
+    its value (`sizes`, for the lowering's memory model) grow together as slots are made.
     """
 
     def __init__(self, avals: list[Aval], sizes: list[int] | None = None) -> None:
@@ -273,16 +281,17 @@ class Template(NamedTuple):
     Slots are local, numbered as the frame lists them: 0 is the record's cotangent, 1 its output,
     2 .. n+1 its n inputs (by position; a repeated input is used at its first position), n+2 ..
     2n+1 the cotangents those inputs already hold (unused where none), then the slots the
-    template makes: step results and constants, in order, of shapes and dtypes `avals`.  `steps`
-    are `((op, attrs), slots)`, where `slots(frame)` gives the step's `(output, *inputs)` from
-    the frame of global slots; `consts` are (index into `avals`, value); `cots` are (input
-    position, local slot of its cotangent after the record); `notes` (compiled for checking)
-    are (input position, local slot) of each new cotangent in the engine's order.
+    template makes: step results and constants, in order, of shapes and dtypes `avals` (values
+    of `sizes` bytes).  `steps` are `((op, attrs), slots)`, where `slots(frame)` gives the
+    step's `(output, *inputs)` from the frame of global slots; `consts` are (index into `avals`,
+    value); `cots` are (local slot of an input, local slot of its cotangent after the record);
+    `notes` (compiled for checking) are (local slot of an input, local slot of a new cotangent
+    of it), in the engine's order.
     """
 
     steps: tuple[tuple[tuple[str, Any], Callable[[Sequence[int | None]], tuple[int, ...]]], ...]
     avals: tuple[Aval, ...]
-    sizes: tuple[int, ...]  # (bytes of each of `avals`)
+    sizes: tuple[int, ...]
     consts: tuple[tuple[int, Any], ...]
     cots: tuple[tuple[int, int], ...]
     notes: tuple[tuple[int, int], ...]
@@ -871,9 +880,11 @@ def _lower(prog: Program) -> Plan:
 
     The peak model counts the bytes of each buffer a step allocates (a view shares its input's
     buffer) while a register holds a value that uses it, plus the step kernel's scratch space;
-    values supplied from outside are not counted.  This runs once per step of a plan, about half
-    of a compile (`benchmarks/replay.py` (d)): one loop over plain lists, short ways for one and
-    two inputs and for `_PLAIN` ops.
+    values supplied from outside are not counted.  This runs once per step of a plan, about
+    two fifths of a compile (`benchmarks/replay.py` (d)): one loop over plain lists, short ways
+    for one and two inputs and for `_PLAIN` ops, and no closure or comprehension in the function
+    (they would make the variables they read cells, slower at every step; the rare ways call
+    `_release_step` and `_plan_of`).
     """
     avals, records = prog.avals, prog.records
     n_slots, end = len(avals), len(records)
