@@ -152,6 +152,23 @@ def test_templated_reverse_appends_what_the_engine_appends(tape: tg.Tape, checke
         np.testing.assert_array_equal(got_consts[slot], value)
 
 
+@pytest.mark.parametrize("checked", [False, True], ids=["plain", "checked"])
+@pytest.mark.parametrize("make", [lambda: chain_tape(12), reused_inputs_tape, look_alikes_tape],
+                         ids=["chain", "reused-inputs", "look-alikes"])
+def test_wanted_intermediates_get_the_cotangents_the_engine_gives_them(make: Any, checked: bool) -> None:
+    """A record's cotangent stays where the reverse pass keeps it after the record is done (no
+    earlier record looks there), so wanting a record's output finds its complete cotangent."""
+    tape = make()
+    parts = tape.parts()
+    of = parts.records[-1][OUTPUT]
+    middle = [rec[OUTPUT] for rec in parts.records[:-1] if tape.shape_dtype(rec[OUTPUT])[1].kind == "f"]
+    wrt = [v for v in parts.leaves if v not in parts.consts][:1] + middle[::3]
+    steps, _, _, found, notes = engine_steps(tape, of, wrt, checked)
+    got_steps, _, _, got_found, got_notes = templated_steps(tape, of, wrt, checked)
+    assert len(found) > 2 and got_found == found
+    assert got_steps == steps and got_notes == notes
+
+
 def test_the_plan_for_a_new_shape_is_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
     tape = chain_tape(50)
     calls = []

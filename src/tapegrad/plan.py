@@ -176,14 +176,16 @@ class Compiler:
 
         `seeds` maps slots to the slots of their starting cotangents.  `noted(k, i, cotangent)` is
         told, in the engine's order, each new cotangent slot of input slot `i` made by `records[k]`.
-        The loop is the engine's (records in reverse, each one's cotangent popped), and what the
-        engine does for one record follows from the record's signature: its op and attributes,
-        the shapes and dtypes of its cotangent, output and inputs, which inputs are skipped,
-        which already hold a cotangent (and its shape and dtype), and which are the same
-        variable.  So each signature's steps are compiled once, by running the engine on that
-        record alone (`_template`), and stamped out for every record that has it.
+        The loop is the engine's (records in reverse, each one's cotangent complete once the later
+        records have added to theirs; it stays in `cot`, where no earlier record looks, and is
+        found there if wanted), and what the engine does for one record follows from its
+        signature: its op and attributes, the shapes and dtypes of its cotangent, output and
+        inputs, which inputs are skipped, which already hold a cotangent (and its shape and
+        dtype), and which are the same variable.  So each signature's steps are compiled once, by
+        running the engine on that record alone (`_template`), and stamped out for every record
+        that has it.
         """
-        cot: list[int | None] = [None] * len(self.avals)  # slot -> its cotangent's slot, while it has one
+        cot: list[int | None] = [None] * len(self.avals)  # slot -> the slot of its cotangent so far
         for slot, seed in seeds.items():
             cot[slot] = seed
         found: dict[int, int] = {}
@@ -192,12 +194,9 @@ class Compiler:
         for k in range(len(records) - 1, -1, -1):
             rec = records[k]
             out = rec[OUTPUT]
-            g = cot[out]
+            g = cot[out]  # (left in place: no record before this one reads it)
             if g is None:
                 continue
-            cot[out] = None
-            if out in want:
-                found[out] = g
             attrs = rec[ATTRS]
             if attrs is not None:
                 attrs = tuple(attrs.items())
