@@ -997,7 +997,7 @@ def _lower(prog: Program) -> Plan:
 
 
 def _plan_of(prog: Program, steps: list[Step], released: list[int], reg_of: list[int], n_registers: int,
-          peak_bytes: int) -> Plan:
+             peak_bytes: int) -> Plan:
     """The plan of `prog` lowered to `steps` (`_lower`: `released` are the records release steps
     follow, `reg_of` the register of each slot)."""
     registers: list[Any] = [None] * n_registers
@@ -1011,8 +1011,6 @@ def _plan_of(prog: Program, steps: list[Step], released: list[int], reg_of: list
                 tangent_registers=[reg_of[s] for s in prog.tangent_slots], peak_bytes=peak_bytes,
                 checks=None if prog.checks is None else _interleave(prog.checks, released, None),
                 resized=prog.resized)
-
-
 
 
 def _release_step(reg: int, k: int, steps: list[Step], released: list[int], reg_buf: list[int], users: list[int],

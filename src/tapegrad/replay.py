@@ -134,16 +134,16 @@ def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: boo
         if recording and hasattr(value, "_tapegrad_serial"):
             got_shape, got_dtype = tuple(value.shape), value.dtype
         else:
-            if type(value) is not np.ndarray or value.dtype.kind not in COMPUTABLE_KINDS:  # (else as it is)
-                value = as_computable(value, _label(tape, ref, vid))
+            if type(value) is not np.ndarray or value.dtype.kind not in COMPUTABLE_KINDS:  # (as_computable
+                value = as_computable(value, _label(tape, ref, vid))  # keeps such an array as it is)
             got_shape, got_dtype = value.shape, value.dtype
         if got_dtype != dtype:
             raise TapegradError(f"{_label(tape, ref, vid)} was recorded with shape {shape} and dtype {dtype}, "
                                 f"got shape {got_shape} and dtype {got_dtype}")
         if len(got_shape) != len(shape):
-            raise GuardError(f"{_label(tape, ref, vid)} was recorded with shape {shape} and dtype {dtype}, got shape {got_shape}: a replay "
-                             f"can change the sizes of an input's dimensions, not their number; record the "
-                             f"step again with inputs of this shape")
+            raise GuardError(f"{_label(tape, ref, vid)} was recorded with shape {shape} and dtype {dtype}, got shape "
+                             f"{got_shape}: a replay can change the sizes of an input's dimensions, not their "
+                             f"number; record the step again with inputs of this shape")
         out[vid] = value
     return out
 
