@@ -8,6 +8,7 @@ appends when it runs on symbols over the whole tape.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,11 @@ import tapegrad as tg
 from op_cases import CASES, record_case, roundtrip
 from tapegrad import engine, plan, replay
 from tapegrad.tape import OUTPUT
+from tapegrad.tape_format.stored import StoredValues
 
 
-def chain_tape(n: int) -> tg.Tape:
-    with tg.record() as tape:
+def chain_tape(n: int, values: str = "all") -> tg.Tape:
+    with tg.record(values=values) as tape:
         y = x = tg.Variable(np.linspace(0.1, 0.4, 4), name="x")
         for k in range(n):
             y = tg.sin(y) * x if k % 2 else tg.exp(y) + x
@@ -150,6 +152,23 @@ def test_templated_reverse_appends_what_the_engine_appends(tape: tg.Tape, checke
         np.testing.assert_array_equal(got_consts[slot], value)
 
 
+@pytest.mark.parametrize("checked", [False, True], ids=["plain", "checked"])
+@pytest.mark.parametrize("make", [lambda: chain_tape(12), reused_inputs_tape, look_alikes_tape],
+                         ids=["chain", "reused-inputs", "look-alikes"])
+def test_wanted_intermediates_get_the_cotangents_the_engine_gives_them(make: Any, checked: bool) -> None:
+    """A record's cotangent stays where the reverse pass keeps it after the record is done (no
+    earlier record looks there), so wanting a record's output finds its complete cotangent."""
+    tape = make()
+    parts = tape.parts()
+    of = parts.records[-1][OUTPUT]
+    middle = [rec[OUTPUT] for rec in parts.records[:-1] if tape.shape_dtype(rec[OUTPUT])[1].kind == "f"]
+    wrt = [v for v in parts.leaves if v not in parts.consts][:1] + middle[::3]
+    steps, _, _, found, notes = engine_steps(tape, of, wrt, checked)
+    got_steps, _, _, got_found, got_notes = templated_steps(tape, of, wrt, checked)
+    assert len(found) > 2 and got_found == found
+    assert got_steps == steps and got_notes == notes
+
+
 def test_the_plan_for_a_new_shape_is_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
     tape = chain_tape(50)
     calls = []
@@ -199,3 +218,126 @@ def test_the_collector_is_paused_while_a_plan_compiles(compile_: str, monkeypatc
         plan.compile_jvp(tape, y, [x], [])
     assert enabled and not any(enabled)
     assert gc.isenabled()  # and resumed afterwards
+
+
+# ---- the first replay of a loaded tape: no per-record calls into the tape ------------------
+
+
+def recorded_chain(n: int, values: str = "all") -> tg.Tape:
+    """`chain_tape` as recorded: its ids are the tracer's serial numbers, not 0 .. n-1."""
+    with tg.record(values=values) as tape:
+        y = x = tg.Variable(np.linspace(0.1, 0.4, 4), name="x")
+        for k in range(n):
+            y = tg.sin(y) * x if k % 2 else tg.exp(y) + x
+        y.name = "y"
+    return tape
+
+
+def test_a_loaded_tape_replays_without_sorting_its_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loaded tape numbers its ids 0 .. n-1: the first replay recognises that (`plan._dense`)
+    instead of sorting every id (`Tape.ids_in_order`, `Tape.dense_ids`), and names a replaced
+    input by its dense id only in an error.  Its gradients are those of the recorded tape,
+    whose ids are not dense (the other way through `_program`)."""
+    recorded = recorded_chain(200, "inputs")
+    assert not plan._dense(recorded)
+    x = np.linspace(0.2, 0.5, 4)
+    want = tg.replay.backward(recorded, of="y", wrt="x", inputs={"x": x})["x"]
+    loaded = roundtrip(recorded)
+
+    def refuse(self: tg.Tape) -> Any:
+        raise AssertionError("the replay sorted the tape's ids")
+
+    monkeypatch.setattr(tg.Tape, "ids_in_order", refuse)
+    monkeypatch.setattr(tg.Tape, "dense_ids", refuse)
+    got = tg.replay.backward(loaded, of="y", wrt="x", inputs={"x": x})["x"]
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(AssertionError, match="sorted"):  # (an error message may ask for them)
+        tg.replay.backward(loaded, of="y", wrt="x", inputs={"x": np.ones(4, np.float32)})
+
+
+def dense_cases() -> list[Any]:
+    """Tapes whose ids are 0 .. n-1 (loaded ones) and tapes whose ids are not (recorded ones)."""
+    with tg.record() as empty:
+        pass
+    with tg.record() as leaves_only:
+        tg.Variable(np.ones(3), name="a")  # (an input and no record)
+    tapes = {"recorded": recorded_chain(5), "loaded": roundtrip(recorded_chain(5)),
+             "loaded-inputs": roundtrip(recorded_chain(5, "inputs")), "reused-inputs": roundtrip(reused_inputs_tape()),
+             "empty": empty, "leaves-only": leaves_only, "loaded-leaves-only": roundtrip(leaves_only)}
+    return [pytest.param(tape, id=label) for label, tape in tapes.items()]
+
+
+@pytest.mark.parametrize("tape", dense_cases())
+def test_dense_ids_are_recognised_as_sorting_them_would(tape: tg.Tape) -> None:
+    ids = tape.ids_in_order()
+    assert plan._dense(tape) == (ids == list(range(len(ids))))
+
+
+def test_compiling_a_loaded_tape_asks_it_about_a_few_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shapes come from the loaded tape's table (`plan._avals`, and `reshaped` is given it), and
+    what to recompute is decided against a set (`plan._recomputed`): neither `Tape.shape_dtype`
+    nor the stored values' `in` runs per record, however long the tape."""
+    calls: Counter[str] = Counter()
+    shape_dtype, contains = tg.Tape.shape_dtype, StoredValues.__contains__
+
+    def counted_shape_dtype(self: tg.Tape, vid: int) -> Any:
+        calls["shape_dtype"] += 1
+        return shape_dtype(self, vid)
+
+    def counted_contains(self: StoredValues, vid: object) -> bool:
+        calls["in"] += 1
+        return contains(self, vid)
+
+    monkeypatch.setattr(tg.Tape, "shape_dtype", counted_shape_dtype)
+    monkeypatch.setattr(StoredValues, "__contains__", counted_contains)
+    for n in (100, 400):
+        tape = chain_tape(n, "inputs")
+        calls.clear()
+        tg.replay.backward(tape, of="y", wrt="x", inputs={"x": np.linspace(0.1, 0.4, 4)})
+        tg.replay.backward(tape, of="y", wrt="x", inputs={"x": np.linspace(0.1, 0.4, 9)})  # (a new shape)
+        assert calls["shape_dtype"] <= 30 and calls["in"] <= 10, (n, calls)
+
+
+@pytest.mark.parametrize("loop", [plan._lower, plan.Compiler.reverse, plan._recomputed],
+                         ids=["_lower", "Compiler.reverse", "_recomputed"])
+def test_the_compile_loops_keep_their_variables_local(loop: Any) -> None:
+    """The loops that run once per record or step read their variables as fast locals: a closure
+    or (Python 3.11) a comprehension in the same function would make every variable it reads a
+    cell, slower to read at every step (`benchmarks/replay.py` (d))."""
+    assert loop.__code__.co_cellvars == ()
+
+
+def test_slot_sizes_are_kept_as_the_slots_are_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiler keeps the bytes of each slot's value as it makes the slot (templates carry
+    their slots' sizes), so lowering computes none; the tape's own slots are sized once."""
+    tape = chain_tape(300)
+    x, y = tape.resolve("x"), tape.resolve("y")
+    sized: list[int] = []
+    slot_bytes = plan._slot_bytes
+    monkeypatch.setattr(plan, "_slot_bytes", lambda avals: sized.append(len(avals)) or slot_bytes(avals))
+    programs = [plan._program(tape, [], [x], y, [x]), plan._program(tape, [], [x], y, [x], checked=True),
+                plan._program(tape, [], [x], y, [x], shapes={x: (7,)}), plan._jvp_program(tape, y, [x], [x], None)]
+    assert max(sized) <= len(tape.ids_in_order()) < len(programs[0].avals) / 2
+    for prog in programs:
+        assert prog.sizes == [plan._nbytes(aval) for aval in prog.avals]
+    sized.clear()
+    plan._lower(programs[0])
+    assert not sized
+
+
+def test_only_the_records_a_request_needs_are_compiled() -> None:
+    """Every record is live when every variable is needed (`_program` then skips the filter);
+    otherwise only those the request reads."""
+    with tg.record(values="inputs") as recorded:
+        x = tg.Variable(np.linspace(0.1, 0.4, 4), name="x")
+        y = tg.sin(x)
+        y.name = "y"
+        z = tg.exp(x) * 2.0  # (not needed for y)
+        z.name = "z"
+    tape = roundtrip(recorded)
+    sin = next(n for n, rec in enumerate(tape.parts().records) if rec[0] == "sin")
+    just_y = tg.replay.plan(tape, of="y", wrt="x", inputs=["x"])
+    assert [r for r in just_y.step_records if r >= 0] == [sin]
+    both = tg.replay.plan(tape, outputs=["y", "z"], inputs=["x"])
+    assert [r for r in both.step_records if r >= 0] == list(range(len(tape)))
+    np.testing.assert_array_equal(tg.replay.backward(tape, of="y", wrt="x")["x"], np.cos(np.linspace(0.1, 0.4, 4)))

@@ -44,6 +44,13 @@ Contract:
 - Compiling (`compile_plan`, `compile_jvp`) pauses the cyclic garbage collector
   (`collector.no_gc`): its tens of thousands of small tuples otherwise trigger collections that
   cost about a tenth of the compile (`benchmarks/replay.py` (d)).
+- Compiling costs a few list and dict operations per record and step (the first replay of a
+  freshly loaded tape pays it in full): a loaded tape's dense ids are recognised without
+  sorting them (`_dense`), the shapes of its ids without a stored value come from its table
+  (`_avals`; `reshaped` is given the compile's table), what to recompute is decided against a
+  set of the unstored ids (`_recomputed`), slot sizes are kept as slots are made
+  (`Compiler.sizes`), and the loops that run per record or step (`Compiler.reverse`,
+  `_recomputed`, `_lower`) read only fast locals.  tests/test_plan_compile.py checks each.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, 
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from types import SimpleNamespace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -97,11 +104,13 @@ class Compiler:
     `reverse` compiles a reverse pass with it: each record's share of the pass (its VJP rule,
     the unbroadcasting, the sums of reused cotangents) is compiled once per signature into a
     `Template`, by running the engine on that one record, and the template is then stamped out
-    for every record with that signature.
+    for every record with that signature.  Each slot's shape and dtype (`avals`) and the bytes of
+    its value (`sizes`, for the lowering's memory model) grow together as slots are made.
     """
 
-    def __init__(self, avals: list[Aval]) -> None:
+    def __init__(self, avals: list[Aval], sizes: list[int] | None = None) -> None:
         self.avals = avals  # slot -> (shape, dtype); grows as temporaries are created
+        self.sizes = _slot_bytes(avals) if sizes is None else sizes  # slot -> bytes of its value, as `avals` grows
         self.steps: list[RawRecord] = []
         self.consts: dict[int, Any] = {}
         self.templates: dict[Hashable, Template] = {}
@@ -121,6 +130,7 @@ class Compiler:
 
     def new(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Sym:
         self.avals.append((shape, dtype))
+        self.sizes.append(_nbytes((shape, dtype)))
         return Sym(len(self.avals) - 1, shape, dtype)
 
     def const(self, value: Any) -> Sym:
@@ -166,62 +176,69 @@ class Compiler:
 
         `seeds` maps slots to the slots of their starting cotangents.  `noted(k, i, cotangent)` is
         told, in the engine's order, each new cotangent slot of input slot `i` made by `records[k]`.
-        The loop is the engine's (records in reverse, each one's cotangent popped), and what the
-        engine does for one record follows from the record's signature: its op and attributes,
-        the shapes and dtypes of its cotangent, output and inputs, which inputs are skipped,
-        which already hold a cotangent (and its shape and dtype), and which are the same
-        variable.  So each signature's steps are compiled once, by running the engine on that
-        record alone (`_template`), and stamped out for every record that has it.
+        The loop is the engine's (records in reverse, each one's cotangent complete once the later
+        records have added to theirs; it stays in `cot`, where no earlier record looks, and is
+        found there if wanted), and what the engine does for one record follows from its
+        signature: its op and attributes, the shapes and dtypes of its cotangent, output and
+        inputs, which inputs are skipped, which already hold a cotangent (and its shape and
+        dtype), and which are the same variable.  So each signature's steps are compiled once, by
+        running the engine on that record alone (`_template`), and stamped out for every record
+        that has it.
         """
-        cot = dict(seeds)
+        cot: list[int | None] = [None] * len(self.avals)  # slot -> the slot of its cotangent so far
+        for slot, seed in seeds.items():
+            cot[slot] = seed
         found: dict[int, int] = {}
-        avals, steps, consts, templates, get = self.avals, self.steps, self.consts, self.templates, cot.get
+        avals, sizes, steps, consts, templates = self.avals, self.sizes, self.steps, self.consts, self.templates
+        add_step = steps.append
         for k in range(len(records) - 1, -1, -1):
             rec = records[k]
             out = rec[OUTPUT]
-            g = cot.pop(out, None)
+            g = cot[out]  # (left in place: no record before this one reads it)
             if g is None:
                 continue
-            if out in want:
-                found[out] = g
-            ins = rec[INPUTS:]
             attrs = rec[ATTRS]
             if attrs is not None:
                 attrs = tuple(attrs.items())
-            prevs: Sequence[int | None]
+            # The frame: the global slots of the record's cotangent, output, inputs and the
+            # cotangents they hold (see `Template`); the slots the template makes follow.
+            frame: list[Any]
             key: tuple[Any, ...]
-            if len(ins) == 1:  # (the signature spelt out for one and two inputs: a third of the loop's time)
-                i = ins[0]
-                prevs = (p := get(i),)
-                key = (rec[OP], attrs, avals[g], avals[out], avals[i], i in skip, p is not None and avals[p])
-            elif len(ins) == 2:
-                i, j = ins
-                prevs = (p := get(i), q := get(j))
+            if len(rec) == 5:  # (the signature spelt out for two inputs and one: a third of the loop's time)
+                i, j = rec[INPUTS], rec[INPUTS + 1]
+                frame = [g, out, i, j, p := cot[i], q := cot[j]]
                 key = (rec[OP], attrs, avals[g], avals[out], avals[i], avals[j], i in skip, j in skip,
                        p is not None and avals[p], q is not None and avals[q], i == j)
-            else:
-                prevs = [get(i) for i in ins]
-                key = (rec[OP], attrs, avals[g], avals[out], tuple(map(ins.index, ins)), *[avals[i] for i in ins],
-                       *[i in skip for i in ins], *[p is not None and avals[p] for p in prevs])
+            elif len(rec) == 4:
+                i = rec[INPUTS]
+                frame = [g, out, i, p := cot[i]]
+                key = (rec[OP], attrs, avals[g], avals[out], avals[i], i in skip, p is not None and avals[p])
+            else:  # (no comprehensions in this function: their closures would make its variables cells, slower)
+                ins = rec[INPUTS:]
+                prevs = list(map(cot.__getitem__, ins))
+                frame = [g, out, *ins, *prevs]
+                key = (rec[OP], attrs, avals[g], avals[out], tuple(map(ins.index, ins)), *map(avals.__getitem__, ins),
+                       *map(skip.__contains__, ins), *_held(avals, prevs))
             template = templates.get(key)
             if template is None:
-                template = templates[key] = self._template(rec, g, prevs, skip, noted is not None)
+                template = templates[key] = self._template(rec, g, frame[len(rec) - 1:], skip, noted is not None)
             base = len(avals)
-            frame = [g, out, *ins, *prevs, *range(base, base + len(template.avals))]
-            avals.extend(template.avals)
+            frame += range(base, base + len(template.avals))
+            avals += template.avals
+            sizes += template.sizes
             for op_attrs, slots in template.steps:
-                steps.append(op_attrs + slots(frame))
+                add_step(op_attrs + slots(frame))
             if template.consts:
                 for n, value in template.consts:
                     consts[base + n] = value
             for n, local in template.cots:
-                cot[ins[n]] = frame[local]
+                cot[frame[n]] = frame[local]
             if noted is not None:
                 for n, local in template.notes:
-                    noted(k, ins[n], frame[local])
+                    noted(k, frame[n], frame[local])
         for i in want:
-            if i in cot:
-                found[i] = cot[i]
+            if (got := cot[i]) is not None:
+                found[i] = got
         return found
 
     def _template(self, rec: RawRecord, g: int, prevs: Sequence[int | None], skip: Collection[int],
@@ -242,14 +259,19 @@ class Compiler:
         notes: list[tuple[int, int]] = []
         if checked:
             found = engine.reverse_checked([record], values, seeds, local_skip, set(first), local.ops,
-                                           lambda k, s, c: notes.append((s - 2, c.slot)), outputs_wanted=False)
+                                           lambda k, s, c: notes.append((s, c.slot)), outputs_wanted=False)
         else:
             found = engine.reverse([record], values, seeds, local_skip, set(first), local.ops, outputs_wanted=False)
         fixed = 2 + 2 * n
         return Template(steps=tuple(((op, attrs), operator.itemgetter(*slots)) for op, attrs, *slots in local.steps),
-                        avals=tuple(local.avals[fixed:]),
+                        avals=tuple(local.avals[fixed:]), sizes=tuple(local.sizes[fixed:]),
                         consts=tuple((s - fixed, value) for s, value in local.consts.items()),
-                        cots=tuple((s - 2, sym.slot) for s, sym in found.items()), notes=tuple(notes))
+                        cots=tuple((s, sym.slot) for s, sym in found.items()), notes=tuple(notes))
+
+
+def _held(avals: Sequence[Aval], cotangents: Iterable[int | None]) -> list[Aval | bool]:
+    """For a template's key: the aval of each cotangent slot, False where there is none."""
+    return [False if c is None else avals[c] for c in cotangents]
 
 
 class Template(NamedTuple):
@@ -258,15 +280,17 @@ class Template(NamedTuple):
     Slots are local, numbered as the frame lists them: 0 is the record's cotangent, 1 its output,
     2 .. n+1 its n inputs (by position; a repeated input is used at its first position), n+2 ..
     2n+1 the cotangents those inputs already hold (unused where none), then the slots the
-    template makes: step results and constants, in order, of shapes and dtypes `avals`.  `steps`
-    are `((op, attrs), slots)`, where `slots(frame)` gives the step's `(output, *inputs)` from
-    the frame of global slots; `consts` are (index into `avals`, value); `cots` are (input
-    position, local slot of its cotangent after the record); `notes` (compiled for checking)
-    are (input position, local slot) of each new cotangent in the engine's order.
+    template makes: step results and constants, in order, of shapes and dtypes `avals` (values
+    of `sizes` bytes).  `steps` are `((op, attrs), slots)`, where `slots(frame)` gives the
+    step's `(output, *inputs)` from the frame of global slots; `consts` are (index into `avals`,
+    value); `cots` are (local slot of an input, local slot of its cotangent after the record);
+    `notes` (compiled for checking) are (local slot of an input, local slot of a new cotangent
+    of it), in the engine's order.
     """
 
     steps: tuple[tuple[tuple[str, Any], Callable[[Sequence[int | None]], tuple[int, ...]]], ...]
     avals: tuple[Aval, ...]
+    sizes: tuple[int, ...]
     consts: tuple[tuple[int, Any], ...]
     cots: tuple[tuple[int, int], ...]
     notes: tuple[tuple[int, int], ...]
@@ -333,6 +357,7 @@ class Program:
 
     tape: Tape
     avals: list[Aval]  # slot -> (shape, dtype)
+    sizes: list[int]  # slot -> bytes of its value
     initial: dict[int, Any]
     records: list[RawRecord]
     origins: list[int]  # tape record index of each record (_REVERSE: compiled reverse pass)
@@ -521,7 +546,8 @@ class Reshaped(NamedTuple):
     consts: dict[int, Any]
 
 
-def reshaped(tape: Tape, shapes: Mapping[int, tuple[int, ...]], numbers: Iterable[int]) -> Reshaped:
+def reshaped(tape: Tape, shapes: Mapping[int, tuple[int, ...]], numbers: Iterable[int],
+             recorded: Callable[[int], Aval] | None = None) -> Reshaped:
     """Re-infer the shapes of records `numbers` (tape order) for inputs of new `shapes`.
 
     Every record reached by a changed shape is re-checked with its op's shape rule.  Attributes
@@ -529,33 +555,39 @@ def reshaped(tape: Tape, shapes: Mapping[int, tuple[int, ...]], numbers: Iterabl
     and a constant integer index array that was `arange(n)` over an axis of size n (the "every
     row" index, `x[np.arange(len(x)), labels]`) becomes `arange` of the new size.  A record that
     does not apply to the new shapes raises `GuardError` naming it, its source line and the
-    dimension that changed.
+    dimension that changed.  `recorded(id)` gives an id's recorded shape and dtype (default
+    `tape.shape_dtype`; a compile passes the table it already has).
     """
     parts = tape.parts()
     records = parts.records
+    recorded = tape.shape_dtype if recorded is None else recorded
     changed: dict[int, Aval] = {vid: (tuple(shape), tape.shape_dtype(vid)[1]) for vid, shape in shapes.items()}
     new_attrs: dict[int, Mapping[str, Any]] = {}
     new_consts: dict[int, Any] = {}
     for n in numbers:
         rec = records[n]
         ins = rec[INPUTS:]
-        if not any(i in changed for i in ins):
+        if changed.keys().isdisjoint(ins):
             continue
         spec = REGISTRY[rec[OP]]
-        before = [tape.shape_dtype(i)[0] for i in ins]
+        was = list(map(recorded, ins))
+        before = list(map(_SHAPE, was))
         if rec[OP] == "getitem":
             _resize_rows(tape, n, rec, before, changed, new_consts)
-        after = [changed[i][0] if i in changed else tape.shape_dtype(i)[0] for i in ins]
+        after = list(map(_SHAPE, map(changed.get, ins, was)))  # (an input's new aval, else its recorded one)
         attrs = _generalised(rec, before[0], after[0])
         try:
-            out = infer(spec, tuple(after), tuple(tape.shape_dtype(i)[1] for i in ins), attrs or None)
+            out = infer(spec, tuple(after), tuple(map(_DTYPE, was)), attrs or None)
         except TapegradError as exc:
             raise _shape_error(tape, n, rec, before, after, str(exc), shapes) from None
         if attrs is not rec[ATTRS]:
             new_attrs[n] = attrs
-        if out[0] != tape.shape_dtype(rec[OUTPUT])[0]:
+        if out[0] != recorded(rec[OUTPUT])[0]:
             changed[rec[OUTPUT]] = out
     return Reshaped(changed, new_attrs, new_consts)
+
+
+_SHAPE, _DTYPE = operator.itemgetter(0), operator.itemgetter(1)  # (of an Aval)
 
 
 def _generalised(rec: RawRecord, before: tuple[int, ...], after: tuple[int, ...]) -> Any:
@@ -654,41 +686,41 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
              replaced: Sequence[int], checked: bool = False,
              shapes: Mapping[int, tuple[int, ...]] | None = None) -> Program:
     """`compile_plan` in slot form."""
-    ids = tape.ids_in_order()
-    # (A loaded tape numbers its variables 0, 1, ... in definition order: its records are in slot form.)
-    dense = ids == list(range(len(ids)))
-    slot_of: Sequence[int] | dict[int, int] = range(len(ids)) if dense else {vid: n for n, vid in enumerate(ids)}
-    avals: list[Aval] = [tape.shape_dtype(vid) for vid in ids]
     parts = tape.parts()
     records = parts.records
+    # (A loaded tape numbers its variables 0, 1, ... in definition order: its records are in slot form.)
+    dense = _dense(tape)
+    ids = range(len(parts.leaves) + len(records)) if dense else tape.ids_in_order()
+    slot_of: Sequence[int] | dict[int, int] = ids if dense else {vid: n for n, vid in enumerate(ids)}
+    avals = _avals(tape, ids, dense)
 
     # Which records the backward pass walks: those `of` depends on.
     needed = engine.needed_ids(records, [*outputs, *([] if of is None else [of])])
-    live_records = [n for n, rec in enumerate(records) if rec[OUTPUT] in needed]
+    every = len(needed) == len(avals)  # (every variable is needed, so every record)
+    live_records: Sequence[int] = range(len(records)) if every else [n for n, rec in enumerate(records)
+                                                                      if rec[OUTPUT] in needed]
 
     # New input shapes: every record they reach is re-inferred (and recomputed, below).
-    new = reshaped(tape, shapes, live_records) if shapes else Reshaped({}, {}, {})
+    new = reshaped(tape, shapes, live_records, avals.__getitem__ if dense else None) if shapes else Reshaped({}, {}, {})
     for vid, aval in new.avals.items():
         avals[slot_of[vid]] = aval
 
     # The live records in slot form (with generalised attributes at new shapes).
-    sub = [records[n] for n in live_records] if dense else [_slotted(records[n], slot_of) for n in live_records]
-    for k, n in enumerate(live_records):
-        if n in new.attrs:
-            sub[k] = (sub[k][OP], new.attrs[n], *sub[k][OUTPUT:])
+    if dense:
+        sub = list(records) if every else [records[n] for n in live_records]
+    else:
+        sub = [_slotted(records[n], slot_of) for n in live_records]
+    if new.attrs:
+        for k, n in enumerate(live_records):
+            if n in new.attrs:
+                sub[k] = (sub[k][OP], new.attrs[n], *sub[k][OUTPUT:])
 
     # Forward: recompute what is missing or depends on a replaced input (guards included).
     stored = parts.values
+    unstored = needed.difference(stored)  # (a set: `in` a loaded tape's values is a Python call)
     dirty = set(replaced) | new.consts.keys()
-    forward: list[int] = []  # tape record indices
-    forward_sub: list[RawRecord] = []
-    for n, srec in zip(live_records, sub, strict=True):
-        rec = records[n]
-        if rec[OUTPUT] not in stored or rec[OP] in _VIEWS or not dirty.isdisjoint(rec[INPUTS:]):
-            dirty.add(rec[OUTPUT])
-            forward.append(n)
-            forward_sub.append(srec)
-    missing = [vid for vid in needed.difference(stored, dirty) if tape.producer(vid) is None]
+    forward, forward_sub = _recomputed(records, live_records, sub, unstored, dirty)
+    missing = [vid for vid in unstored.difference(dirty) if tape.producer(vid) is None]
     if missing:
         names = ", ".join(f"v{slot_of[v]}" for v in sorted(missing))
         raise TapegradError(f"cannot replay: the tape stores no value for input(s) {names} "
@@ -704,7 +736,7 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     if of is not None:
         seed_slot = comp.new(*avals[slot_of[of]]).slot
         active = engine.active_set(sub, [slot_of[w] for w in wrt])
-        skip = set(map(slot_of.__getitem__, needed)).difference(active)
+        skip = needed.difference(active) if dense else set(map(slot_of.__getitem__, needed)).difference(active)
         noted = None
         if checked:
             def noted(k: int, i: int, cot: int) -> None:
@@ -720,9 +752,26 @@ def _program(tape: Tape, outputs: Sequence[int], wrt: Sequence[int], of: int | N
     if checked:
         checks = [StepCheck(False, n, records[n][OUTPUT]) for n in forward]
         checks += [made.get(step[OUTPUT]) for step in comp.steps]
-    return Program(tape, comp.avals, initial, forward_sub + comp.steps,
+    return Program(tape, comp.avals, comp.sizes, initial, forward_sub + comp.steps,
                    forward + [_REVERSE] * len(comp.steps), {v: slot_of[v] for v in replaced},
                    {v: slot_of[v] for v in outputs}, grads, seed_slot, checks=checks, resized=new.avals)
+
+
+def _recomputed(records: Sequence[RawRecord], live: Sequence[int], sub: Sequence[RawRecord], unstored: Collection[int],
+                dirty: set[int]) -> tuple[list[int], list[RawRecord]]:
+    """The records a replay recomputes, of the `live` ones (tape indices; `sub`: the same records
+    in slot form): those whose value is `unstored`, views, and those that read a `dirty` id
+    (replaced inputs and resized constants at first); each adds its output to `dirty`.
+    Returns their tape indices and slot forms."""
+    forward: list[int] = []
+    forward_sub: list[RawRecord] = []
+    for n, srec in zip(live, sub, strict=True):
+        rec = records[n]
+        if rec[OUTPUT] in unstored or rec[OP] in _VIEWS or not dirty.isdisjoint(rec[INPUTS:]):
+            dirty.add(rec[OUTPUT])
+            forward.append(n)
+            forward_sub.append(srec)
+    return forward, forward_sub
 
 
 def compile_jvp(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence[int],
@@ -744,7 +793,7 @@ def _jvp_program(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence
     seed_slot = base.seed_slot
     n_fwd = base.n_forward
     program = base.records[n_fwd:]
-    comp = Compiler(list(base.avals))
+    comp = Compiler(list(base.avals), list(base.sizes))
     tangents = [comp.new(*base.avals[base.inputs[w]] if w in base.inputs else tape.shape_dtype(w)) for w in wrt]
     seeds: dict[int, Sym] = {}
     for w, t in zip(wrt, tangents, strict=True):
@@ -759,11 +808,41 @@ def _jvp_program(tape: Tape, out_id: int, wrt: Sequence[int], replaced: Sequence
     keep = [rec for rec in program if rec[OUTPUT] not in linear]
     records = base.records[:n_fwd] + keep + comp.steps
     origins = base.origins[:n_fwd] + [_REVERSE] * (len(keep) + len(comp.steps))
-    return Program(tape, comp.avals, {**base.initial, **comp.consts}, records, origins, base.inputs,
+    return Program(tape, comp.avals, comp.sizes, {**base.initial, **comp.consts}, records, origins, base.inputs,
                    {out_id: out_slot}, {}, tangent_slots=[t.slot for t in tangents], resized=base.resized)
 
 
 _VIEWS = frozenset(name for name, spec in REGISTRY.items() if spec.view)
+
+
+def _dense(tape: Tape) -> bool:
+    """Whether `tape`'s internal ids are 0, 1, ... n-1 (a loaded tape's are), found without
+    sorting them (`Tape.ids_in_order`): its ids are its leaves and its records' outputs, each
+    once, and the outputs increase in tape order (the `Tape` contract), so with n of them they
+    are 0 .. n-1 when the least is 0 and the greatest n - 1."""
+    parts = tape.parts()
+    n = len(parts.leaves) + len(parts.records)
+    if n != len(parts.values) + len(parts.avals):  # (not as the contract says: the sorted ids decide)
+        ids = tape.ids_in_order()
+        return ids == list(range(len(ids)))
+    ends = [*parts.leaves, parts.records[0][OUTPUT], parts.records[-1][OUTPUT]] if parts.records else parts.leaves
+    return not ends or (min(ends) == 0 and max(ends) == n - 1)
+
+
+def _avals(tape: Tape, ids: Sequence[int], dense: bool) -> list[Aval]:
+    """Shape and dtype of each of `ids` (every id of `tape`, in order; `dense`: they are 0 .. n-1).
+
+    Densely numbered, the ids without a value come from the table of those (`TapeParts.avals`,
+    a dict lookup each, and all of them for a tape loaded without its intermediate values) and
+    only the stored ones ask `Tape.shape_dtype`; every id has one or the other (the `Tape`
+    contract)."""
+    if not dense:
+        return [tape.shape_dtype(vid) for vid in ids]
+    parts = tape.parts()
+    avals = list(map(parts.avals.get, ids))
+    for vid in parts.values:
+        avals[vid] = tape.shape_dtype(vid)
+    return cast("list[Aval]", avals)
 
 
 def _slotted(rec: RawRecord, slot_of: Sequence[int] | Mapping[int, int]) -> RawRecord:
@@ -800,17 +879,22 @@ def _lower(prog: Program) -> Plan:
 
     The peak model counts the bytes of each buffer a step allocates (a view shares its input's
     buffer) while a register holds a value that uses it, plus the step kernel's scratch space;
-    values supplied from outside are not counted.  This runs once per step of a plan, about half
-    of a compile (`benchmarks/replay.py` (d)): one loop over plain lists, short ways for one and
-    two inputs and for `_PLAIN` ops.
+    values supplied from outside are not counted.  This runs once per step of a plan, about
+    two fifths of a compile (`benchmarks/replay.py` (d)): one loop over plain lists, short ways
+    for one and two inputs and for `_PLAIN` ops, and no closure or comprehension in the function
+    (they would make the variables they read cells, slower at every step; the rare ways call
+    `_release_step` and `_plan_of`).
     """
     avals, records = prog.avals, prog.records
     n_slots, end = len(avals), len(records)
-    nbytes = [*_slot_bytes(avals), 0]  # slot -> bytes of its value; [-1] (no buffer) is 0
+    nbytes = [*prog.sizes, 0]  # slot -> bytes of its value; [-1] (no buffer) is 0
     last = [-1] * n_slots  # slot -> index of the step that reads it last (-1: none; `end`: a result)
     for k, rec in enumerate(records):
-        for s in rec[INPUTS:]:
-            last[s] = k
+        if len(rec) == 5:  # (two inputs, the usual step of a reverse pass: spelt out)
+            last[rec[INPUTS]] = last[rec[INPUTS + 1]] = k
+        else:
+            for s in rec[INPUTS:]:
+                last[s] = k
     for s in (*prog.outputs.values(), *prog.grads.values()):
         if s is not None and s >= 0:
             last[s] = end
@@ -822,52 +906,46 @@ def _lower(prog: Program) -> Plan:
     steps: list[Step] = []
     released: list[int] = []  # per release step, the index of the record it follows
 
-    def held(slot: int) -> int:
-        """Bytes of the buffer that `slot`'s value (in its register) keeps alive."""
-        return nbytes[reg_buf[reg_of[slot]]]
-
-    def release(reg: int, k: int) -> None:
-        """A step right after record `k` drops the (dead, big) value of register `reg`."""
-        nonlocal live
-        steps.append((_release, reg, None, reg))
-        released.append(k)
-        buf = reg_buf[reg]
-        users[buf] -= 1
-        if users[buf] == 0:
-            live -= nbytes[buf]
-        reg_buf[reg] = -1
-
     preset = [*prog.initial, *prog.inputs.values(), *prog.tangent_slots]
     if prog.seed_slot is not None:
         preset.append(prog.seed_slot)
     for s in preset:
         reg_of[s] = len(reg_buf)
         reg_buf.append(-1)
-    free.extend(reg_of[s] for s in preset if last[s] < 0)
+    for s in preset:
+        if last[s] < 0:
+            free.append(reg_of[s])
     forward, plain = _FORWARD, _PLAIN
+    a: int | None
+    b: int | tuple[int, ...] | None
     for k, rec in enumerate(records):
-        op, out, x = rec[OP], rec[OUTPUT], rec[INPUTS]
         # The input registers (a, b: see `Step`); `top`, the biggest input read for the last time
-        # here (-1: none), and `more`, the others.
-        a: int | None = reg_of[x]
-        b: int | tuple[int, ...] | None
+        # here (-1: none), and `more`, the others (rare: none for one input).
         more: Sequence[int] = ()
-        if len(rec) == 4:
-            b = None
-            top = x if last[x] == k else -1
-        elif len(rec) == 5:
-            y = rec[INPUTS + 1]
-            b = reg_of[y]
+        if len(rec) == 5:
+            op, attrs, out, x, y = rec
+            a, b = reg_of[x], reg_of[y]
             if last[x] != k:
                 top = y if last[y] == k else -1
             elif last[y] != k or x == y:
                 top = x
+            elif nbytes[reg_buf[a]] >= nbytes[reg_buf[b]]:  # (`held`, inline: both inputs die here)
+                top, more = x, (y,)
             else:
-                top, more = (x, (y,)) if held(x) >= held(y) else (y, (x,))
+                top, more = y, (x,)
+        elif len(rec) == 4:
+            op, attrs, out, x = rec
+            a, b = reg_of[x], None
+            top = x if last[x] == k else -1
         else:
-            ins = rec[INPUTS:]
-            a, b = None, tuple([reg_of[s] for s in ins])
-            top, *more = sorted(dict.fromkeys([s for s in ins if last[s] == k]), key=held, reverse=True) or [-1]
+            op, attrs, out, *ins = rec
+            x = ins[0]
+            a, b = None, tuple(map(reg_of.__getitem__, ins))
+            held: dict[int, int] = {}  # (no comprehension: its closure would make this function's variables cells)
+            for s in ins:
+                if last[s] == k:
+                    held[s] = nbytes[reg_buf[reg_of[s]]]
+            top, *more = sorted(held, key=held.__getitem__, reverse=True) or [-1]
         # The step allocates its result's buffer (unless the result is a view of x's) and its scratch space.
         if op in plain:
             buf = out
@@ -876,7 +954,7 @@ def _lower(prog: Program) -> Plan:
                 peak = live
         else:
             spec = REGISTRY[op]
-            if spec.aliases(avals[x], avals[out], rec[ATTRS]):
+            if spec.aliases(avals[x], avals[out], attrs):
                 buf = reg_buf[reg_of[x]]
                 if buf >= 0:
                     users[buf] += 1
@@ -888,8 +966,12 @@ def _lower(prog: Program) -> Plan:
                 peak = live + scratch
         # The result's register: a dying input's, else a free one, else a new one; the value it
         # held (dead) is dropped when the result is stored.
-        reg = reg_of[top] if top >= 0 else free.pop() if free else len(reg_buf)
-        if reg == len(reg_buf):
+        if top >= 0:
+            reg = reg_of[top]
+        elif free:
+            reg = free.pop()
+        else:
+            reg = len(reg_buf)
             reg_buf.append(-1)
         old = reg_buf[reg]
         if old >= 0:
@@ -898,20 +980,27 @@ def _lower(prog: Program) -> Plan:
                 live -= nbytes[old]
         reg_buf[reg] = buf
         reg_of[out] = reg
-        attrs = rec[ATTRS]
         steps.append((partial(forward[op], **attrs) if attrs else forward[op], a, b, reg))
         # Values dead after the step (other dying inputs, an unused result) free their registers,
         # released by a step of their own if big.
-        for s in more:
-            if held(s) > _LINGER_BYTES:
-                release(reg_of[s], k)
-            free.append(reg_of[s])
+        if more:
+            for s in more:
+                if nbytes[reg_buf[reg_of[s]]] > _LINGER_BYTES:
+                    live -= _release_step(reg_of[s], k, steps, released, reg_buf, users, nbytes)
+                free.append(reg_of[s])
         if last[out] < 0:
             if nbytes[buf] > _LINGER_BYTES:
-                release(reg, k)
+                live -= _release_step(reg, k, steps, released, reg_buf, users, nbytes)
             free.append(reg)
 
-    registers: list[Any] = [None] * len(reg_buf)
+    return _plan_of(prog, steps, released, reg_of, len(reg_buf), peak + 8 * len(reg_buf))
+
+
+def _plan_of(prog: Program, steps: list[Step], released: list[int], reg_of: list[int], n_registers: int,
+             peak_bytes: int) -> Plan:
+    """The plan of `prog` lowered to `steps` (`_lower`: `released` are the records release steps
+    follow, `reg_of` the register of each slot)."""
+    registers: list[Any] = [None] * n_registers
     for s, value in prog.initial.items():
         registers[reg_of[s]] = value
     return Plan(weakref.ref(prog.tape), steps, _interleave(prog.origins, released, _RELEASE), registers,
@@ -919,9 +1008,21 @@ def _lower(prog: Program) -> Plan:
                 outputs={v: reg_of[s] if s >= 0 else -1 for v, s in prog.outputs.items()},
                 grads={v: None if s is None else reg_of[s] for v, s in prog.grads.items()},
                 seed_register=None if prog.seed_slot is None else reg_of[prog.seed_slot],
-                tangent_registers=[reg_of[s] for s in prog.tangent_slots], peak_bytes=peak + 8 * len(reg_buf),
+                tangent_registers=[reg_of[s] for s in prog.tangent_slots], peak_bytes=peak_bytes,
                 checks=None if prog.checks is None else _interleave(prog.checks, released, None),
                 resized=prog.resized)
+
+
+def _release_step(reg: int, k: int, steps: list[Step], released: list[int], reg_buf: list[int], users: list[int],
+                  nbytes: list[int]) -> int:
+    """Append a step right after record `k` that drops the (dead, big) value of register `reg`;
+    the bytes this frees."""
+    steps.append((_release, reg, None, reg))
+    released.append(k)
+    buf = reg_buf[reg]
+    reg_buf[reg] = -1
+    users[buf] -= 1
+    return nbytes[buf] if users[buf] == 0 else 0
 
 
 def _slot_bytes(avals: Sequence[Aval]) -> list[int]:

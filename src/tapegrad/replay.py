@@ -57,7 +57,7 @@ import numpy as np
 
 from . import anomaly, context, engine
 from . import budget as memory_budget
-from .dtypes import as_computable
+from .dtypes import COMPUTABLE_KINDS, as_computable
 from .errors import GuardError, TapegradError, escape
 from .plan import Plan, compile_jvp, compile_plan, reshaped
 from .tape import ATTRS, INPUTS, OP, OUTPUT, Tape
@@ -112,32 +112,38 @@ def _shapes(tape: Tape, replaced: Mapping[int, Any]) -> Shapes:
                         if tuple(v.shape) != tape.shape_dtype(vid)[0]))
 
 
+def _label(tape: Tape, ref: Any, vid: int) -> str:
+    """How errors name a replaced input: `input 'x' (v3)`.  Made only for an error: a loaded
+    tape's first dense-id lookup sorts all its ids."""
+    return f"input {ref!r} (v{tape.dense_ids()[vid]})"
+
+
 def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: bool) -> dict[int, Any]:
     """Replaced inputs by internal id, checked against the recorded dtype (and number of
     dimensions: a shape may differ, and the plan for it checks the records it reaches)."""
     out: dict[int, Any] = {}
     for ref, value in (inputs or {}).items():
         vid = tape.resolve(ref)
-        label = f"input {ref!r} (v{tape.dense_ids()[vid]})"
         if tape.producer(vid) is not None:
-            raise TapegradError(f"{label} is not an input of the tape; only inputs can be replaced")
+            raise TapegradError(f"{_label(tape, ref, vid)} is not an input of the tape; only inputs can be replaced")
         if vid in tape.parts().consts:
-            raise TapegradError(f"{label} is not an input of the tape but a constant (a plain array or number "
-                                "the recording used), baked into the tape; only inputs can be replaced: to "
+            raise TapegradError(f"{_label(tape, ref, vid)} is not an input of the tape but a constant (a plain array "
+                                "or number the recording used), baked into the tape; only inputs can be replaced: to "
                                 "replace it, record it as a named tg.Variable")
         shape, dtype = tape.shape_dtype(vid)
         if recording and hasattr(value, "_tapegrad_serial"):
             got_shape, got_dtype = tuple(value.shape), value.dtype
         else:
-            value = as_computable(value, label)
+            if type(value) is not np.ndarray or value.dtype.kind not in COMPUTABLE_KINDS:  # (as_computable
+                value = as_computable(value, _label(tape, ref, vid))  # keeps such an array as it is)
             got_shape, got_dtype = value.shape, value.dtype
         if got_dtype != dtype:
-            raise TapegradError(f"{label} was recorded with shape {shape} and dtype {dtype}, "
+            raise TapegradError(f"{_label(tape, ref, vid)} was recorded with shape {shape} and dtype {dtype}, "
                                 f"got shape {got_shape} and dtype {got_dtype}")
         if len(got_shape) != len(shape):
-            raise GuardError(f"{label} was recorded with shape {shape} and dtype {dtype}, got shape {got_shape}: a replay "
-                             f"can change the sizes of an input's dimensions, not their number; record the "
-                             f"step again with inputs of this shape")
+            raise GuardError(f"{_label(tape, ref, vid)} was recorded with shape {shape} and dtype {dtype}, got shape "
+                             f"{got_shape}: a replay can change the sizes of an input's dimensions, not their "
+                             f"number; record the step again with inputs of this shape")
         out[vid] = value
     return out
 
