@@ -834,14 +834,18 @@ def _avals(tape: Tape, ids: Sequence[int], dense: bool) -> list[Aval]:
 
     Densely numbered, the ids without a value come from the table of those (`TapeParts.avals`,
     a dict lookup each, and all of them for a tape loaded without its intermediate values) and
-    only the stored ones ask `Tape.shape_dtype`; every id has one or the other (the `Tape`
-    contract)."""
+    the stored ones from the values, in bulk for a loaded tape's (`TypedValues.typed_items`);
+    every id has one or the other (the `Tape` contract)."""
     if not dense:
         return [tape.shape_dtype(vid) for vid in ids]
     parts = tape.parts()
     avals = list(map(parts.avals.get, ids))
-    for vid in parts.values:
-        avals[vid] = tape.shape_dtype(vid)
+    if tape._typed is not None:
+        for vid, aval in tape._typed.typed_items():
+            avals[vid] = aval
+    else:
+        for vid in parts.values:
+            avals[vid] = tape.shape_dtype(vid)
     return cast("list[Aval]", avals)
 
 

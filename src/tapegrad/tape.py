@@ -155,9 +155,11 @@ class TapeSink(Protocol):
 
 class TypedValues(Protocol):
     """What a loaded tape's values mapping (`tape_format.stored.StoredValues`, the only `_values`
-    that is not a dict) adds: a value's shape and dtype without making its array."""
+    that is not a dict) adds: shapes and dtypes without making arrays, of one value
+    (`shape_dtype`) or of them all in bulk (`typed_items`: `(id, (shape, dtype))` pairs)."""
 
     def shape_dtype(self, vid: int) -> tuple[tuple[int, ...], np.dtype[Any]] | None: ...
+    def typed_items(self) -> Iterator[tuple[int, tuple[tuple[int, ...], np.dtype[Any]]]]: ...
 
 
 class TapeParts(NamedTuple):

@@ -14,8 +14,8 @@ Contract:
 - Reading is one index into a view per type: for each (shape, dtype) of `table`, the rows of
   that type at every `ALIGN`-th byte of `buf` (overlapping, read-only), so the value at offset
   `o` is row `o // ALIGN` of its type's view, as cheap as indexing an array.
-- `in`, `len`, `shape_dtype` (`tape.TypedValues`) and iteration (the ids in row order, as given)
-  make no array.  Lookups are O(1): a table of rows indexed by id when the ids are compact (every
+- `in`, `len`, `shape_dtype` and `typed_items` (`tape.TypedValues`) and iteration (the ids in
+  row order, as given) make no array.  Lookups are O(1): a table of rows indexed by id when the ids are compact (every
   tape tapegrad writes, and its recovered prefixes; as `validate.locate` decides), else a dict
   (a hand-made tape whose ids leave wide gaps).
 - It is a `MutableMapping` only so that it can stand where a recording's dict of values does
@@ -104,6 +104,11 @@ class StoredValues(MutableMapping[int, Any]):
         (`tape.TypedValues`)."""
         row = self._row(vid)
         return None if row < 0 else self._table[self._types[row]]
+
+    def typed_items(self) -> Iterator[tuple[int, tuple[tuple[int, ...], np.dtype[Any]]]]:
+        """`(id, (shape, dtype))` of every value, in row order, without making arrays (a plan's
+        compile reads them all: one pass over the columns, not a lookup per id)."""
+        return zip(self._ids.tolist(), map(self._table.__getitem__, self._types), strict=True)
 
     def __setitem__(self, vid: int, value: Any) -> None:
         raise TapegradError("a loaded tape's values are read-only")
