@@ -69,6 +69,7 @@ def test_values_made_on_read_are_read_only_views_equal_to_the_recording(how: str
             a.flags.writeable = True
         np.testing.assert_array_equal(a, recorded.value(vid))
         assert loaded.shape_dtype(vid) == (a.shape, a.dtype)
+    assert dict(values.typed_items()) == {vid: loaded.shape_dtype(vid) for vid in loaded.ids_in_order()}
     with pytest.raises(tg.TapegradError, match="read-only"):
         values[0] = np.zeros(2)
     with pytest.raises(tg.TapegradError, match="read-only"):
@@ -84,6 +85,7 @@ def test_lookups_by_any_id(ids: list[int]) -> None:
     stored = StoredValues(np.array(ids), np.array([64, 128, 0, -1][:len(ids)]), np.array([0, 0, 1, 0]), table,
                           buf, copies)
     assert list(stored) == ids and len(stored) == 4
+    assert list(stored.typed_items()) == [(vid, stored.shape_dtype(vid)) for vid in ids]  # (the bulk form)
     assert stored[ids[0]] == 1.5 and stored[np.int64(ids[0])] == 1.5 and not stored[ids[0]].flags.writeable
     assert stored[ids[2]].shape == (0,) and stored.shape_dtype(ids[2]) == ((0,), np.dtype(np.int32))
     assert np.shares_memory(stored[ids[3]], copies[len(ids) - 1]) and stored[ids[3]] is not copies[len(ids) - 1]

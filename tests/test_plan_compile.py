@@ -273,10 +273,12 @@ def test_dense_ids_are_recognised_as_sorting_them_would(tape: tg.Tape) -> None:
     assert plan._dense(tape) == (ids == list(range(len(ids))))
 
 
-def test_compiling_a_loaded_tape_asks_it_about_a_few_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Shapes come from the loaded tape's table (`plan._avals`, and `reshaped` is given it), and
-    what to recompute is decided against a set (`plan._recomputed`): neither `Tape.shape_dtype`
-    nor the stored values' `in` runs per record, however long the tape."""
+@pytest.mark.parametrize("values", ["inputs", "all"])
+def test_compiling_a_loaded_tape_asks_it_about_a_few_ids(monkeypatch: pytest.MonkeyPatch, values: str) -> None:
+    """Shapes come from the loaded tape's tables (`plan._avals`: the ids without a value, and the
+    stored values in bulk, `StoredValues.typed_items`; `reshaped` is given them), and what to
+    recompute is decided against a set (`plan._recomputed`): neither `Tape.shape_dtype` nor the
+    stored values' `in` runs per record, however long the tape and whatever it stores."""
     calls: Counter[str] = Counter()
     shape_dtype, contains = tg.Tape.shape_dtype, StoredValues.__contains__
 
@@ -291,7 +293,7 @@ def test_compiling_a_loaded_tape_asks_it_about_a_few_ids(monkeypatch: pytest.Mon
     monkeypatch.setattr(tg.Tape, "shape_dtype", counted_shape_dtype)
     monkeypatch.setattr(StoredValues, "__contains__", counted_contains)
     for n in (100, 400):
-        tape = chain_tape(n, "inputs")
+        tape = chain_tape(n, values)
         calls.clear()
         tg.replay.backward(tape, of="y", wrt="x", inputs={"x": np.linspace(0.1, 0.4, 4)})
         tg.replay.backward(tape, of="y", wrt="x", inputs={"x": np.linspace(0.1, 0.4, 9)})  # (a new shape)
