@@ -680,6 +680,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="threads of every library's pool: numpy's BLAS, PyTorch, XLA (default 1: on a small shared "
                              "machine, the spinning pools of several libraries in one process slow each other down "
                              "by 10x and more; 0 keeps each library's default)")
+    parser.add_argument("--no-hugepage-advice", action="store_true",
+                        help="turn off numpy's advice to the kernel to back arrays of 4 MB and more with huge pages, "
+                             "for every implementation: where the kernel's THP defrag setting is 'madvise', that advice "
+                             "makes fresh allocations stall at random while memory is compacted, and the large chain's "
+                             "medians then measure those stalls more than the arithmetic")
     parser.add_argument("--only", default="tiny,mlp,memory,large,lookup,serial", help="sections to run, comma-separated")
     parser.add_argument("--peers", default="torch,autograd,dezero,jax,safetensors",
                         help="peers to try (ignored with --quick)")
@@ -687,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks.json", help="where the raw samples go")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
+    if args.no_hugepage_advice:
+        np._core.multiarray._set_madvise_hugepage(False)
     if args.repeat:
         sizes.repeat = args.repeat
     wanted = [] if args.quick else [p for p in args.peers.split(",") if p]
@@ -712,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     versions = {"python": platform.python_version(), "numpy": np.__version__, "tapegrad": metadata.version("tapegrad")}
     versions.update({p.name: p.version or f"missing ({p.missing})" for p in peers.values()})
     machine = {"cores": os.cpu_count(), "blas": blas_info(), "threads": args.threads, "platform": platform.platform(),
-               "quick": args.quick, "repeat": sizes.repeat, "warmup": sizes.warmup}
+               "quick": args.quick, "repeat": sizes.repeat, "warmup": sizes.warmup, "huge pages": huge_pages(args)}
     per_op = {"tiny": sizes.chain}
     write_json(args.json, cases, memory, versions, machine, sizes)
     write_markdown(args.markdown, cases, memory, versions, machine, sizes, per_op, peers)
@@ -729,6 +736,19 @@ def write_json(path: Path, cases: list[Case], memory: list[dict[str, Any]], vers
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 
+def huge_pages(args: argparse.Namespace) -> str:
+    """The kernel's transparent huge page settings and whether numpy advises them (see --no-hugepage-advice)."""
+    found = []
+    for name in ("enabled", "defrag"):
+        try:
+            text = Path(f"/sys/kernel/mm/transparent_hugepage/{name}").read_text().strip()
+        except OSError:
+            continue
+        found.append(f"THP {name}: {text}")
+    found.append("numpy's advice " + ("off (--no-hugepage-advice)" if args.no_hugepage_advice else "on (numpy's default)"))
+    return "; ".join(found)
+
+
 def write_markdown(path: Path, cases: list[Case], memory: list[dict[str, Any]], versions: dict[str, str],
                    machine: dict[str, Any], sizes: Sizes, per_op: dict[str, int], peers: dict[str, Peer]) -> None:
     lines = ["# Benchmarks", "",
@@ -741,7 +761,8 @@ def write_markdown(path: Path, cases: list[Case], memory: list[dict[str, Any]], 
              "## Machine and versions", "",
              f"- cores: {machine['cores']}; BLAS: {machine['blas']}; --threads {machine['threads']}"
              + (" (every library's pool: numpy's BLAS, PyTorch, XLA)" if machine["threads"] else " (libraries' defaults)"),
-             f"- platform: {machine['platform']}", ""]
+             f"- platform: {machine['platform']}",
+             f"- huge pages: {machine['huge pages']}", ""]
     lines += [f"- {name}: {version}" for name, version in versions.items()]
     missing = [p.name for p in peers.values() if p.missing]
     if missing:
