@@ -14,8 +14,9 @@ XLA); `--threads 0` keeps each library's default.  On a small shared machine the
 libraries, all in one process, spin against each other and medians swing by 10x.
 
 Sections (each round-robin: every repeat runs every implementation once, in turn, after a warm-up,
-so that slow drift of a shared machine hits all alike, each sample after an untimed full garbage
-collection, with the collector on while it runs; tables give the median and min-max):
+so that slow drift of a shared machine hits all alike, each sample after an untimed collection
+(objects that exist when measuring starts frozen out of it), with the collector on while it runs;
+tables give the median and min-max):
 - tiny: a chain of 10,000 ops on shape (4,) float64 cycling `y + a`, `y * c`, `sin(y)`, `exp(y)`,
   forward and backward, in every tapegrad mode: eager (no `record()`) or inside `record()`, with
   `a` and `c` Python floats (only `x` differentiated) or differentiated Variables; plus `np.sin(y)`
@@ -181,23 +182,32 @@ def check(name: str, got: Any, want: Any, rtol: float) -> None:
 def measure(cases: list[Case], repeat: int, warmup: int) -> None:
     """Round-robin: every repeat runs each case once, in turn, after `warmup` untimed rounds.
 
-    A full collection runs, untimed, before each sample: the collector stays on while a sample
-    runs, but no case pays for the garbage another one left (a plan compile leaves some 30,000
-    new tuples, whose first collection would otherwise land on whichever case comes next)."""
-    for _ in range(warmup):
-        for case in cases:
-            case.run() if case.setup is None else case.run(case.setup())
-    for _ in range(repeat):
-        for case in cases:
-            gc.collect()
-            if case.setup is None:
+    The collector stays on while a sample runs, but no sample pays for garbage that the one
+    before it or its own setup left: a collection runs, untimed, right before each sample (after
+    its setup).  A plan compile leaves some 20,000 new tuples and a 10,000-op forward 10,000
+    records, whose first collection would otherwise land in the next timed code; and objects
+    promoted to the oldest generation add up until a full collection, which traverses every
+    object of the process (the peers' modules included: tens of milliseconds), fires inside
+    some sample.  So the objects that exist when measuring starts (modules, the cases' tapes and
+    plans) are frozen out of the collector (`gc.freeze`), and each collection before a sample is
+    a full one over the rest: cheap, and it leaves no debt."""
+    gc.collect()
+    gc.freeze()
+    try:
+        for _ in range(warmup):
+            for case in cases:
+                case.run() if case.setup is None else case.run(case.setup())
+        for _ in range(repeat):
+            for case in cases:
+                prepared = None  # (the last sample's state is freed before this one's setup runs)
+                if case.setup is not None:
+                    prepared = case.setup()
+                gc.collect()
                 t0 = time.perf_counter()
-                case.run()
-            else:
-                prepared = case.setup()
-                t0 = time.perf_counter()
-                case.run(prepared)
-            case.samples.append(time.perf_counter() - t0)
+                case.run() if case.setup is None else case.run(prepared)
+                case.samples.append(time.perf_counter() - t0)
+    finally:
+        gc.unfreeze()
 
 
 # ---- the tiny-op chain and the large elementwise chain ----------------------------------------
@@ -755,8 +765,9 @@ def write_markdown(path: Path, cases: list[Case], memory: list[dict[str, Any]], 
              "Written by `python benchmarks/run.py`" + (" --quick (smoke sizes: not for comparison)" if machine["quick"] else "")
              + f"; raw samples in `{Path(path).with_name('benchmarks.json').name}`.  Medians and min-max over "
              f"{sizes.repeat} round-robin repeats after {sizes.warmup} warm-up rounds (serialization: "
-             f"{min(sizes.repeat, sizes.serial_repeat)} after 1), each sample after an untimed full garbage collection "
-             "(the collector is on while it runs).  Ratios are medians over the numpy baseline of the "
+             f"{min(sizes.repeat, sizes.serial_repeat)} after 1), each sample after an untimed garbage collection, "
+             "with what existed before measuring frozen out of it (the collector is on while samples run).  "
+             "Ratios are medians over the numpy baseline of the "
              "same workload (computing the same gradients) and over PyTorch eager.", "",
              "## Machine and versions", "",
              f"- cores: {machine['cores']}; BLAS: {machine['blas']}; --threads {machine['threads']}"
