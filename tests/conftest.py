@@ -1,9 +1,10 @@
-"""Shared fixtures: a seeded random generator, tiny recorded tapes, and the hypothesis profile."""
+"""Shared fixtures: a seeded random generator, the collector off, tiny recorded tapes, and the hypothesis profile."""
 
 from __future__ import annotations
 
+import gc
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -29,6 +30,17 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def collector_off() -> Iterator[None]:
+    """The cyclic garbage collector off (after a collection): what is freed is freed by reference counting."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def record_readme_step() -> SimpleNamespace:

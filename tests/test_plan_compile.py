@@ -21,13 +21,19 @@ from tapegrad.tape import OUTPUT
 from tapegrad.tape_format.stored import StoredValues
 
 
-def chain_tape(n: int, values: str = "all") -> tg.Tape:
+def recorded_chain(n: int, values: str = "all") -> tg.Tape:
+    """A chain of n records as recorded: its ids are the tracer's serial numbers, not 0 .. n-1."""
     with tg.record(values=values) as tape:
         y = x = tg.Variable(np.linspace(0.1, 0.4, 4), name="x")
         for k in range(n):
             y = tg.sin(y) * x if k % 2 else tg.exp(y) + x
         y.name = "y"
-    return tg.loads(tg.dumps(tape))
+    return tape
+
+
+def chain_tape(n: int, values: str = "all") -> tg.Tape:
+    """`recorded_chain`, saved and loaded."""
+    return tg.loads(tg.dumps(recorded_chain(n, values)))
 
 
 def test_reverse_steps_are_stamped_from_one_template_per_signature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -223,14 +229,6 @@ def test_the_collector_is_paused_while_a_plan_compiles(compile_: str, monkeypatc
 # ---- the first replay of a loaded tape: no per-record calls into the tape ------------------
 
 
-def recorded_chain(n: int, values: str = "all") -> tg.Tape:
-    """`chain_tape` as recorded: its ids are the tracer's serial numbers, not 0 .. n-1."""
-    with tg.record(values=values) as tape:
-        y = x = tg.Variable(np.linspace(0.1, 0.4, 4), name="x")
-        for k in range(n):
-            y = tg.sin(y) * x if k % 2 else tg.exp(y) + x
-        y.name = "y"
-    return tape
 
 
 def test_a_loaded_tape_replays_without_sorting_its_ids(monkeypatch: pytest.MonkeyPatch) -> None:

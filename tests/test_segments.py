@@ -8,11 +8,10 @@ and gradients do not depend on where segment boundaries fall.
 
 from __future__ import annotations
 
-import gc
 import threading
 import tracemalloc
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,16 +22,6 @@ from hypothesis import strategies as st
 import tapegrad as tg
 from tapegrad import segment
 from tapegrad.segment import Segment
-
-
-@pytest.fixture
-def collector_off() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _segments_of(y: tg.Variable) -> list[Segment]:

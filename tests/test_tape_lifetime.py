@@ -8,7 +8,6 @@ import gc
 import os
 import sys
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,14 +30,6 @@ def owner(arr: np.ndarray) -> Any:
     return arr if arr.base is None else arr.base
 
 
-@pytest.fixture
-def collector_off() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.fixture

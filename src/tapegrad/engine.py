@@ -121,40 +121,27 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
             if i in skip:
                 continue
             gi = vjp(F, g, (values[i],), values[out_id], rec[1], 0)
-            if gi is not None:
-                prev = get(i)
-                if prev is None:
-                    carried, carried_g = i, gi
-                else:
-                    cot[i] = F.add(prev, gi)
-            continue
-        out = values[out_id]
-        attrs = rec[1]
-        xs: Sequence[Any]
-        if len(rec) == 5 and rec[0] in elementwise:
+        else:
+            out = values[out_id]
+            attrs = rec[1]
+            if len(rec) != 5 or rec[0] not in elementwise:
+                _pull_inputs(rec, [values[i] for i in rec[3:]], out, g, vjp, skip, cot, F)
+                continue
             # Two inputs into an elementwise op: an input of the output's shape and dtype gets a
             # cotangent of that shape and dtype (the rule only combines arrays that broadcast to
             # the output and promote to its dtype), so nothing is checked for it.  Reading ndarray
-            # attributes is a large part of this loop's cost: the common case (both inputs like
-            # the output) reads as few as it can and is unrolled (the general step costs ~400 more
-            # machine instructions per op of the tiny chain, of ~23k).
+            # attributes is a large part of this loop's cost: the common cases (the second input a
+            # constant, or both inputs like the output) read as few as they can and are unrolled
+            # (the general step costs ~400 more machine instructions per op of the tiny chain, of ~23k).
             i, j = rec[3], rec[4]
             a = values[i]
             dtype = out.dtype
-            if j in skip and i not in skip and a.dtype is dtype and a.shape == out.shape:
-                # The second input a constant (`y * 0.9`), the first like the output: only the
-                # first takes a cotangent, of the output's shape and dtype.
-                gi = g if vjp is pass_on else vjp(F, g, (a, values[j]), out, attrs, 0)
-                if gi is not None:
-                    prev = get(i)
-                    if prev is None:
-                        carried, carried_g = i, gi
-                    else:
-                        cot[i] = F.add(prev, gi)
-                continue
-            b = values[j]
-            xs = (a, b)
-            if a.shape == b.shape and a.dtype is b.dtype is dtype:
+            if not (j in skip and i not in skip and a.dtype is dtype and a.shape == out.shape):
+                b = values[j]
+                xs = (a, b)
+                if a.shape != b.shape or a.dtype is not b.dtype or b.dtype is not dtype:
+                    _each_input(rec, xs, out, g, vjp, skip, cot, F)
+                    continue
                 if vjp is pass_on:  # (`add`: a call saved per input)
                     if i not in skip:
                         prev = get(i)
@@ -174,21 +161,16 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
                         prev = get(j)
                         cot[j] = gi if prev is None else F.add(prev, gi)
                 continue
-            shape = out.shape
-            # One input broadcast or promoted (often a constant, in `skip`): each input on its own.
-            for k, n in ((0, i), (1, j)):
-                if n in skip:
-                    continue
-                if xs[k].shape != shape or xs[k].dtype is not dtype:
-                    _pull_input(rec, xs, k, n, out, g, vjp, cot, F)
-                    continue
-                gi = g if vjp is pass_on else vjp(F, g, xs, out, attrs, k)
-                if gi is not None:
-                    prev = get(n)
-                    cot[n] = gi if prev is None else F.add(prev, gi)
-            continue
-        xs = [values[i] for i in rec[3:]]
-        _pull_inputs(rec, xs, out, g, vjp, skip, cot, F)
+            # The second input a constant (`y * 0.9`), the first like the output: as one input.
+            gi = g if vjp is pass_on else vjp(F, g, (a, values[j]), out, attrs, 0)
+        # One input `i` took cotangent `gi`, of its own shape and dtype: carried to the next record
+        # if it is the first for `i`.
+        if gi is not None:
+            prev = get(i)
+            if prev is None:
+                carried, carried_g = i, gi
+            else:
+                cot[i] = F.add(prev, gi)
     if carried is not None:
         cot[carried] = carried_g
     for i in want:
@@ -196,6 +178,23 @@ def reverse(records: Sequence[RawRecord], values: Mapping[int, Any], seeds: dict
         if g is not None:
             found[i] = g
     return found
+
+
+def _each_input(rec: RawRecord, xs: tuple[Any, Any], out: Any, g: Any, vjp: Any, skip: set[int] | frozenset[int],
+                cot: dict[int, Any], F: Any) -> None:
+    """`reverse`'s step for a two-input elementwise record with an input broadcast or promoted
+    (often a constant, in `skip`): each input on its own, the one like the output unchecked."""
+    shape, dtype = out.shape, out.dtype
+    for k, n in ((0, rec[3]), (1, rec[4])):
+        if n in skip:
+            continue
+        if xs[k].shape != shape or xs[k].dtype is not dtype:
+            _pull_input(rec, xs, k, n, out, g, vjp, cot, F)
+            continue
+        gi = g if vjp is pass_on else vjp(F, g, xs, out, rec[1], k)
+        if gi is not None:
+            prev = cot.get(n)
+            cot[n] = gi if prev is None else F.add(prev, gi)
 
 
 def _pull_inputs(rec: RawRecord, xs: Sequence[Any], out: Any, g: Any, vjp: Any, skip: set[int] | frozenset[int],
