@@ -8,12 +8,15 @@ Contract:
   go on through their own history), and which ids are constants (arrays held in `values`).
   An eager result's `_link` is its segment; leaves and recorded results have none.
 - `y.backward()` from an eager result is then a reverse pass over records in order, as over a
-  recorded tape (`history` gathers the segments `y` depends on), instead of a walk over a graph
-  of per-result links first (issue 12: the walk cost about as much as the reverse pass itself).
+  recorded tape (`history` gathers the segments `y` depends on; one engine pass per segment),
+  instead of a walk over a graph of per-result links first (issue 12: the walk cost about as
+  much as the reverse pass itself).  It differentiates the values the ops computed with: a
+  Variable whose `.data` is rebound later does not change it (as in a recording).
 - Which segment an op joins: the newest (`seq`) of its inputs' segments, unless that one is
-  full; otherwise (only leaves, constants and recorded results, or a full segment) a new one.
-  So a segment's edges only ever point to older segments: segments form no reference cycles
-  and are freed by reference counting alone, as soon as no Variable made on them is left.
+  full (then the one that followed it, while that lives and has room: `fresh`); an op on
+  leaves, constants and recorded results only starts a new one.  So a segment's edges only
+  ever point to older segments: segments form no reference cycles and are freed by reference
+  counting alone, as soon as no Variable made on them is left.
 - Memory (DESIGN.md: eager use never leaks): a segment lives exactly as long as some Variable
   made on it, and holds at most `ROOM` bytes of values it made (counting `RECORD_BYTES` per
   record), plus the last record that crossed that.  So nothing global grows; what a live
