@@ -9,6 +9,7 @@ argument) has a dtype tapegrad computes with; `COMPUTABLE_KINDS` is what it allo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,9 +47,10 @@ def is_float(dtype: np.dtype[np.generic]) -> bool:
     return dtype.kind == "f"
 
 
-def as_computable(value: Any, what: str, dtype: Any = None) -> Any:
+def as_computable(value: Any, what: str | Callable[[], str], dtype: Any = None) -> Any:
     """`value` as an ndarray (of `dtype`, if given: Python scalars take the dtype numpy 2 promotion
-    gives them) whose dtype tapegrad computes with, else `DTypeError` naming `what`.
+    gives them) whose dtype tapegrad computes with, else `DTypeError` naming `what` (or what
+    `what()` gives: a name that costs something to make is made only for an error).
 
     Never casts a value of another kind: a complex number cast to real would differentiate
     another function.  A value numpy cannot turn into an array raises `TapegradError`.
@@ -56,8 +58,12 @@ def as_computable(value: Any, what: str, dtype: Any = None) -> Any:
     try:
         arr = np.asarray(value) if dtype is None else np.asarray(value, dtype=dtype)
     except (OverflowError, ValueError, TypeError) as exc:
-        raise TapegradError(f"cannot use {what} as an array: {exc}") from None
+        raise TapegradError(f"cannot use {_name(what)} as an array: {exc}") from None
     if arr.dtype.kind not in COMPUTABLE_KINDS:
-        raise DTypeError(f"{what} has dtype {arr.dtype}: tapegrad computes on bool, integer and float values "
+        raise DTypeError(f"{_name(what)} has dtype {arr.dtype}: tapegrad computes on bool, integer and float values "
                          "only (complex numbers are not supported) and never casts")
     return arr
+
+
+def _name(what: str | Callable[[], str]) -> str:
+    return what if isinstance(what, str) else what()

@@ -57,7 +57,7 @@ import numpy as np
 
 from . import anomaly, context, engine
 from . import budget as memory_budget
-from .dtypes import COMPUTABLE_KINDS, as_computable
+from .dtypes import as_computable
 from .errors import GuardError, TapegradError, escape
 from .plan import Plan, compile_jvp, compile_plan, reshaped
 from .tape import ATTRS, INPUTS, OP, OUTPUT, Tape
@@ -134,8 +134,7 @@ def _resolve_inputs(tape: Tape, inputs: Mapping[Any, Any] | None, recording: boo
         if recording and hasattr(value, "_tapegrad_serial"):
             got_shape, got_dtype = tuple(value.shape), value.dtype
         else:
-            if type(value) is not np.ndarray or value.dtype.kind not in COMPUTABLE_KINDS:  # (as_computable
-                value = as_computable(value, _label(tape, ref, vid))  # keeps such an array as it is)
+            value = as_computable(value, partial(_label, tape, ref, vid))
             got_shape, got_dtype = value.shape, value.dtype
         if got_dtype != dtype:
             raise TapegradError(f"{_label(tape, ref, vid)} was recorded with shape {shape} and dtype {dtype}, "
