@@ -38,6 +38,7 @@ tables give the median and min-max):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import io
 import json
@@ -212,35 +213,24 @@ def measure(cases: list[Case], repeat: int, warmup: int) -> None:
 
 # ---- the tiny-op chain and the large elementwise chain ----------------------------------------
 
-def tapegrad_chain(x0: np.ndarray, n: int, recording: bool, variables: bool, numpy_calls: bool = False) -> list[Any]:
-    """The chain in one tapegrad mode: eager or recorded, constants as floats or Variables."""
+def tapegrad_forward(x0: np.ndarray, n: int, recording: bool, variables: bool = False,
+                     numpy_calls: bool = False) -> tuple[list[Any], Any]:
+    """([x, a, c] or [x], y): the chain's forward in one tapegrad mode, eager or recorded,
+    constants as Python floats or (`variables`) differentiated Variables."""
     sin, exp = (np.sin, np.exp) if numpy_calls else (tg.sin, tg.exp)
-
-    def make() -> tuple[Any, Any, Any]:
+    with tg.record() if recording else contextlib.nullcontext():
         x = tg.Variable(x0)
         if variables:
-            return x, tg.Variable(np.full_like(x0, A)), tg.Variable(np.full_like(x0, C))
-        return x, A, C
+            a, c = tg.Variable(np.full_like(x0, A)), tg.Variable(np.full_like(x0, C))
+            return [x, a, c], chain(x, a, c, n, sin, exp)
+        return [x], chain(x, A, C, n, sin, exp)
 
-    if recording:
-        with tg.record():
-            x, a, c = make()
-            y = chain(x, a, c, n, sin, exp)
-    else:
-        x, a, c = make()
-        y = chain(x, a, c, n, sin, exp)
+
+def tapegrad_chain(x0: np.ndarray, n: int, recording: bool, variables: bool, numpy_calls: bool = False) -> list[Any]:
+    """The chain in one tapegrad mode (`tapegrad_forward`), then `backward()`: the leaves' gradients."""
+    leaves, y = tapegrad_forward(x0, n, recording, variables, numpy_calls)
     y.backward()
-    return [x.grad, a.grad, c.grad] if variables else [x.grad]
-
-
-def tapegrad_forward(x0: np.ndarray, n: int, recording: bool) -> tuple[Any, Any]:
-    """(x, y): the chain's forward only, eager or recorded, constants Python floats."""
-    if recording:
-        with tg.record():
-            x = tg.Variable(x0)
-            return x, chain(x, A, C, n)
-    x = tg.Variable(x0)
-    return x, chain(x, A, C, n)
+    return [v.grad for v in leaves]
 
 
 def chain_peers(peers: dict[str, Peer], x0: np.ndarray, n: int) -> dict[str, Callable[[], Any]]:
@@ -304,12 +294,12 @@ def tiny_cases(sizes: Sizes, peers: dict[str, Peer]) -> list[Case]:
         check("np.sin style", run_np(), want_f, 1e-10)
         cases.append(Case("tiny", "chain", "tapegrad eager, np.sin(y) style calls", run_np))
     for label, recording in (("tapegrad record()", True), ("tapegrad eager", False)):
-        def forward(recording: bool = recording) -> tuple[Any, Any]:
+        def forward(recording: bool = recording) -> tuple[list[Any], Any]:
             return tapegrad_forward(X_TINY, n, recording)
 
-        def backward(xy: tuple[Any, Any]) -> Any:
-            xy[1].backward()
-            return xy[0].grad
+        def backward(leaves_y: tuple[list[Any], Any]) -> Any:
+            leaves_y[1].backward()
+            return leaves_y[0][0].grad
         check(f"{label}, backward() only", backward(forward()), want_f, 1e-10)
         cases.append(Case("tiny", "chain, backward() only", label, backward, baseline="tapegrad record()", setup=forward,
                           note="constants Python floats; the forward is run untimed before each sample"))
